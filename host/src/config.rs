@@ -1,0 +1,398 @@
+//! Configuration: one TOML file, read in two stages. Serde turns the text into
+//! raw values (so a bad value or an unknown key is reported at its line and
+//! column by the TOML parser), then [`Config::from_toml`] checks what serde
+//! cannot and produces the plain values the server runs on.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The address berth listens on when neither the config nor the command line names one.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// A configuration file that cannot be used, with the place in it that is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// Why reading it failed.
+        source: std::io::Error,
+    },
+    /// The file was read but something in it is wrong.
+    #[error("{}:{line}:{column}: {message}", file.display())]
+    Invalid {
+        /// The config file (or `<demo>` for the embedded one).
+        file: PathBuf,
+        /// 1-based line of the offending value.
+        line: usize,
+        /// 1-based column of the offending value.
+        column: usize,
+        /// What is wrong, in plain words.
+        message: String,
+    },
+}
+
+/// Where a route's plugin comes from.
+#[derive(Clone)]
+pub enum PluginSource {
+    /// A component file on disk.
+    File(PathBuf),
+    /// A component compiled into the binary (the demo's plugins).
+    Embedded {
+        /// A short name for logs, like `echo.wasm`.
+        name: &'static str,
+        /// The component's bytes.
+        bytes: &'static [u8],
+    },
+}
+
+impl PluginSource {
+    /// A name for this plugin in logs and the startup banner.
+    pub fn display_name(&self) -> String {
+        match self {
+            PluginSource::File(path) => path.display().to_string(),
+            PluginSource::Embedded { name, .. } => format!("{name} (embedded)"),
+        }
+    }
+}
+
+impl std::fmt::Debug for PluginSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.display_name())
+    }
+}
+
+/// Which browser origins may open connections on a route.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OriginPolicy {
+    /// Same-origin requests, plus these origins (lower-case `scheme://host[:port]`).
+    List(Vec<String>),
+    /// Any origin (`allowed-origins = ["*"]`).
+    Any,
+}
+
+/// Everything berth needs to serve one URL path.
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    /// The URL path, starting with `/`.
+    pub path: String,
+    /// The component that handles the route.
+    pub plugin: PluginSource,
+    /// Which browser origins are accepted.
+    pub allowed_origins: OriginPolicy,
+    /// Subprotocols a plugin may accept, in no particular order.
+    pub subprotocols: Vec<String>,
+    /// The largest message (and frame) a client may send, in bytes.
+    pub max_message_size: usize,
+    /// How often the host pings each client.
+    pub ping_interval: Duration,
+    /// How long a client has to answer a ping before it is dropped.
+    pub pong_timeout: Duration,
+    /// How many outbound messages may wait for one slow client before it is closed.
+    pub write_queue: usize,
+    /// The longest a single plugin call may run before it is stopped.
+    pub call_timeout: Duration,
+}
+
+/// A validated configuration, ready to serve.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// The most connections (HTTP or WebSocket) open at once; more get 503.
+    pub max_connections: usize,
+    /// How long a client has to send its HTTP request head after connecting.
+    pub handshake_timeout: Duration,
+    /// The routes, each with its own plugin.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A duration written the human way in TOML ("30s", "500ms", "1m 30s").
+#[derive(Clone, Copy, Debug)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    listen: Option<SocketAddr>,
+    plugin_dir: Option<PathBuf>,
+    max_connections: Option<Spanned<usize>>,
+    handshake_timeout: Option<Spanned<HumanDuration>>,
+    #[serde(default, rename = "route")]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRoute {
+    path: Spanned<String>,
+    plugin: Spanned<PathBuf>,
+    #[serde(default)]
+    allowed_origins: Vec<Spanned<String>>,
+    #[serde(default)]
+    subprotocols: Vec<Spanned<String>>,
+    max_message_size: Option<Spanned<usize>>,
+    ping_interval: Option<Spanned<HumanDuration>>,
+    pong_timeout: Option<Spanned<HumanDuration>>,
+    write_queue: Option<Spanned<usize>>,
+    call_timeout: Option<Spanned<HumanDuration>>,
+}
+
+/// Route defaults, also used by the README's config reference.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Largest client message: 64 KiB.
+    pub const MAX_MESSAGE_SIZE: usize = 64 * 1024;
+    /// Ping every 30 seconds.
+    pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+    /// Drop a client 10 seconds after an unanswered ping.
+    pub const PONG_TIMEOUT: Duration = Duration::from_secs(10);
+    /// 1024 queued outbound messages per connection.
+    pub const WRITE_QUEUE: usize = 1024;
+    /// One plugin call may run for at most 1 second.
+    pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
+    /// 10,000 open connections.
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    /// 10 seconds to send the HTTP request head.
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+/// Reads the source text around spans, to turn byte offsets into line and column.
+struct Source<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`; relative paths in it are
+    /// relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_toml(&text, path, base)
+    }
+
+    /// Validates TOML `text`; `file` names it in errors and `base` anchors relative paths.
+    pub fn from_toml(text: &str, file: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let source = Source { file, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_string();
+            source.error(e.span().unwrap_or(0..0), message)
+        })?;
+        let plugin_dir = base.join(raw.plugin_dir.unwrap_or_else(|| PathBuf::from("plugins")));
+
+        let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
+        for route in raw.routes {
+            let checked = check_route(&source, &plugin_dir, route)?;
+            routes.push(checked);
+        }
+        let max_connections = positive(&source, raw.max_connections, defaults::MAX_CONNECTIONS)?;
+        let handshake_timeout = nonzero(
+            &source,
+            raw.handshake_timeout,
+            defaults::HANDSHAKE_TIMEOUT,
+        )?;
+        Ok(Config {
+            listen: raw
+                .listen
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            max_connections,
+            handshake_timeout,
+            routes,
+        })
+    }
+
+    /// The route serving `path`, if any.
+    pub fn route(&self, path: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.path == path)
+    }
+}
+
+fn positive(
+    source: &Source,
+    value: Option<Spanned<usize>>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if *v.get_ref() == 0 => Err(source.error(v.span(), "must be at least 1")),
+        Some(v) => Ok(v.into_inner()),
+    }
+}
+
+fn nonzero(
+    source: &Source,
+    value: Option<Spanned<HumanDuration>>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if v.get_ref().0.is_zero() => {
+            Err(source.error(v.span(), "must be longer than zero"))
+        }
+        Some(v) => Ok(v.into_inner().0),
+    }
+}
+
+/// Paths the host answers itself, which no route may take.
+const RESERVED_PATHS: &[&str] = &["/healthz"];
+
+fn check_route(
+    source: &Source,
+    plugin_dir: &Path,
+    raw: RawRoute,
+) -> Result<RouteConfig, ConfigError> {
+    let path_span = raw.path.span();
+    let path = raw.path.into_inner();
+    if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+        return Err(source.error(
+            path_span,
+            format!("route path {path:?} must start with '/' and hold no '?', '#' or space"),
+        ));
+    }
+    if RESERVED_PATHS.contains(&path.as_str()) {
+        return Err(source.error(path_span, format!("{path} is answered by berth itself")));
+    }
+    let plugin_span = raw.plugin.span();
+    let plugin_path = plugin_dir.join(raw.plugin.into_inner());
+    if !plugin_path.is_file() {
+        return Err(source.error(
+            plugin_span,
+            format!("plugin file not found: {}", plugin_path.display()),
+        ));
+    }
+
+    let mut origins = Vec::with_capacity(raw.allowed_origins.len());
+    let mut any_origin = false;
+    for origin in raw.allowed_origins {
+        let span = origin.span();
+        let origin = origin.into_inner().to_ascii_lowercase();
+        if origin == "*" {
+            any_origin = true;
+        } else if origin.split_once("://").is_none_or(|(_, host)| host.is_empty())
+            || origin.ends_with('/')
+        {
+            return Err(source.error(
+                span,
+                format!("origin {origin:?} must look like \"https://example.com\" (or be \"*\")"),
+            ));
+        } else {
+            origins.push(origin);
+        }
+    }
+
+    let mut subprotocols = Vec::with_capacity(raw.subprotocols.len());
+    for protocol in raw.subprotocols {
+        let span = protocol.span();
+        let protocol = protocol.into_inner();
+        if protocol.is_empty() || !protocol.bytes().all(is_token_byte) {
+            return Err(source.error(
+                span,
+                format!("subprotocol {protocol:?} must be a non-empty HTTP token"),
+            ));
+        }
+        subprotocols.push(protocol);
+    }
+
+    Ok(RouteConfig {
+        path,
+        plugin: PluginSource::File(plugin_path),
+        allowed_origins: if any_origin {
+            OriginPolicy::Any
+        } else {
+            OriginPolicy::List(origins)
+        },
+        subprotocols,
+        max_message_size: positive(source, raw.max_message_size, defaults::MAX_MESSAGE_SIZE)?,
+        ping_interval: nonzero(source, raw.ping_interval, defaults::PING_INTERVAL)?,
+        pong_timeout: nonzero(source, raw.pong_timeout, defaults::PONG_TIMEOUT)?,
+        write_queue: positive(source, raw.write_queue, defaults::WRITE_QUEUE)?,
+        call_timeout: nonzero(source, raw.call_timeout, defaults::CALL_TIMEOUT)?,
+    })
+}
+
+/// Whether `b` may appear in an HTTP token (RFC 9110 section 5.6.2).
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Routes shared between threads; cheap to clone.
+pub type SharedRoute = Arc<RouteConfig>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir();
+        Config::from_toml(text, Path::new("berth.toml"), &dir)
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let err = parse("listen = \"127.0.0.1:1\"\nlisten-on = 3\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("berth.toml:2:1:"), "{text}");
+        assert!(text.contains("listen-on"), "{text}");
+    }
+
+    #[test]
+    fn bad_duration_names_line_and_column() {
+        let err = parse("handshake-timeout = \"10 parsecs\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("berth.toml:1:21:"), "{text}");
+        assert!(text.contains("invalid duration"), "{text}");
+    }
+
+    #[test]
+    fn missing_plugin_names_its_path() {
+        let err = parse("[[route]]\npath = \"/x\"\nplugin = \"nope.wasm\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("berth.toml:3:10:"), "{text}");
+        assert!(text.contains("plugins/nope.wasm"), "{text}");
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert!(config.routes.is_empty());
+        assert_eq!(config.max_connections, defaults::MAX_CONNECTIONS);
+    }
+}

@@ -1,0 +1,46 @@
+//! The demo served when berth runs without a config file: its plugins are
+//! compiled into the binary, so it works straight from a fresh clone.
+
+use std::net::SocketAddr;
+
+use crate::config::{Config, OriginPolicy, PluginSource, RouteConfig, defaults};
+
+macro_rules! plugin {
+    ($name:literal) => {
+        PluginSource::Embedded {
+            name: concat!($name, ".wasm"),
+            bytes: include_bytes!(concat!(env!("BERTH_PLUGIN_DIR"), "/", $name, ".wasm")),
+        }
+    };
+}
+
+fn route(path: &str, plugin: PluginSource) -> RouteConfig {
+    RouteConfig {
+        path: path.to_string(),
+        plugin,
+        allowed_origins: OriginPolicy::List(Vec::new()),
+        subprotocols: Vec::new(),
+        max_message_size: defaults::MAX_MESSAGE_SIZE,
+        ping_interval: defaults::PING_INTERVAL,
+        pong_timeout: defaults::PONG_TIMEOUT,
+        write_queue: defaults::WRITE_QUEUE,
+        call_timeout: defaults::CALL_TIMEOUT,
+    }
+}
+
+/// The demo: `/echo`, `/chat` and `/auth` (token `let-me-in`) on `listen`.
+pub fn config(listen: SocketAddr) -> Config {
+    Config {
+        listen,
+        max_connections: defaults::MAX_CONNECTIONS,
+        handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
+        routes: vec![
+            route("/echo", plugin!("echo")),
+            route("/chat", plugin!("chat")),
+            route("/auth", plugin!("auth")),
+        ],
+    }
+}
+
+/// The folder where the build put the compiled plugins (echo, chat, auth, testkit).
+pub const BUILT_PLUGIN_DIR: &str = env!("BERTH_PLUGIN_DIR");

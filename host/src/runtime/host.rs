@@ -1,0 +1,197 @@
+//! The host side of the contract: what a plugin's imports do. Each store holds
+//! the connections of its own route and nothing else, so a plugin can address
+//! only those; any other id is `unknown-connection`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::berth::plugin::{host, types};
+use crate::session::{ConnHandle, Outbound, PushError};
+
+/// The longest close reason that fits in a close frame (125 bytes less the code).
+const MAX_CLOSE_REASON: usize = 123;
+
+/// One open connection as the plugin's store sees it.
+pub(crate) struct ConnEntry {
+    handle: ConnHandle,
+    /// Set once the plugin has asked to close it: later sends are refused.
+    closing: bool,
+}
+
+/// Everything a plugin instance's store holds.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    route: Arc<str>,
+    /// The connection of the call in progress, for log tags (0 when none).
+    current_conn: Arc<AtomicU64>,
+    conns: HashMap<u64, ConnEntry>,
+}
+
+impl HostState {
+    pub(crate) fn new(wasi: WasiCtx, route: Arc<str>, current_conn: Arc<AtomicU64>) -> Self {
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            route,
+            current_conn,
+            conns: HashMap::new(),
+        }
+    }
+
+    /// Makes `conn` addressable by the plugin.
+    pub(crate) fn add_conn(&mut self, conn: u64, handle: ConnHandle) {
+        self.conns.insert(
+            conn,
+            ConnEntry {
+                handle,
+                closing: false,
+            },
+        );
+    }
+
+    /// Forgets `conn`; the plugin can no longer address it.
+    pub(crate) fn remove_conn(&mut self, conn: u64) {
+        self.conns.remove(&conn);
+    }
+
+    /// Hands the route's connections to a replacement store.
+    pub(crate) fn take_conns(&mut self) -> HashMap<u64, ConnEntry> {
+        std::mem::take(&mut self.conns)
+    }
+
+    /// Adopts the connections of the store this one replaces.
+    pub(crate) fn restore_conns(&mut self, conns: HashMap<u64, ConnEntry>) {
+        self.conns = conns;
+    }
+
+    /// Marks which connection the next call is about, for log tags.
+    pub(crate) fn set_current(&self, conn: u64) {
+        self.current_conn.store(conn, Ordering::Relaxed);
+    }
+
+    fn entry(&mut self, conn: u64) -> Result<&mut ConnEntry, types::ConnError> {
+        let entry = self
+            .conns
+            .get_mut(&conn)
+            .ok_or(types::ConnError::UnknownConnection)?;
+        if entry.closing {
+            return Err(types::ConnError::Closing);
+        }
+        Ok(entry)
+    }
+}
+
+fn conn_error(err: PushError) -> types::ConnError {
+    match err {
+        PushError::Full => types::ConnError::QueueFull,
+        PushError::Gone => types::ConnError::Closing,
+    }
+}
+
+/// Cuts `reason` to what fits in a close frame, at a character boundary.
+fn close_reason(mut reason: String) -> String {
+    if reason.len() > MAX_CLOSE_REASON {
+        let mut end = MAX_CLOSE_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn send(
+        &mut self,
+        conn: u64,
+        msg: types::Message,
+    ) -> wasmtime::Result<Result<(), types::ConnError>> {
+        let entry = match self.entry(conn) {
+            Ok(entry) => entry,
+            Err(e) => return Ok(Err(e)),
+        };
+        let msg = match msg {
+            types::Message::Text(text) => WsMessage::Text(text.into()),
+            types::Message::Binary(bytes) => WsMessage::Binary(bytes.into()),
+        };
+        Ok(entry.handle.push(Outbound::Message(msg)).map_err(conn_error))
+    }
+
+    fn close(
+        &mut self,
+        conn: u64,
+        code: u16,
+        reason: String,
+    ) -> wasmtime::Result<Result<(), types::ConnError>> {
+        let code = CloseCode::from(code);
+        if !code.is_allowed() || matches!(code, CloseCode::Reserved(_)) {
+            return Ok(Err(types::ConnError::InvalidCode));
+        }
+        let entry = match self.entry(conn) {
+            Ok(entry) => entry,
+            Err(e) => return Ok(Err(e)),
+        };
+        let frame = CloseFrame {
+            code,
+            reason: close_reason(reason).into(),
+        };
+        let result = entry.handle.push(Outbound::Close(frame));
+        entry.closing = true;
+        Ok(result.map_err(conn_error))
+    }
+
+    fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+        let conn = self.current_conn.load(Ordering::Relaxed);
+        let route = &*self.route;
+        match level {
+            types::LogLevel::Trace => {
+                tracing::trace!(target: "berth::plugin", route, conn, "{message}")
+            }
+            types::LogLevel::Debug => {
+                tracing::debug!(target: "berth::plugin", route, conn, "{message}")
+            }
+            types::LogLevel::Info => {
+                tracing::info!(target: "berth::plugin", route, conn, "{message}")
+            }
+            types::LogLevel::Warn => {
+                tracing::warn!(target: "berth::plugin", route, conn, "{message}")
+            }
+            types::LogLevel::Error => {
+                tracing::error!(target: "berth::plugin", route, conn, "{message}")
+            }
+        }
+        Ok(())
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::close_reason;
+
+    #[test]
+    fn close_reason_is_cut_at_a_char_boundary() {
+        let long = "é".repeat(100); // 200 bytes
+        let cut = close_reason(long);
+        assert!(cut.len() <= 123);
+        assert_eq!(cut.len(), 122);
+    }
+}

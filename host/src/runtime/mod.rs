@@ -1,0 +1,196 @@
+//! The plugin runtime: one wasmtime [`Engine`] and [`Linker`] for the whole
+//! server, one compiled [`InstancePre`](wasmtime::component::InstancePre) per
+//! plugin, and one actor thread per route that owns the route's instance.
+//!
+//! Why a thread per route rather than async calls from tokio tasks: a
+//! synchronous call into a component from the thread that owns its store skips
+//! the fiber that async calls need, which is the larger part of the crossing
+//! cost, and a blocking WASI call made by a guest cannot stall tokio's workers.
+//! Events reach the thread through a bounded queue; the thread drains
+//! everything queued before it sleeps again, so a busy route is never woken
+//! once per message.
+
+mod actor;
+mod bindings;
+mod host;
+mod stdio;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config as EngineConfig, Engine};
+
+pub(crate) use actor::{ConnectOutcome, PluginHandle};
+pub(crate) use bindings::berth::plugin::types::{CloseInfo, Request};
+use bindings::{Plugin, PluginPre};
+use host::HostState;
+
+use crate::config::{PluginSource, RouteConfig};
+
+/// How often the engine's epoch advances; call deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Why a plugin could not be made ready to serve.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The wasmtime engine could not be set up.
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The plugin file could not be read.
+    #[error("cannot read plugin {plugin}: {source}")]
+    Read {
+        /// The plugin's name or path.
+        plugin: String,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The file is not a valid WebAssembly component.
+    #[error("plugin {plugin} is not a valid WebAssembly component: {reason}")]
+    Compile {
+        /// The plugin's name or path.
+        plugin: String,
+        /// The compiler's explanation.
+        reason: String,
+    },
+    /// The component does not fit berth's world (a missing export, a wrong type,
+    /// an import berth does not provide).
+    #[error("plugin {plugin} does not implement the berth:plugin world: {reason}")]
+    World {
+        /// The plugin's name or path.
+        plugin: String,
+        /// What does not fit.
+        reason: String,
+    },
+    /// The component failed while starting (its start code trapped).
+    #[error("plugin {plugin} failed to start: {reason}")]
+    Instantiate {
+        /// The plugin's name or path.
+        plugin: String,
+        /// The trap or error.
+        reason: String,
+    },
+    /// The route's thread could not be started.
+    #[error("cannot start the thread for route {route}: {source}")]
+    Thread {
+        /// The route's path.
+        route: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Advances the engine's epoch on a timer until dropped.
+struct EpochTicker {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> std::io::Result<Self> {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("berth-epoch".into())
+            .spawn(move || {
+                // The sender is never used: dropping it ends the wait at once.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(EPOCH_TICK)
+                {
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(EpochTicker {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A plugin compiled and checked against the world, ready to instantiate.
+pub(crate) struct Compiled {
+    name: String,
+    pre: PluginPre<HostState>,
+}
+
+/// A route's actor: the handle sessions use, and the thread to wait for at shutdown.
+pub(crate) struct RouteActor {
+    /// Where sessions send this route's events.
+    pub(crate) handle: PluginHandle,
+    /// The thread that owns the route's instance.
+    pub(crate) thread: JoinHandle<()>,
+}
+
+/// The engine, the linker and the epoch ticker shared by every route.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    _ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Sets up the engine (component model, epoch interruption) and the linker
+    /// (WASI p2 and berth's host interface).
+    pub fn new() -> Result<Runtime, RuntimeError> {
+        let engine_err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
+        let mut config = EngineConfig::new();
+        config.wasm_component_model(true).epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(engine_err)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(engine_err)?;
+        let ticker =
+            EpochTicker::start(engine.clone()).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        Ok(Runtime {
+            engine,
+            linker,
+            _ticker: ticker,
+        })
+    }
+
+    /// Compiles a plugin and checks it against the world. Takes milliseconds to
+    /// seconds: call it off the async worker threads.
+    pub(crate) fn compile(&self, source: &PluginSource) -> Result<Compiled, RuntimeError> {
+        let name = source.display_name();
+        let bytes: std::borrow::Cow<[u8]> = match source {
+            PluginSource::File(path) => std::fs::read(path)
+                .map_err(|source| RuntimeError::Read {
+                    plugin: name.clone(),
+                    source,
+                })?
+                .into(),
+            PluginSource::Embedded { bytes, .. } => (*bytes).into(),
+        };
+        let component =
+            Component::from_binary(&self.engine, &bytes).map_err(|e| RuntimeError::Compile {
+                plugin: name.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let world_err = |e: wasmtime::Error| RuntimeError::World {
+            plugin: name.clone(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(world_err)?;
+        let pre = PluginPre::new(instance_pre).map_err(world_err)?;
+        Ok(Compiled { name, pre })
+    }
+
+    /// Instantiates `plugin` for `route` and starts the thread that serves it.
+    pub(crate) fn spawn_route(
+        &self,
+        route: Arc<RouteConfig>,
+        plugin: Compiled,
+    ) -> Result<RouteActor, RuntimeError> {
+        actor::spawn(&self.engine, route, plugin)
+    }
+}

@@ -1,0 +1,360 @@
+//! One WebSocket connection after the 101 answer: a single task whose loop
+//! selects over inbound frames, the bounded outbound queue, the ping tick, the
+//! pong deadline and the stop signal. Pings and pongs stay here; data messages
+//! go to the route's plugin, and the plugin's answers come back through the
+//! outbound queue. The plugin's `on-close` is reported exactly once, whatever
+//! ended the connection.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::SplitSink;
+use futures_util::{Sink, SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RouteConfig;
+use crate::runtime::{CloseInfo, PluginHandle};
+
+/// How long the peer has to answer a close frame before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most outbound messages taken from the queue and written per turn.
+const WRITE_BATCH: usize = 64;
+
+/// What the plugin side asks a session to do.
+pub(crate) enum Outbound {
+    /// Send a data message.
+    Message(WsMessage),
+    /// Send a close frame and end the connection.
+    Close(CloseFrame),
+}
+
+/// Why an outbound message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The queue is full: the client is too slow, and the session will close it.
+    Full,
+    /// The session has ended.
+    Gone,
+}
+
+/// The sending side of one connection's outbound queue, held by the plugin runtime.
+pub(crate) struct ConnHandle {
+    tx: mpsc::Sender<Outbound>,
+    stop: CancellationToken,
+}
+
+impl ConnHandle {
+    /// Queues `out` without waiting. A full queue marks the client as a slow
+    /// consumer: its session closes it with 1013.
+    pub(crate) fn push(&self, out: Outbound) -> Result<(), PushError> {
+        self.tx.try_send(out).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                self.stop.cancel();
+                PushError::Full
+            }
+            mpsc::error::TrySendError::Closed(_) => PushError::Gone,
+        })
+    }
+}
+
+/// The session's end of a connection, made before the plugin is asked about it.
+pub(crate) struct Pending {
+    rx: mpsc::Receiver<Outbound>,
+    stop: CancellationToken,
+}
+
+/// Makes the outbound queue for a new connection. `shutdown` is the server's
+/// stop signal; the connection's own stop signal is a child of it.
+pub(crate) fn channel(capacity: usize, shutdown: &CancellationToken) -> (ConnHandle, Pending) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let stop = shutdown.child_token();
+    (
+        ConnHandle {
+            tx,
+            stop: stop.clone(),
+        },
+        Pending { rx, stop },
+    )
+}
+
+/// Reports `on-close` exactly once: explicitly at the end of a session, or from
+/// `Drop` if the session never ran or was cut short.
+pub(crate) struct CloseReport {
+    conn: u64,
+    plugin: PluginHandle,
+    armed: bool,
+}
+
+impl CloseReport {
+    /// Arms the report for an accepted connection.
+    pub(crate) fn new(conn: u64, plugin: PluginHandle) -> Self {
+        CloseReport {
+            conn,
+            plugin,
+            armed: true,
+        }
+    }
+
+    /// Reports `info` now.
+    pub(crate) async fn report(mut self, info: CloseInfo) {
+        self.armed = false;
+        self.plugin.close(self.conn, info).await;
+    }
+}
+
+impl Drop for CloseReport {
+    fn drop(&mut self) {
+        if self.armed {
+            self.plugin
+                .close_soon(self.conn, close_info(1006, "connection ended abnormally"));
+        }
+    }
+}
+
+fn close_info(code: u16, reason: &str) -> CloseInfo {
+    CloseInfo {
+        code,
+        reason: reason.to_string(),
+    }
+}
+
+/// Sets up tungstenite for a route: small buffers (a server holds many
+/// connections) and the route's message limit.
+pub(crate) fn ws_config(route: &RouteConfig) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(16 * 1024)
+        // Writes wait for the socket before each message is added, so the
+        // buffer never holds more than one message past `write_buffer_size`.
+        .max_write_buffer_size(usize::MAX)
+        .max_message_size(Some(route.max_message_size))
+        .max_frame_size(Some(route.max_message_size))
+}
+
+/// Serves one accepted connection until it ends, then reports `on-close`.
+pub(crate) async fn run<S>(
+    ws: WebSocketStream<S>,
+    conn: u64,
+    route: Arc<RouteConfig>,
+    pending: Pending,
+    shutdown: CancellationToken,
+    report: CloseReport,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let plugin = report.plugin.clone();
+    let info = Session {
+        conn,
+        route,
+        plugin,
+        outbound: pending.rx,
+        stop: pending.stop,
+        shutdown,
+    }
+    .drive(ws)
+    .await;
+    tracing::debug!(conn, code = info.code, reason = %info.reason, "connection closed");
+    report.report(info).await;
+}
+
+struct Session {
+    conn: u64,
+    route: Arc<RouteConfig>,
+    plugin: PluginHandle,
+    outbound: mpsc::Receiver<Outbound>,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+}
+
+/// Writes everything in `queue`, then flushes. Cancel-safe: a message leaves the
+/// queue only once the socket has taken it.
+fn poll_write<S>(
+    sink: &mut SplitSink<WebSocketStream<S>, WsMessage>,
+    queue: &mut VecDeque<WsMessage>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), WsError>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while !queue.is_empty() {
+        ready!(sink.poll_ready_unpin(cx))?;
+        let msg = queue.pop_front().expect("checked non-empty");
+        Pin::new(&mut *sink).start_send(msg)?;
+    }
+    sink.poll_flush_unpin(cx)
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A close frame the host itself sends, and what `on-close` will be told.
+fn host_close(code: CloseCode, reason: &str) -> (CloseFrame, CloseInfo) {
+    (
+        CloseFrame {
+            code,
+            reason: reason.to_string().into(),
+        },
+        close_info(code.into(), reason),
+    )
+}
+
+impl Session {
+    async fn drive<S>(mut self, ws: WebSocketStream<S>) -> CloseInfo
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (mut sink, mut stream) = ws.split();
+        let mut queue: VecDeque<WsMessage> = VecDeque::with_capacity(WRITE_BATCH);
+        let mut unflushed = false;
+        let mut received: Vec<Outbound> = Vec::with_capacity(WRITE_BATCH);
+        let interval = self.route.ping_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut pong_deadline: Option<Instant> = None;
+        // Set once a close frame is queued: what on-close will say, and when to give up.
+        let mut closing: Option<(CloseInfo, Instant)> = None;
+
+        loop {
+            let open = closing.is_none();
+            let close_deadline = closing.as_ref().map(|(_, at)| *at);
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled(), if open => {
+                    let (frame, info) = if self.shutdown.is_cancelled() {
+                        host_close(CloseCode::Away, "server shutting down")
+                    } else {
+                        host_close(CloseCode::Again, "slow consumer")
+                    };
+                    queue.push_back(WsMessage::Close(Some(frame)));
+                    closing = Some((info, Instant::now() + CLOSE_TIMEOUT));
+                }
+                result = poll_fn(|cx| poll_write(&mut sink, &mut queue, cx)), if !queue.is_empty() || unflushed => {
+                    unflushed = false;
+                    if let Err(error) = result {
+                        return match closing {
+                            Some((info, _)) => info,
+                            None => close_info(1006, &format!("write failed: {error}")),
+                        };
+                    }
+                }
+                count = self.outbound.recv_many(&mut received, WRITE_BATCH), if open && queue.len() < WRITE_BATCH => {
+                    if count == 0 {
+                        // The plugin runtime dropped this connection (its
+                        // instance could not be restarted).
+                        let (frame, info) = host_close(CloseCode::Error, "plugin unavailable");
+                        queue.push_back(WsMessage::Close(Some(frame)));
+                        closing = Some((info, Instant::now() + CLOSE_TIMEOUT));
+                        continue;
+                    }
+                    for out in received.drain(..) {
+                        match out {
+                            Outbound::Message(msg) => queue.push_back(msg),
+                            Outbound::Close(frame) => {
+                                let info = close_info(frame.code.into(), &frame.reason);
+                                queue.push_back(WsMessage::Close(Some(frame)));
+                                closing = Some((info, Instant::now() + CLOSE_TIMEOUT));
+                                break;
+                            }
+                        }
+                    }
+                    received.clear();
+                }
+                frame = stream.next() => match frame {
+                    Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
+                        // Data that arrives after our close frame is dropped (RFC 6455 5.5.1).
+                        if open {
+                            self.plugin.message(self.conn, msg).await;
+                        }
+                    }
+                    // tungstenite queued the pong; it goes out with the next flush.
+                    Some(Ok(WsMessage::Ping(_))) => unflushed = true,
+                    Some(Ok(WsMessage::Pong(_))) => pong_deadline = None,
+                    Some(Ok(WsMessage::Close(frame))) => {
+                        if let Some((info, _)) = closing {
+                            // The peer answered our close frame.
+                            return info;
+                        }
+                        // tungstenite queued the echo of the client's close frame.
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.flush()).await;
+                        return match frame {
+                            Some(frame) => close_info(frame.code.into(), &frame.reason),
+                            None => close_info(1005, ""),
+                        };
+                    }
+                    Some(Ok(WsMessage::Frame(_))) => {}
+                    Some(Err(error)) => return self.fail(&mut sink, closing, error).await,
+                    None => {
+                        return match closing {
+                            Some((info, _)) => info,
+                            None => close_info(1006, "connection lost"),
+                        };
+                    }
+                },
+                _ = ping.tick(), if open => {
+                    queue.push_back(WsMessage::Ping(Bytes::new()));
+                    pong_deadline.get_or_insert(Instant::now() + self.route.pong_timeout);
+                }
+                () = sleep_until(pong_deadline) => {
+                    tracing::debug!(conn = self.conn, "no pong in time; dropping the connection");
+                    return close_info(1006, "heartbeat timeout");
+                }
+                () = sleep_until(close_deadline) => {
+                    return closing.map(|(info, _)| info).expect("deadline implies closing");
+                }
+            }
+        }
+    }
+
+    /// Ends the connection after a read error, telling the client why when the
+    /// error is its own doing.
+    async fn fail<S>(
+        &self,
+        sink: &mut SplitSink<WebSocketStream<S>, WsMessage>,
+        closing: Option<(CloseInfo, Instant)>,
+        error: WsError,
+    ) -> CloseInfo
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if let Some((info, _)) = closing {
+            return info;
+        }
+        let (code, reason) = match &error {
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                (CloseCode::Size, "message too big")
+            }
+            WsError::Capacity(_) => (CloseCode::Size, "frame too big"),
+            WsError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8"),
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+            | WsError::ConnectionClosed
+            | WsError::AlreadyClosed
+            | WsError::Io(_) => {
+                return close_info(1006, &format!("connection lost: {error}"));
+            }
+            WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
+            _ => (CloseCode::Error, "internal error"),
+        };
+        tracing::debug!(conn = self.conn, %error, "closing the connection");
+        let (frame, info) = host_close(code, reason);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
+        info
+    }
+}

@@ -1,0 +1,93 @@
+//! Testkit: a plugin the end-to-end tests drive with text commands, one per message.
+//!
+//! - `whoami` answers `id N`.
+//! - `send ID TEXT` sends TEXT to connection ID and answers `sent` or `error KIND`.
+//! - `close CODE REASON` closes the sender's own connection.
+//! - `print TEXT` writes TEXT to stdout (which the host logs).
+//! - `spin` loops forever (the host's call deadline must stop it).
+//! - `panic` traps.
+//!
+//! `on-connect` accepts the first offered subprotocol, and refuses with the status in
+//! `?reject=STATUS` when the query has one.
+
+wit_bindgen::generate!({ path: "../../wit", world: "berth:plugin/plugin" });
+
+use berth::plugin::host;
+use berth::plugin::types::{Accept, CloseInfo, ConnError, ConnectionId, Message, Reject, Request};
+use exports::berth::plugin::handler::Guest;
+
+struct Testkit;
+
+fn error_name(err: ConnError) -> &'static str {
+    match err {
+        ConnError::UnknownConnection => "unknown-connection",
+        ConnError::Closing => "closing",
+        ConnError::QueueFull => "queue-full",
+        ConnError::InvalidCode => "invalid-code",
+    }
+}
+
+fn reply(conn: ConnectionId, text: String) {
+    let _ = host::send(conn, &Message::Text(text));
+}
+
+fn outcome(result: Result<(), ConnError>, ok: &str) -> String {
+    match result {
+        Ok(()) => ok.to_string(),
+        Err(err) => format!("error {}", error_name(err)),
+    }
+}
+
+impl Guest for Testkit {
+    fn on_connect(_conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
+        let rejected = req
+            .query
+            .as_deref()
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("reject="))
+            .and_then(|status| status.parse().ok());
+        match rejected {
+            Some(status) => Err(Reject {
+                status,
+                reason: "rejected on request".into(),
+            }),
+            None => Ok(Accept {
+                subprotocol: req.subprotocols.first().cloned(),
+            }),
+        }
+    }
+
+    fn on_message(conn: ConnectionId, msg: Message) {
+        let Message::Text(text) = msg else { return };
+        let (command, rest) = text.split_once(' ').unwrap_or((&text, ""));
+        match command {
+            "whoami" => reply(conn, format!("id {conn}")),
+            "send" => {
+                let (target, body) = rest.split_once(' ').unwrap_or((rest, ""));
+                let answer = match target.parse() {
+                    Ok(target) => outcome(host::send(target, &Message::Text(body.into())), "sent"),
+                    Err(_) => "error bad-id".into(),
+                };
+                reply(conn, answer);
+            }
+            "close" => {
+                let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+                let result = host::close(conn, code.parse().unwrap_or(0), reason);
+                if result.is_err() {
+                    reply(conn, outcome(result, ""));
+                }
+            }
+            "print" => println!("{rest}"),
+            "spin" => loop {
+                std::hint::spin_loop();
+            },
+            "panic" => panic!("asked to panic"),
+            _ => reply(conn, format!("unknown command {command}")),
+        }
+    }
+
+    fn on_close(_conn: ConnectionId, _info: CloseInfo) {}
+}
+
+export!(Testkit);
