@@ -11,7 +11,9 @@ const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let root = manifest_dir.parent().expect("host/ sits in the workspace root");
+    let root = manifest_dir
+        .parent()
+        .expect("host/ sits in the workspace root");
     let plugins = root.join("plugins");
     let target_dir = env::var_os("BERTH_PLUGIN_TARGET_DIR")
         .map(PathBuf::from)
@@ -38,7 +40,9 @@ fn main() {
             command.env_remove(key.as_ref());
         }
     }
-    let status = command.status().expect("cannot run cargo to build the plugins");
+    let status = command
+        .status()
+        .expect("cannot run cargo to build the plugins");
     if !status.success() {
         panic!(
             "building the plugins in {} failed; if the {TARGET} target is missing, run \

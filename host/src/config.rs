@@ -223,11 +223,8 @@ impl Config {
             routes.push(checked);
         }
         let max_connections = positive(&source, raw.max_connections, defaults::MAX_CONNECTIONS)?;
-        let handshake_timeout = nonzero(
-            &source,
-            raw.handshake_timeout,
-            defaults::HANDSHAKE_TIMEOUT,
-        )?;
+        let handshake_timeout =
+            nonzero(&source, raw.handshake_timeout, defaults::HANDSHAKE_TIMEOUT)?;
         Ok(Config {
             listen: raw
                 .listen
@@ -305,7 +302,9 @@ fn check_route(
         let origin = origin.into_inner().to_ascii_lowercase();
         if origin == "*" {
             any_origin = true;
-        } else if origin.split_once("://").is_none_or(|(_, host)| host.is_empty())
+        } else if origin
+            .split_once("://")
+            .is_none_or(|(_, host)| host.is_empty())
             || origin.ends_with('/')
         {
             return Err(source.error(

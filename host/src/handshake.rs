@@ -149,11 +149,31 @@ mod tests {
     #[test]
     fn origins() {
         let list = OriginPolicy::List(vec!["https://example.com".into()]);
-        assert!(origin_allowed(&list, "https://example.com", Some("berth.test")));
-        assert!(origin_allowed(&list, "HTTPS://Example.com", Some("berth.test")));
-        assert!(origin_allowed(&list, "http://berth.test:8080", Some("berth.test:8080")));
-        assert!(!origin_allowed(&list, "https://evil.test", Some("berth.test")));
+        assert!(origin_allowed(
+            &list,
+            "https://example.com",
+            Some("berth.test")
+        ));
+        assert!(origin_allowed(
+            &list,
+            "HTTPS://Example.com",
+            Some("berth.test")
+        ));
+        assert!(origin_allowed(
+            &list,
+            "http://berth.test:8080",
+            Some("berth.test:8080")
+        ));
+        assert!(!origin_allowed(
+            &list,
+            "https://evil.test",
+            Some("berth.test")
+        ));
         assert!(!origin_allowed(&list, "null", Some("berth.test")));
-        assert!(origin_allowed(&OriginPolicy::Any, "https://evil.test", None));
+        assert!(origin_allowed(
+            &OriginPolicy::Any,
+            "https://evil.test",
+            None
+        ));
     }
 }

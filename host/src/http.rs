@@ -59,10 +59,16 @@ fn refuse(refusal: Refusal) -> Response<Body> {
         Refusal::NotUpgrade => {
             headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-            headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
         }
         Refusal::BadVersion => {
-            headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
         }
         _ => {}
     }
@@ -70,7 +76,11 @@ fn refuse(refusal: Refusal) -> Response<Body> {
 }
 
 /// What the plugin sees of an upgrade request.
-fn plugin_request<B>(req: &Request<B>, peer: SocketAddr, subprotocols: Vec<String>) -> PluginRequest {
+fn plugin_request<B>(
+    req: &Request<B>,
+    peer: SocketAddr,
+    subprotocols: Vec<String>,
+) -> PluginRequest {
     PluginRequest {
         path: req.uri().path().to_string(),
         query: req.uri().query().map(str::to_string),
@@ -150,8 +160,12 @@ impl App {
                     Ok(upgraded) => {
                         tracing::debug!("connection opened");
                         let io = TokioIo::new(upgraded);
-                        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(route.ws_config))
-                            .await;
+                        let ws = WebSocketStream::from_raw_socket(
+                            io,
+                            Role::Server,
+                            Some(route.ws_config),
+                        )
+                        .await;
                         let config = route.config.clone();
                         session::run(ws, conn, config, pending, shutdown, report).await;
                     }

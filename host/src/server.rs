@@ -51,12 +51,13 @@ impl Server {
     /// Binds the configured address and loads every route's plugin; fails on
     /// the first plugin that cannot serve.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         let runtime = Arc::new(Runtime::new()?);
         let loader = runtime.clone();
         let routes = config.routes.clone();

@@ -134,7 +134,9 @@ fn close_info(code: u16, reason: &str) -> CloseInfo {
 
 /// Sets up tungstenite for a route: small buffers (a server holds many
 /// connections) and the route's message limit.
-pub(crate) fn ws_config(route: &RouteConfig) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+pub(crate) fn ws_config(
+    route: &RouteConfig,
+) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(8 * 1024)
         .write_buffer_size(16 * 1024)

@@ -1,1 +1,9 @@
-fn main(){}
+//! End-to-end tests: the real berth server on 127.0.0.1 port 0, real WebSocket
+//! clients, and the real plugins built from `plugins/`.
+
+mod binary;
+mod chat;
+mod echo;
+mod handshake;
+mod lifecycle;
+mod support;

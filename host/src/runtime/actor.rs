@@ -138,12 +138,10 @@ pub(super) fn spawn(
         deadline_ticks,
         live: None,
     };
-    let live = actor
-        .instantiate()
-        .map_err(|e| RuntimeError::Instantiate {
-            plugin: actor.compiled.name.clone(),
-            reason: format!("{e:#}"),
-        })?;
+    let live = actor.instantiate().map_err(|e| RuntimeError::Instantiate {
+        plugin: actor.compiled.name.clone(),
+        reason: format!("{e:#}"),
+    })?;
     actor.live = Some(live);
 
     let (tx, rx) = mpsc::channel(QUEUE);

@@ -124,7 +124,10 @@ impl host::Host for HostState {
             types::Message::Text(text) => WsMessage::Text(text.into()),
             types::Message::Binary(bytes) => WsMessage::Binary(bytes.into()),
         };
-        Ok(entry.handle.push(Outbound::Message(msg)).map_err(conn_error))
+        Ok(entry
+            .handle
+            .push(Outbound::Message(msg))
+            .map_err(conn_error))
     }
 
     fn close(

@@ -31,8 +31,12 @@ impl LogTarget {
         let line = String::from_utf8_lossy(line);
         let conn = self.current_conn.load(Ordering::Relaxed);
         match self.stream {
-            Stdio::Stdout => tracing::info!(target: "berth::plugin", route = %self.route, conn, "{line}"),
-            Stdio::Stderr => tracing::warn!(target: "berth::plugin", route = %self.route, conn, "{line}"),
+            Stdio::Stdout => {
+                tracing::info!(target: "berth::plugin", route = %self.route, conn, "{line}")
+            }
+            Stdio::Stderr => {
+                tracing::warn!(target: "berth::plugin", route = %self.route, conn, "{line}")
+            }
         }
     }
 }

@@ -3,9 +3,13 @@
 //! - `whoami` answers `id N`.
 //! - `send ID TEXT` sends TEXT to connection ID and answers `sent` or `error KIND`.
 //! - `close CODE REASON` closes the sender's own connection.
+//! - `flood COUNT SIZE` sends COUNT binary messages of SIZE bytes to the sender,
+//!   stopping at the first refusal.
 //! - `print TEXT` writes TEXT to stdout (which the host logs).
 //! - `spin` loops forever (the host's call deadline must stop it).
 //! - `panic` traps.
+//!
+//! Every `on-close` prints `on-close conn=N code=C reason=R` (the host logs it).
 //!
 //! `on-connect` accepts the first offered subprotocol, and refuses with the status in
 //! `?reject=STATUS` when the query has one.
@@ -78,6 +82,16 @@ impl Guest for Testkit {
                     reply(conn, outcome(result, ""));
                 }
             }
+            "flood" => {
+                let mut args = rest.split(' ').map(|n| n.parse::<usize>().unwrap_or(0));
+                let (count, size) = (args.next().unwrap_or(0), args.next().unwrap_or(0));
+                let payload = Message::Binary(vec![b'f'; size]);
+                for _ in 0..count {
+                    if host::send(conn, &payload).is_err() {
+                        break;
+                    }
+                }
+            }
             "print" => println!("{rest}"),
             "spin" => loop {
                 std::hint::spin_loop();
@@ -87,7 +101,9 @@ impl Guest for Testkit {
         }
     }
 
-    fn on_close(_conn: ConnectionId, _info: CloseInfo) {}
+    fn on_close(conn: ConnectionId, info: CloseInfo) {
+        println!("on-close conn={conn} code={} reason={}", info.code, info.reason);
+    }
 }
 
 export!(Testkit);

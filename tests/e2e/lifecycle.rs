@@ -1,0 +1,191 @@
+//! How connections end, and what the plugin hears about it: heartbeat
+//! timeouts, client and plugin closes, oversized messages, slow consumers,
+//! plugin faults, and the isolation of routes.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::{
+    TestServer, WAIT, connect, expect_close, json_field, recv, recv_text, send_text,
+};
+
+const ROUTES: &str = r#"
+[[route]]
+path = "/chat"
+plugin = "chat.wasm"
+ping-interval = "200ms"
+pong-timeout = "300ms"
+
+[[route]]
+path = "/small"
+plugin = "echo.wasm"
+max-message-size = 1024
+
+[[route]]
+path = "/a"
+plugin = "testkit.wasm"
+call-timeout = "200ms"
+
+[[route]]
+path = "/b"
+plugin = "testkit.wasm"
+
+[[route]]
+path = "/tiny-queue"
+plugin = "testkit.wasm"
+write-queue = 4
+"#;
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_dropped_and_on_close_runs() {
+    let server = TestServer::start(ROUTES).await;
+    let mut watcher = connect(&server.url("/chat")).await;
+    recv_text(&mut watcher).await; // welcome
+    let mut silent = connect(&server.url("/chat")).await;
+    let welcome = recv_text(&mut silent).await;
+    let silent_id = json_field(&welcome, "id").to_string();
+    assert_eq!(
+        json_field(&recv_text(&mut watcher).await, "type"),
+        "\"join\""
+    );
+
+    // `silent` is never read again, so its client library never answers a
+    // ping; the watcher keeps reading (and answering) while it waits.
+    let leave = recv_text(&mut watcher).await;
+    assert_eq!(json_field(&leave, "type"), "\"leave\"");
+    assert_eq!(json_field(&leave, "id"), silent_id);
+    assert_eq!(json_field(&leave, "code"), "1006");
+    assert_eq!(json_field(&leave, "reason"), "\"heartbeat timeout\"");
+    drop(silent);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_close_code_reaches_on_close() {
+    let server = TestServer::start(ROUTES).await;
+    let mut watcher = connect(&server.url("/chat")).await;
+    recv_text(&mut watcher).await;
+    let mut leaver = connect(&server.url("/chat")).await;
+    recv_text(&mut leaver).await;
+    recv_text(&mut watcher).await; // join
+    let frame = CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "bye".into(),
+    };
+    leaver.close(Some(frame)).await.unwrap();
+    let leave = recv_text(&mut watcher).await;
+    assert_eq!(json_field(&leave, "code"), "4000");
+    assert_eq!(json_field(&leave, "reason"), "\"bye\"");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_plugin_close_reaches_the_client() {
+    let server = TestServer::start(ROUTES).await;
+    let mut client = connect(&server.url("/b")).await;
+    send_text(&mut client, "close 4001 see you later").await;
+    let frame = expect_close(&mut client).await;
+    assert_eq!(u16::from(frame.code), 4001);
+    assert_eq!(frame.reason.as_str(), "see you later");
+
+    let mut client = connect(&server.url("/b")).await;
+    send_text(&mut client, "close 1005 not sendable").await;
+    assert_eq!(recv_text(&mut client).await, "error invalid-code");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_closes_only_its_connection_with_1009() {
+    let server = TestServer::start(ROUTES).await;
+    let mut other = connect(&server.url("/small")).await;
+    let mut big = connect(&server.url("/small")).await;
+    big.send(Message::binary(vec![7u8; 2000])).await.unwrap();
+    let frame = expect_close(&mut big).await;
+    assert_eq!(frame.code, CloseCode::Size);
+
+    send_text(&mut other, "still here").await;
+    assert_eq!(recv_text(&mut other).await, "still here");
+    let mut again = connect(&server.url("/small")).await;
+    send_text(&mut again, "and new ones too").await;
+    assert_eq!(recv_text(&mut again).await, "and new ones too");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_plugin_cannot_reach_another_routes_connection() {
+    let server = TestServer::start(ROUTES).await;
+    let mut victim = connect(&server.url("/b")).await;
+    send_text(&mut victim, "whoami").await;
+    let victim_id = recv_text(&mut victim).await.replace("id ", "");
+
+    let mut attacker = connect(&server.url("/a")).await;
+    send_text(&mut attacker, &format!("send {victim_id} gotcha")).await;
+    assert_eq!(recv_text(&mut attacker).await, "error unknown-connection");
+
+    // Within its own route the same call works.
+    let mut peer = connect(&server.url("/b")).await;
+    send_text(&mut peer, &format!("send {victim_id} hello neighbour")).await;
+    assert_eq!(recv_text(&mut peer).await, "sent");
+    // The victim's next message is the neighbour's, so "gotcha" never arrived.
+    assert_eq!(recv_text(&mut victim).await, "hello neighbour");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_runaway_or_trapping_plugin_call_is_stopped_and_the_route_keeps_serving() {
+    let server = TestServer::start(ROUTES).await;
+    let mut bystander = connect(&server.url("/a")).await;
+    let mut client = connect(&server.url("/a")).await;
+    send_text(&mut client, "spin").await;
+    send_text(&mut client, "whoami").await;
+    assert!(recv_text(&mut client).await.starts_with("id "));
+    send_text(&mut client, "panic").await;
+    send_text(&mut bystander, "whoami").await;
+    assert!(recv_text(&mut bystander).await.starts_with("id "));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_too_slow_for_its_queue_is_closed_with_1013() {
+    let server = TestServer::start(ROUTES).await;
+    let mut client = connect(&server.url("/tiny-queue")).await;
+    // 20 MB in one call: more than the queue and the socket buffers hold.
+    send_text(&mut client, "flood 20000 1024").await;
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    let frame = loop {
+        assert!(tokio::time::Instant::now() < deadline, "no close frame");
+        match recv(&mut client).await {
+            Message::Close(frame) => break frame.expect("close frame has a code"),
+            Message::Binary(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(frame.code, CloseCode::Again);
+    assert_eq!(frame.reason.as_str(), "slow consumer");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_clients_with_1001() {
+    let server = TestServer::start(ROUTES).await;
+    let mut a = connect(&server.url("/b")).await;
+    let mut b = connect(&server.url("/chat")).await;
+    recv_text(&mut b).await;
+    let stopping = tokio::spawn(server.stop());
+    for client in [&mut a, &mut b] {
+        assert_eq!(expect_close(client).await.code, CloseCode::Away);
+        // The server ends the TCP connection after the close handshake.
+        let end = tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("ends");
+        assert!(end.is_none() || end.is_some_and(|r| r.is_err()));
+    }
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("stops")
+        .unwrap();
+}
