@@ -210,8 +210,8 @@ pub fn json_field<'a>(json: &'a str, field: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{field} in {json}"))
         + key.len();
     let rest = &json[start..];
-    let end = if rest.starts_with('"') {
-        rest[1..].find('"').expect("closing quote") + 2
+    let end = if let Some(quoted) = rest.strip_prefix('"') {
+        quoted.find('"').expect("closing quote") + 2
     } else {
         rest.find([',', '}']).expect("end of value")
     };
