@@ -15,13 +15,10 @@ fn main() {
         .parent()
         .expect("host/ sits in the workspace root");
     let plugins = root.join("plugins");
-    let target_dir = env::var_os("BERTH_PLUGIN_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target").join("plugins"));
+    let target_dir = root.join("target").join("plugins");
 
     watch(&plugins);
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
-    println!("cargo:rerun-if-env-changed=BERTH_PLUGIN_TARGET_DIR");
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);

@@ -18,7 +18,9 @@ fn route(path: &str, plugin: PluginSource) -> RouteConfig {
     RouteConfig {
         path: path.to_string(),
         plugin,
-        allowed_origins: OriginPolicy::List(Vec::new()),
+        // The demo listens on loopback and holds nothing private, so pages
+        // from any origin (a browser console, a local HTML file) may try it.
+        allowed_origins: OriginPolicy::Any,
         subprotocols: Vec::new(),
         max_message_size: defaults::MAX_MESSAGE_SIZE,
         ping_interval: defaults::PING_INTERVAL,

@@ -189,3 +189,87 @@ async fn shutdown_closes_clients_with_1001() {
         .expect("stops")
         .unwrap();
 }
+
+/// Asks the testkit on `url` which `on-close` calls it has seen, until
+/// `conn:code` is among them (bounded).
+async fn await_on_close(url: &str, conn: &str, code: u16) {
+    let expected = format!("{conn}:{code}");
+    let mut observer = connect(url).await;
+    for _ in 0..100 {
+        send_text(&mut observer, "closes").await;
+        let seen = recv_text(&mut observer).await;
+        if seen.split(' ').any(|c| c == expected) {
+            return;
+        }
+        assert!(
+            !seen.split(' ').any(|c| c.starts_with(&format!("{conn}:"))),
+            "on-close for {conn} had the wrong code: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no on-close {expected}");
+}
+
+/// Connects to the testkit at `url` and returns the client with its id.
+async fn kit_client(url: &str) -> (crate::support::Client, String) {
+    let mut client = connect(url).await;
+    send_text(&mut client, "whoami").await;
+    let id = recv_text(&mut client).await.replace("id ", "");
+    (client, id)
+}
+
+#[tokio::test]
+async fn on_close_runs_once_with_the_right_code_whatever_ends_the_connection() {
+    let routes = r#"
+[[route]]
+path = "/kit"
+plugin = "testkit.wasm"
+max-message-size = 1024
+ping-interval = "200ms"
+pong-timeout = "300ms"
+"#;
+    let server = TestServer::start(routes).await;
+    let url = server.url("/kit");
+
+    let (mut client, id) = kit_client(&url).await;
+    let frame = CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "done".into(),
+    };
+    client.close(Some(frame)).await.unwrap();
+    await_on_close(&url, &id, 4000).await;
+
+    let (mut client, id) = kit_client(&url).await;
+    send_text(&mut client, "close 4001 by plugin").await;
+    expect_close(&mut client).await;
+    await_on_close(&url, &id, 4001).await;
+
+    let (mut client, id) = kit_client(&url).await;
+    client.send(Message::binary(vec![0u8; 4096])).await.unwrap();
+    assert_eq!(expect_close(&mut client).await.code, CloseCode::Size);
+    await_on_close(&url, &id, 1009).await;
+
+    // The client vanishes without a close frame.
+    let (client, id) = kit_client(&url).await;
+    drop(client);
+    await_on_close(&url, &id, 1006).await;
+
+    // The client stops answering pings.
+    let (silent, id) = kit_client(&url).await;
+    await_on_close(&url, &id, 1006).await;
+    drop(silent);
+
+    // Each connection was reported exactly once.
+    let mut observer = connect(&url).await;
+    send_text(&mut observer, "closes").await;
+    let seen = recv_text(&mut observer).await;
+    let mut conns: Vec<&str> = seen
+        .split(' ')
+        .map(|c| c.split(':').next().unwrap())
+        .collect();
+    let total = conns.len();
+    conns.sort();
+    conns.dedup();
+    assert_eq!(conns.len(), total, "an on-close ran twice: {seen}");
+    server.stop().await;
+}

@@ -1,6 +1,7 @@
 //! Testkit: a plugin the end-to-end tests drive with text commands, one per message.
 //!
 //! - `whoami` answers `id N`.
+//! - `closes` answers every `on-close` seen so far, as `conn:code` separated by spaces.
 //! - `send ID TEXT` sends TEXT to connection ID and answers `sent` or `error KIND`.
 //! - `close CODE REASON` closes the sender's own connection.
 //! - `flood COUNT SIZE` sends COUNT binary messages of SIZE bytes to the sender,
@@ -16,11 +17,18 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "berth:plugin/plugin" });
 
+use std::cell::RefCell;
+
 use berth::plugin::host;
 use berth::plugin::types::{Accept, CloseInfo, ConnError, ConnectionId, Message, Reject, Request};
 use exports::berth::plugin::handler::Guest;
 
 struct Testkit;
+
+thread_local! {
+    /// Every `on-close` this instance has seen, as `conn:code`.
+    static CLOSES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
 
 fn error_name(err: ConnError) -> &'static str {
     match err {
@@ -66,6 +74,7 @@ impl Guest for Testkit {
         let Message::Text(text) = msg else { return };
         let (command, rest) = text.split_once(' ').unwrap_or((&text, ""));
         match command {
+            "closes" => reply(conn, CLOSES.with_borrow(|closes| closes.join(" "))),
             "whoami" => reply(conn, format!("id {conn}")),
             "send" => {
                 let (target, body) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -102,7 +111,11 @@ impl Guest for Testkit {
     }
 
     fn on_close(conn: ConnectionId, info: CloseInfo) {
-        println!("on-close conn={conn} code={} reason={}", info.code, info.reason);
+        println!(
+            "on-close conn={conn} code={} reason={}",
+            info.code, info.reason
+        );
+        CLOSES.with_borrow_mut(|closes| closes.push(format!("{conn}:{}", info.code)));
     }
 }
 
