@@ -233,13 +233,16 @@ impl Session {
         let mut pong_deadline: Option<Instant> = None;
         // Set once a close frame is queued: what on-close will say, and when to give up.
         let mut closing: Option<(CloseInfo, Instant)> = None;
+        // Made once: a fresh wait per turn would lock the token's waiter list twice a message.
+        let stopped = self.stop.clone().cancelled_owned();
+        tokio::pin!(stopped);
 
         loop {
             let open = closing.is_none();
             let close_deadline = closing.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 biased;
-                () = self.stop.cancelled(), if open => {
+                () = &mut stopped, if open => {
                     let (frame, info) = if self.shutdown.is_cancelled() {
                         host_close(CloseCode::Away, "server shutting down")
                     } else {
@@ -247,6 +250,15 @@ impl Session {
                     };
                     queue.push_back(WsMessage::Close(Some(frame)));
                     closing = Some((info, Instant::now() + CLOSE_TIMEOUT));
+                }
+                // Deadlines come before reads, so a client that floods the
+                // socket cannot starve them.
+                () = sleep_until(pong_deadline) => {
+                    tracing::debug!(conn = self.conn, "no pong in time; dropping the connection");
+                    return close_info(1006, "heartbeat timeout");
+                }
+                () = sleep_until(close_deadline) => {
+                    return closing.map(|(info, _)| info).expect("deadline implies closing");
                 }
                 result = poll_fn(|cx| poll_write(&mut sink, &mut queue, cx)), if !queue.is_empty() || unflushed => {
                     unflushed = false;
@@ -277,7 +289,6 @@ impl Session {
                             }
                         }
                     }
-                    received.clear();
                 }
                 frame = stream.next() => match frame {
                     Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
@@ -313,13 +324,6 @@ impl Session {
                 _ = ping.tick(), if open => {
                     queue.push_back(WsMessage::Ping(Bytes::new()));
                     pong_deadline.get_or_insert(Instant::now() + self.route.pong_timeout);
-                }
-                () = sleep_until(pong_deadline) => {
-                    tracing::debug!(conn = self.conn, "no pong in time; dropping the connection");
-                    return close_info(1006, "heartbeat timeout");
-                }
-                () = sleep_until(close_deadline) => {
-                    return closing.map(|(info, _)| info).expect("deadline implies closing");
                 }
             }
         }

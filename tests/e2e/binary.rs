@@ -48,6 +48,18 @@ fn start(args: &[&str]) -> (Child, SocketAddr) {
     (child, addr)
 }
 
+/// Runs `berth serve ARGS` to its end; it must fail with exit code 1. Returns stderr.
+fn serve_fails(args: &[&str]) -> String {
+    let output = Command::new(BERTH)
+        .arg("serve")
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
     let path = dir.path().join("berth.toml");
     std::fs::write(&path, text).unwrap();
@@ -124,12 +136,7 @@ fn the_demo_runs_without_a_config_file() {
 fn a_port_in_use_is_a_one_line_error_and_exit_1() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let output = Command::new(BERTH)
-        .args(["serve", "--listen", &addr])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = serve_fails(&["--listen", &addr]);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains(&format!("cannot listen on {addr}")),
@@ -144,12 +151,7 @@ fn config_errors_name_file_line_and_column() {
         &dir,
         "listen = \"127.0.0.1:0\"\n[[route]]\npath = \"/x\"\nplugin = \"x.wasm\"\nping-every = \"1s\"\n",
     );
-    let output = Command::new(BERTH)
-        .args(["serve", "--config", &config])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = serve_fails(&["--config", &config]);
     assert!(stderr.contains(&format!("{config}:5:1:")), "{stderr}");
     assert!(stderr.contains("ping-every"), "{stderr}");
 
@@ -157,12 +159,7 @@ fn config_errors_name_file_line_and_column() {
         &dir,
         "[[route]]\npath = \"/x\"\nplugin = \"missing.wasm\"\n",
     );
-    let output = Command::new(BERTH)
-        .args(["serve", "--config", &config])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = serve_fails(&["--config", &config]);
     let expected = dir.path().join("plugins").join("missing.wasm");
     assert!(stderr.contains(&format!("{config}:3:10:")), "{stderr}");
     assert!(stderr.contains(&expected.display().to_string()), "{stderr}");
@@ -177,12 +174,7 @@ fn a_file_that_is_not_a_component_is_refused_at_startup() {
         &dir,
         "listen = \"127.0.0.1:0\"\n[[route]]\npath = \"/x\"\nplugin = \"junk.wasm\"\n",
     );
-    let output = Command::new(BERTH)
-        .args(["serve", "--config", &config])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = serve_fails(&["--config", &config]);
     assert!(
         stderr.contains("is not a valid WebAssembly component"),
         "{stderr}"

@@ -157,3 +157,35 @@ async fn origin_policy() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn connection_limit_and_handshake_deadline() {
+    use tokio::io::AsyncReadExt;
+    let routes = "max-connections = 2\nhandshake-timeout = \"300ms\"\n[[route]]\npath = \"/echo\"\nplugin = \"echo.wasm\"\n";
+    let server = TestServer::start(routes).await;
+    let mut first = connect(&server.url("/echo")).await;
+    let _second = connect(&server.url("/echo")).await;
+    let (status, _) = http_get(server.addr, "/healthz", &[]).await;
+    assert_eq!(status, 503);
+    // The open connections are unaffected.
+    send_text(&mut first, "still served").await;
+    assert_eq!(recv_text(&mut first).await, "still served");
+    drop(first);
+
+    // A socket that never sends its request head is closed after the deadline,
+    // which also frees its slot.
+    let mut freed = false;
+    for _ in 0..200 {
+        if http_get(server.addr, "/healthz", &[]).await.0 == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(freed, "a closed connection's slot was never freed");
+    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(crate::support::WAIT, idle.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the server keeps an idle socket open");
+    server.stop().await;
+}

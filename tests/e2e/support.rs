@@ -39,7 +39,7 @@ pub fn config_text(routes: &str) -> String {
 }
 
 impl TestServer {
-    /// Starts a server with the given `[[route]]` tables.
+    /// Starts a server with the given top-level keys and `[[route]]` tables.
     pub async fn start(routes: &str) -> TestServer {
         let config =
             Config::from_toml(&config_text(routes), Path::new("test.toml"), Path::new("/"))
