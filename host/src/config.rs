@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -350,9 +349,6 @@ fn check_route(
 fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
-
-/// Routes shared between threads; cheap to clone.
-pub type SharedRoute = Arc<RouteConfig>;
 
 #[cfg(test)]
 mod tests {

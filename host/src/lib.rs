@@ -6,6 +6,8 @@
 //! [`runtime`] calls the route's plugin, and the plugin's host calls feed the
 //! sessions' outbound queues.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod demo;
 mod handshake;

@@ -131,7 +131,7 @@ pub(crate) struct RouteActor {
 }
 
 /// The engine, the linker and the epoch ticker shared by every route.
-pub struct Runtime {
+pub(crate) struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
     _ticker: EpochTicker,
@@ -140,7 +140,7 @@ pub struct Runtime {
 impl Runtime {
     /// Sets up the engine (component model, epoch interruption) and the linker
     /// (WASI p2 and berth's host interface).
-    pub fn new() -> Result<Runtime, RuntimeError> {
+    pub(crate) fn new() -> Result<Runtime, RuntimeError> {
         let engine_err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
         let mut config = EngineConfig::new();
         config.wasm_component_model(true).epoch_interruption(true);
