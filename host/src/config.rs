@@ -3,6 +3,7 @@
 //! column by the TOML parser), then [`Config::from_toml`] checks what serde
 //! cannot and produces the plain values the server runs on.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -99,6 +100,24 @@ pub struct RouteConfig {
     pub write_queue: usize,
     /// The longest a single plugin call may run before it is stopped.
     pub call_timeout: Duration,
+    /// Whether one instance serves the route or each connection gets its own.
+    pub instance: InstanceModel,
+    /// The topic namespace: the route's path unless several routes share one.
+    pub namespace: String,
+    /// The `[route.config]` values the plugin can read with `config-get`.
+    pub values: BTreeMap<String, String>,
+}
+
+/// How a route's plugin is instantiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceModel {
+    /// One instance serves every connection of the route, one call at a time.
+    #[default]
+    Route,
+    /// Each connection gets a fresh instance, dropped when it closes; calls on
+    /// different connections run in parallel.
+    Connection,
 }
 
 /// A validated configuration, ready to serve.
@@ -112,6 +131,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// The routes, each with its own plugin.
     pub routes: Vec<RouteConfig>,
+    /// How many plugin instances may be alive at once (sizes the instance pool).
+    pub max_instances: u32,
+    /// The most linear memory one plugin instance may use, in bytes.
+    pub max_memory: u64,
 }
 
 /// A duration written the human way in TOML ("30s", "500ms", "1m 30s").
@@ -127,6 +150,45 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// A size in bytes: a plain number, or a string with a unit ("64 MiB", "512KiB").
+#[derive(Clone, Copy, Debug)]
+struct ByteSize(u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(text) => parse_size(&text).map(ByteSize).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid size {text:?}: write a number of bytes, or a number with B, KiB, MiB or GiB"
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(scale)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawConfig {
@@ -134,6 +196,8 @@ struct RawConfig {
     plugin_dir: Option<PathBuf>,
     max_connections: Option<Spanned<usize>>,
     handshake_timeout: Option<Spanned<HumanDuration>>,
+    max_instances: Option<Spanned<usize>>,
+    max_memory: Option<Spanned<ByteSize>>,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
 }
@@ -152,6 +216,11 @@ struct RawRoute {
     pong_timeout: Option<Spanned<HumanDuration>>,
     write_queue: Option<Spanned<usize>>,
     call_timeout: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    instance: InstanceModel,
+    namespace: Option<Spanned<String>>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
 }
 
 /// Route defaults, also used by the README's config reference.
@@ -172,6 +241,10 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 10_000;
     /// 10 seconds to send the HTTP request head.
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// 1,000 plugin instances alive at once.
+    pub const MAX_INSTANCES: u32 = 1000;
+    /// 64 MiB of linear memory per instance.
+    pub const MAX_MEMORY: u64 = 64 << 20;
 }
 
 /// Reads the source text around spans, to turn byte offsets into line and column.
@@ -224,7 +297,20 @@ impl Config {
         let max_connections = positive(&source, raw.max_connections, defaults::MAX_CONNECTIONS)?;
         let handshake_timeout =
             nonzero(&source, raw.handshake_timeout, defaults::HANDSHAKE_TIMEOUT)?;
+        let max_instances = positive(&source, raw.max_instances, defaults::MAX_INSTANCES as usize)?;
+        let max_instances = u32::try_from(max_instances).unwrap_or(u32::MAX);
+        let max_memory = match raw.max_memory {
+            None => defaults::MAX_MEMORY,
+            Some(v) if v.get_ref().0 < 1 << 16 => {
+                return Err(
+                    source.error(v.span(), "must be at least 64 KiB (one WebAssembly page)")
+                );
+            }
+            Some(v) => v.into_inner().0,
+        };
         Ok(Config {
+            max_instances,
+            max_memory,
             listen: raw
                 .listen
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
@@ -328,7 +414,18 @@ fn check_route(
         subprotocols.push(protocol);
     }
 
+    let namespace = match raw.namespace {
+        None => path.clone(),
+        Some(ns) if ns.get_ref().is_empty() => {
+            return Err(source.error(ns.span(), "namespace must not be empty"));
+        }
+        Some(ns) => ns.into_inner(),
+    };
+
     Ok(RouteConfig {
+        instance: raw.instance,
+        namespace,
+        values: raw.config,
         path,
         plugin: PluginSource::File(plugin_path),
         allowed_origins: if any_origin {
@@ -381,6 +478,16 @@ mod tests {
         let text = err.to_string();
         assert!(text.starts_with("berth.toml:3:10:"), "{text}");
         assert!(text.contains("plugins/nope.wasm"), "{text}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64 MiB"), Some(64 << 20));
+        assert_eq!(parse_size("512KiB"), Some(512 << 10));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("1 GB"), None);
+        let err = parse("max-memory = \"lots\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("berth.toml:1:14:"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use crate::config::{Config, OriginPolicy, PluginSource, RouteConfig, defaults};
+use crate::config::{Config, InstanceModel, OriginPolicy, PluginSource, RouteConfig, defaults};
 
 macro_rules! plugin {
     ($name:literal) => {
@@ -27,18 +27,24 @@ fn route(path: &str, plugin: PluginSource) -> RouteConfig {
         pong_timeout: defaults::PONG_TIMEOUT,
         write_queue: defaults::WRITE_QUEUE,
         call_timeout: defaults::CALL_TIMEOUT,
+        instance: InstanceModel::Route,
+        namespace: path.to_string(),
+        values: Default::default(),
     }
 }
 
-/// The demo: `/echo`, `/chat` and `/auth` (token `let-me-in`) on `listen`.
+/// The demo: `/echo`, `/chat`, `/ticker` and `/auth` (token `let-me-in`) on `listen`.
 pub fn config(listen: SocketAddr) -> Config {
     Config {
         listen,
         max_connections: defaults::MAX_CONNECTIONS,
         handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
+        max_instances: defaults::MAX_INSTANCES,
+        max_memory: defaults::MAX_MEMORY,
         routes: vec![
             route("/echo", plugin!("echo")),
             route("/chat", plugin!("chat")),
+            route("/ticker", plugin!("ticker")),
             route("/auth", plugin!("auth")),
         ],
     }

@@ -147,6 +147,12 @@ impl App {
             ConnectOutcome::Failed => {
                 return plain(StatusCode::INTERNAL_SERVER_ERROR, "plugin failed\n");
             }
+            ConnectOutcome::Unavailable => {
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no plugin instance available\n",
+                );
+            }
         };
 
         let on_upgrade = hyper::upgrade::on(&mut req);

@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 mod handshake;
 mod http;
+mod pubsub;
 mod router;
 pub mod runtime;
 pub mod server;

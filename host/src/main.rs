@@ -1,5 +1,6 @@
 //! The `berth` command line.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,14 +69,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .collect();
     let server = Server::bind(config).await?;
     let addr = server.local_addr();
-    println!("berth {} listening on {addr}", env!("CARGO_PKG_VERSION"));
+    let mut banner = format!("berth {} listening on {addr}\n", env!("CARGO_PKG_VERSION"));
     for (path, plugin) in &routes {
-        println!("  ws://{addr}{path}  ->  {plugin}");
+        banner.push_str(&format!("  ws://{addr}{path}  ->  {plugin}\n"));
     }
     if routes.is_empty() {
-        println!("  (no routes configured)");
+        banner.push_str("  (no routes configured)\n");
     }
-    println!("  health: http://{addr}/healthz");
+    banner.push_str(&format!("  health: http://{addr}/healthz\n"));
+    // A closed stdout (say, piped into `head`) must not take the server down.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush());
+    drop(stdout);
     server.run(shutdown_signal()).await;
     Ok(())
 }

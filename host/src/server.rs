@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::http::{self, App};
+use crate::pubsub::Broker;
 use crate::router::{Route, Router};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::session::ws_config;
@@ -58,16 +59,18 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
-        let runtime = Arc::new(Runtime::new()?);
+        let runtime = Arc::new(Runtime::new(&config)?);
         let loader = runtime.clone();
         let routes = config.routes.clone();
+        let broker = Arc::new(Broker::default());
+        let handle = tokio::runtime::Handle::current();
         let loaded = tokio::task::spawn_blocking(move || {
             routes
                 .into_iter()
                 .map(|route| {
                     let compiled = loader.compile(&route.plugin)?;
                     let route = Arc::new(route);
-                    let actor = loader.spawn_route(route.clone(), compiled)?;
+                    let actor = loader.spawn_route(&handle, &broker, route.clone(), compiled)?;
                     Ok((route, actor))
                 })
                 .collect::<Result<Vec<_>, RuntimeError>>()
@@ -84,7 +87,7 @@ impl Server {
                 config: route,
                 plugin: actor.handle,
             });
-            threads.push(actor.thread);
+            threads.extend(actor.threads);
         }
         Ok(Server {
             listener,

@@ -51,7 +51,9 @@ pub(crate) enum PushError {
     Gone,
 }
 
-/// The sending side of one connection's outbound queue, held by the plugin runtime.
+/// The sending side of one connection's outbound queue, held by the plugin
+/// runtime and by the topics the connection is subscribed to.
+#[derive(Clone)]
 pub(crate) struct ConnHandle {
     tx: mpsc::Sender<Outbound>,
     stop: CancellationToken,

@@ -26,6 +26,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
 }
 
 /// Starts `berth serve` with `args` and reads the bound address from its banner.
+/// The rest of stdout is left in the pipe, as an operator's pager would.
 fn start(args: &[&str]) -> (Child, SocketAddr) {
     let mut child = Command::new(BERTH)
         .arg("serve")
@@ -36,6 +37,7 @@ fn start(args: &[&str]) -> (Child, SocketAddr) {
         .spawn()
         .expect("berth starts");
     let mut banner = String::new();
+    // Reading only the first line closes the pipe early: berth must survive that.
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut banner)
         .expect("banner");

@@ -1,5 +1,10 @@
-//! A route's actor: one OS thread owns the route's plugin instance and calls it
+//! Route workers: OS threads that own plugin instances and call them
 //! synchronously, one event at a time, in the order events were queued.
+//!
+//! In the `route` model one worker owns the route's single instance. In the
+//! `connection` model a route has a few workers (one per core); each
+//! connection is pinned to one of them, gets its own instance there, and
+//! connections on different workers run in parallel.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,22 +13,28 @@ use std::sync::atomic::AtomicU64;
 use http::StatusCode;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use wasmtime::Store;
 use wasmtime_wasi::WasiCtxBuilder;
 
 use super::bindings::Plugin;
 use super::bindings::berth::plugin::types::{CloseInfo, Message, Request};
-use super::host::{ConnEntry, HostState};
+use super::host::{ConnEntry, HostState, RouteShared};
 use super::stdio::{LogTarget, Stdio};
+use super::timers::Timers;
 use super::{Compiled, EPOCH_TICK, RouteActor, RuntimeError};
-use crate::config::RouteConfig;
-use crate::session::ConnHandle;
+use crate::config::{InstanceModel, RouteConfig};
+use crate::pubsub::Broker;
+use crate::session::{ConnHandle, Outbound};
 
-/// How many events may wait for a route's instance before sessions stop reading
-/// their sockets (TCP backpressure reaches the clients).
+/// How many events may wait for a worker before sessions stop reading their
+/// sockets (TCP backpressure reaches the clients).
 const QUEUE: usize = 4096;
-/// The most events handled per wake-up of the thread.
+/// The most events handled per wake-up of a worker.
 const BATCH: usize = 256;
+/// The instance key of a route-model instance (connection ids start at 1).
+const SHARED: u64 = 0;
 
 /// What the plugin decided about a new connection.
 #[derive(Debug)]
@@ -34,9 +45,11 @@ pub(crate) enum ConnectOutcome {
     Reject { status: StatusCode, reason: String },
     /// The plugin failed (trapped or broke the contract): answer 500.
     Failed,
+    /// No instance could be made for the connection (the pool is full): answer 503.
+    Unavailable,
 }
 
-/// Something that happened on one of the route's connections.
+/// Something for a worker to do.
 pub(crate) enum Event {
     Connect {
         conn: u64,
@@ -52,16 +65,26 @@ pub(crate) enum Event {
         conn: u64,
         info: CloseInfo,
     },
+    /// Timer `timer` of instance `key` is due.
+    Timer {
+        key: u64,
+        timer: u64,
+    },
 }
 
 /// Where sessions send a route's events; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct PluginHandle {
-    tx: mpsc::Sender<Event>,
+    workers: Arc<[mpsc::Sender<Event>]>,
 }
 
 impl PluginHandle {
-    /// Asks the plugin about a new connection. `None` when the route's actor is gone.
+    /// The worker that serves `conn`: the same one for the connection's whole life.
+    fn worker(&self, conn: u64) -> &mpsc::Sender<Event> {
+        &self.workers[(conn % self.workers.len() as u64) as usize]
+    }
+
+    /// Asks the plugin about a new connection. `None` when the route's worker is gone.
     pub(crate) async fn connect(
         &self,
         conn: u64,
@@ -75,30 +98,31 @@ impl PluginHandle {
             handle,
             reply,
         };
-        self.tx.send(event).await.ok()?;
+        self.worker(conn).send(event).await.ok()?;
         outcome.await.ok()
     }
 
-    /// Delivers a data message; waits while the route's queue is full.
+    /// Delivers a data message; waits while the worker's queue is full.
     pub(crate) async fn message(&self, conn: u64, msg: WsMessage) {
-        let _ = self.tx.send(Event::Message { conn, msg }).await;
+        let _ = self.worker(conn).send(Event::Message { conn, msg }).await;
     }
 
     /// Reports the end of an accepted connection.
     pub(crate) async fn close(&self, conn: u64, info: CloseInfo) {
-        let _ = self.tx.send(Event::Close { conn, info }).await;
+        let _ = self.worker(conn).send(Event::Close { conn, info }).await;
     }
 
     /// Reports the end of a connection without waiting, for drop paths; falls
     /// back to a task when the queue is full.
     pub(crate) fn close_soon(&self, conn: u64, info: CloseInfo) {
+        let worker = self.worker(conn);
         if let Err(mpsc::error::TrySendError::Full(event)) =
-            self.tx.try_send(Event::Close { conn, info })
+            worker.try_send(Event::Close { conn, info })
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let tx = self.tx.clone();
+            let worker = worker.clone();
             runtime.spawn(async move {
-                let _ = tx.send(event).await;
+                let _ = worker.send(event).await;
             });
         }
     }
@@ -110,18 +134,34 @@ struct Live {
     plugin: Plugin,
 }
 
-struct Actor {
-    route: Arc<RouteConfig>,
-    compiled: Compiled,
-    engine: wasmtime::Engine,
-    current_conn: Arc<AtomicU64>,
-    deadline_ticks: u64,
-    live: Option<Live>,
+/// The instances one worker owns.
+enum Instances {
+    /// The route model: one instance, or none after it failed to restart.
+    Shared(Option<Live>),
+    /// The connection model: one instance per connection pinned to this worker.
+    PerConnection(HashMap<u64, Live>),
 }
 
-/// Instantiates the route's plugin and starts its thread.
+/// Everything a worker needs to make and call instances.
+struct Worker {
+    route: Arc<RouteConfig>,
+    shared: Arc<RouteShared>,
+    compiled: Arc<Compiled>,
+    engine: wasmtime::Engine,
+    runtime: tokio::runtime::Handle,
+    queue: mpsc::WeakSender<Event>,
+    current_conn: Arc<AtomicU64>,
+    deadline_ticks: u64,
+    instances: Instances,
+}
+
+/// Starts the workers of `route`: one for the route model (its instance made
+/// here, so a plugin that cannot start fails the server's startup), one per
+/// core for the connection model.
 pub(super) fn spawn(
     engine: &wasmtime::Engine,
+    runtime: &tokio::runtime::Handle,
+    broker: &Arc<Broker>,
     route: Arc<RouteConfig>,
     compiled: Compiled,
 ) -> Result<RouteActor, RuntimeError> {
@@ -130,31 +170,56 @@ pub(super) fn spawn(
         .as_micros()
         .div_ceil(EPOCH_TICK.as_micros())
         .max(1) as u64;
-    let mut actor = Actor {
-        route: route.clone(),
-        compiled,
-        engine: engine.clone(),
-        current_conn: Arc::new(AtomicU64::new(0)),
-        deadline_ticks,
-        live: None,
+    let shared = Arc::new(RouteShared {
+        name: route.path.as_str().into(),
+        namespace: route.namespace.as_str().into(),
+        values: route.values.clone(),
+        broker: broker.clone(),
+    });
+    let compiled = Arc::new(compiled);
+    let count = match route.instance {
+        InstanceModel::Route => 1,
+        InstanceModel::Connection => std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
-    let live = actor.instantiate().map_err(|e| RuntimeError::Instantiate {
-        plugin: actor.compiled.name.clone(),
-        reason: format!("{e:#}"),
-    })?;
-    actor.live = Some(live);
-
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let thread = std::thread::Builder::new()
-        .name(format!("berth-route{}", route.path))
-        .spawn(move || actor.run(rx))
-        .map_err(|source| RuntimeError::Thread {
-            route: route.path.clone(),
-            source,
-        })?;
+    let mut senders = Vec::with_capacity(count);
+    let mut threads = Vec::with_capacity(count);
+    for index in 0..count {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let mut worker = Worker {
+            route: route.clone(),
+            shared: shared.clone(),
+            compiled: compiled.clone(),
+            engine: engine.clone(),
+            runtime: runtime.clone(),
+            queue: tx.downgrade(),
+            current_conn: Arc::new(AtomicU64::new(0)),
+            deadline_ticks,
+            instances: Instances::PerConnection(HashMap::new()),
+        };
+        if route.instance == InstanceModel::Route {
+            let live = worker
+                .instantiate(SHARED)
+                .map_err(|e| RuntimeError::Instantiate {
+                    plugin: compiled.name.clone(),
+                    reason: format!("{e:#}"),
+                })?;
+            worker.instances = Instances::Shared(Some(live));
+        }
+        let thread = std::thread::Builder::new()
+            .name(format!("berth{}#{index}", route.path))
+            .spawn(move || worker.run(rx))
+            .map_err(|source| RuntimeError::Thread {
+                route: route.path.clone(),
+                source,
+            })?;
+        senders.push(tx);
+        threads.push(thread);
+    }
     Ok(RouteActor {
-        handle: PluginHandle { tx },
-        thread,
+        handle: PluginHandle {
+            workers: senders.into(),
+        },
+        threads,
     })
 }
 
@@ -166,7 +231,7 @@ fn to_plugin_message(msg: WsMessage) -> Option<Message> {
     }
 }
 
-impl Actor {
+impl Worker {
     fn run(mut self, mut rx: mpsc::Receiver<Event>) {
         let mut batch = Vec::with_capacity(BATCH);
         while rx.blocking_recv_many(&mut batch, BATCH) > 0 {
@@ -174,13 +239,13 @@ impl Actor {
                 self.handle(event);
             }
         }
-        tracing::debug!(route = %self.route.path, "route actor stopped");
+        tracing::debug!(route = %self.route.path, "route worker stopped");
     }
 
-    fn instantiate(&self) -> wasmtime::Result<Live> {
-        let route_name: Arc<str> = self.route.path.as_str().into();
+    /// Makes an instance; `key` tags its timer events (its connection, or 0).
+    fn instantiate(&self, key: u64) -> wasmtime::Result<Live> {
         let target = |stream| LogTarget {
-            route: route_name.clone(),
+            route: self.shared.name.clone(),
             current_conn: self.current_conn.clone(),
             stream,
         };
@@ -191,7 +256,8 @@ impl Actor {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let state = HostState::new(wasi, route_name.clone(), self.current_conn.clone());
+        let timers = Timers::new(key, self.queue.clone(), self.runtime.clone());
+        let state = HostState::new(wasi, self.shared.clone(), self.current_conn.clone(), timers);
         let mut store = Store::new(&self.engine, state);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks);
@@ -199,60 +265,101 @@ impl Actor {
         Ok(Live { store, plugin })
     }
 
-    /// Calls into the plugin under the route's deadline. A failed call leaves the
-    /// instance unusable, so it is replaced by a fresh one (its state is lost).
+    /// The instance key that serves `conn`.
+    fn key(&self, conn: u64) -> u64 {
+        match self.instances {
+            Instances::Shared(_) => SHARED,
+            Instances::PerConnection(_) => conn,
+        }
+    }
+
+    fn live(&mut self, key: u64) -> Option<&mut Live> {
+        match &mut self.instances {
+            Instances::Shared(live) => live.as_mut(),
+            Instances::PerConnection(map) => map.get_mut(&key),
+        }
+    }
+
+    /// Calls into instance `key` under the route's deadline, tagging logs with
+    /// `conn`. A failed call leaves the instance unusable: see [`Self::fail`].
     fn call<R>(
         &mut self,
+        key: u64,
         conn: u64,
         export: &str,
         f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Option<R> {
-        if self.live.is_none() {
-            self.replace_instance(HashMap::new());
-        }
-        let live = self.live.as_mut()?;
+        let ticks = self.deadline_ticks;
+        let live = self.live(key)?;
         live.store.data().set_current(conn);
-        live.store.set_epoch_deadline(self.deadline_ticks);
+        live.store.set_epoch_deadline(ticks);
         let result = f(&live.plugin, &mut live.store);
         live.store.data().set_current(0);
         match result {
             Ok(value) => Some(value),
             Err(error) => {
-                let reason = match error.downcast_ref::<wasmtime::Trap>() {
-                    Some(wasmtime::Trap::Interrupt) => format!(
-                        "ran longer than call-timeout ({})",
-                        humantime::format_duration(self.route.call_timeout)
-                    ),
-                    _ => format!("{error:#}"),
-                };
-                tracing::error!(
-                    route = %self.route.path, conn, export,
-                    "plugin call failed: {reason}; starting a fresh instance (the old one's state is lost)"
-                );
-                let conns = self
-                    .live
-                    .take()
-                    .map(|mut live| live.store.data_mut().take_conns())
-                    .unwrap_or_default();
-                self.replace_instance(conns);
+                self.fail(key, conn, export, error);
                 None
             }
         }
     }
 
-    fn replace_instance(&mut self, conns: HashMap<u64, ConnEntry>) {
-        match self.instantiate() {
+    /// Replaces a failed route-model instance with a fresh one (the route's
+    /// connections stay open; the old state is lost), or drops a failed
+    /// connection-model instance and closes its connection with 1011.
+    fn fail(&mut self, key: u64, conn: u64, export: &str, error: wasmtime::Error) {
+        let reason = match error.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => format!(
+                "ran longer than call-timeout ({})",
+                humantime::format_duration(self.route.call_timeout)
+            ),
+            _ => format!("{error:#}"),
+        };
+        match &mut self.instances {
+            Instances::Shared(live) => {
+                tracing::error!(
+                    route = %self.route.path, conn, export,
+                    "plugin call failed: {reason}; starting a fresh instance (the old one's state is lost)"
+                );
+                let conns = live
+                    .take()
+                    .map(|mut live| live.store.data_mut().take_conns())
+                    .unwrap_or_default();
+                self.restart_shared(conns);
+            }
+            Instances::PerConnection(map) => {
+                tracing::error!(
+                    route = %self.route.path, conn, export,
+                    "plugin call failed: {reason}; closing the connection"
+                );
+                if let Some(mut live) = map.remove(&key)
+                    && let Some(entry) = live.store.data_mut().remove_conn(key)
+                {
+                    let frame = CloseFrame {
+                        code: CloseCode::Error,
+                        reason: "plugin failed".into(),
+                    };
+                    let _ = entry.handle().push(Outbound::Close(frame));
+                }
+            }
+        }
+    }
+
+    fn restart_shared(&mut self, conns: HashMap<u64, ConnEntry>) {
+        let live = match self.instantiate(SHARED) {
             Ok(mut live) => {
                 live.store.data_mut().restore_conns(conns);
-                self.live = Some(live);
+                Some(live)
             }
             Err(error) => {
                 tracing::error!(route = %self.route.path, "plugin failed to start again: {error:#}");
                 // Without an instance nobody can address these connections;
                 // dropping their handles lets the sessions notice.
                 drop(conns);
+                None
             }
-        }
+        };
+        self.instances = Instances::Shared(live);
     }
 
     fn handle(&mut self, event: Event) {
@@ -267,14 +374,51 @@ impl Actor {
                 let Some(msg) = to_plugin_message(msg) else {
                     return;
                 };
-                self.call(conn, "on-message", |plugin, store| {
+                let key = self.key(conn);
+                self.call(key, conn, "on-message", |plugin, store| {
                     plugin
                         .berth_plugin_handler()
                         .call_on_message(store, conn, &msg)
                 });
             }
             Event::Close { conn, info } => self.close(conn, info),
+            Event::Timer { key, timer } => {
+                let Some(token) = self
+                    .live(key)
+                    .and_then(|live| live.store.data_mut().timers().fired(timer))
+                else {
+                    return; // cancelled, or its instance is gone
+                };
+                self.call(key, key, "on-timer", |plugin, store| {
+                    plugin.berth_plugin_handler().call_on_timer(store, token)
+                });
+            }
         }
+    }
+
+    /// Makes sure an instance exists to serve `conn`; false if none can be made.
+    fn ready_for(&mut self, conn: u64) -> bool {
+        let missing = match &self.instances {
+            Instances::Shared(live) => live.is_none(),
+            Instances::PerConnection(_) => true,
+        };
+        if !missing {
+            return true;
+        }
+        match &self.instances {
+            Instances::Shared(_) => self.restart_shared(HashMap::new()),
+            Instances::PerConnection(_) => match self.instantiate(conn) {
+                Ok(live) => {
+                    if let Instances::PerConnection(map) = &mut self.instances {
+                        map.insert(conn, live);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(route = %self.route.path, conn, "cannot make an instance: {error:#}");
+                }
+            },
+        }
+        self.live(self.key(conn)).is_some()
     }
 
     fn connect(
@@ -284,13 +428,15 @@ impl Actor {
         handle: ConnHandle,
         reply: oneshot::Sender<ConnectOutcome>,
     ) {
-        if self.live.is_none() {
-            self.replace_instance(HashMap::new());
+        if !self.ready_for(conn) {
+            let _ = reply.send(ConnectOutcome::Unavailable);
+            return;
         }
-        if let Some(live) = self.live.as_mut() {
+        let key = self.key(conn);
+        if let Some(live) = self.live(key) {
             live.store.data_mut().add_conn(conn, handle);
         }
-        let result = self.call(conn, "on-connect", |plugin, store| {
+        let result = self.call(key, conn, "on-connect", |plugin, store| {
             plugin
                 .berth_plugin_handler()
                 .call_on_connect(store, conn, &request)
@@ -342,17 +488,32 @@ impl Actor {
     }
 
     fn close(&mut self, conn: u64, info: CloseInfo) {
-        self.forget(conn);
-        self.call(conn, "on-close", |plugin, store| {
+        let key = self.key(conn);
+        if let Some(live) = self.live(key) {
+            live.store.data_mut().remove_conn(conn);
+        }
+        self.call(key, conn, "on-close", |plugin, store| {
             plugin
                 .berth_plugin_handler()
                 .call_on_close(store, conn, &info)
         });
+        if let Instances::PerConnection(map) = &mut self.instances {
+            // The connection's instance, and with it its timers, ends here.
+            map.remove(&conn);
+        }
     }
 
+    /// Forgets a connection that was not accepted (and its instance, if it had one).
     fn forget(&mut self, conn: u64) {
-        if let Some(live) = self.live.as_mut() {
-            live.store.data_mut().remove_conn(conn);
+        let key = self.key(conn);
+        match &mut self.instances {
+            Instances::Shared(Some(live)) => {
+                live.store.data_mut().remove_conn(conn);
+            }
+            Instances::Shared(None) => {}
+            Instances::PerConnection(map) => {
+                map.remove(&key);
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! the connections of its own route and nothing else, so a plugin can address
 //! only those; any other id is `unknown-connection`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,53 +13,98 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::berth::plugin::{host, types};
+use super::timers::Timers;
+use crate::pubsub::Broker;
 use crate::session::{ConnHandle, Outbound, PushError};
+
+/// What every instance of one route shares: its name, its topic namespace and
+/// config values, and the server's broker.
+pub(crate) struct RouteShared {
+    pub(crate) name: Arc<str>,
+    pub(crate) namespace: Arc<str>,
+    pub(crate) values: BTreeMap<String, String>,
+    pub(crate) broker: Arc<Broker>,
+}
 
 /// The longest close reason that fits in a close frame (125 bytes less the code).
 const MAX_CLOSE_REASON: usize = 123;
 
 /// One open connection as the plugin's store sees it.
 pub(crate) struct ConnEntry {
+    conn: u64,
     handle: ConnHandle,
     /// Set once the plugin has asked to close it: later sends are refused.
     closing: bool,
+    /// Its topics; dropping the entry ends its subscriptions.
+    topics: HashSet<Box<str>>,
+    route: Arc<RouteShared>,
+}
+
+impl ConnEntry {
+    /// The queue to the connection's session.
+    pub(crate) fn handle(&self) -> &ConnHandle {
+        &self.handle
+    }
+}
+
+impl Drop for ConnEntry {
+    fn drop(&mut self) {
+        for topic in &self.topics {
+            self.route
+                .broker
+                .unsubscribe(&self.route.namespace, topic, self.conn);
+        }
+    }
 }
 
 /// Everything a plugin instance's store holds.
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    route: Arc<str>,
+    route: Arc<RouteShared>,
     /// The connection of the call in progress, for log tags (0 when none).
     current_conn: Arc<AtomicU64>,
     conns: HashMap<u64, ConnEntry>,
+    timers: Timers,
 }
 
 impl HostState {
-    pub(crate) fn new(wasi: WasiCtx, route: Arc<str>, current_conn: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(
+        wasi: WasiCtx,
+        route: Arc<RouteShared>,
+        current_conn: Arc<AtomicU64>,
+        timers: Timers,
+    ) -> Self {
         HostState {
             wasi,
             table: ResourceTable::new(),
             route,
             current_conn,
             conns: HashMap::new(),
+            timers,
         }
     }
 
     /// Makes `conn` addressable by the plugin.
     pub(crate) fn add_conn(&mut self, conn: u64, handle: ConnHandle) {
-        self.conns.insert(
+        let entry = ConnEntry {
             conn,
-            ConnEntry {
-                handle,
-                closing: false,
-            },
-        );
+            handle,
+            closing: false,
+            topics: HashSet::new(),
+            route: self.route.clone(),
+        };
+        self.conns.insert(conn, entry);
     }
 
-    /// Forgets `conn`; the plugin can no longer address it.
-    pub(crate) fn remove_conn(&mut self, conn: u64) {
-        self.conns.remove(&conn);
+    /// Forgets `conn` and ends its subscriptions; returns its entry.
+    pub(crate) fn remove_conn(&mut self, conn: u64) -> Option<ConnEntry> {
+        self.conns.remove(&conn)
+    }
+
+    /// The instance's timers.
+    pub(crate) fn timers(&mut self) -> &mut Timers {
+        &mut self.timers
     }
 
     /// Hands the route's connections to a replacement store.
@@ -153,9 +198,80 @@ impl host::Host for HostState {
         Ok(result.map_err(conn_error))
     }
 
+    fn subscribe(
+        &mut self,
+        conn: u64,
+        topic: String,
+    ) -> wasmtime::Result<Result<(), types::ConnError>> {
+        let entry = match self.entry(conn) {
+            Ok(entry) => entry,
+            Err(e) => return Ok(Err(e)),
+        };
+        if !entry.topics.contains(topic.as_str()) {
+            let route = &entry.route;
+            route
+                .broker
+                .subscribe(&route.namespace, &topic, conn, entry.handle.clone());
+            entry.topics.insert(topic.into());
+        }
+        Ok(Ok(()))
+    }
+
+    fn unsubscribe(
+        &mut self,
+        conn: u64,
+        topic: String,
+    ) -> wasmtime::Result<Result<(), types::ConnError>> {
+        let entry = match self.conns.get_mut(&conn) {
+            Some(entry) => entry,
+            None => return Ok(Err(types::ConnError::UnknownConnection)),
+        };
+        if entry.topics.remove(topic.as_str()) {
+            let route = &entry.route;
+            route.broker.unsubscribe(&route.namespace, &topic, conn);
+        }
+        Ok(Ok(()))
+    }
+
+    fn publish(
+        &mut self,
+        topic: String,
+        msg: types::Message,
+        exclude: Option<u64>,
+    ) -> wasmtime::Result<u32> {
+        let msg = match msg {
+            types::Message::Text(text) => WsMessage::Text(text.into()),
+            types::Message::Binary(bytes) => WsMessage::Binary(bytes.into()),
+        };
+        let route = &self.route;
+        Ok(route
+            .broker
+            .publish(&route.namespace, &topic, &msg, exclude))
+    }
+
+    fn set_timer(
+        &mut self,
+        delay_ms: u32,
+        repeat: bool,
+        token: u64,
+    ) -> wasmtime::Result<Result<u64, types::TimerError>> {
+        Ok(self
+            .timers
+            .set(delay_ms, repeat, token)
+            .ok_or(types::TimerError::TooManyTimers))
+    }
+
+    fn cancel_timer(&mut self, id: u64) -> wasmtime::Result<bool> {
+        Ok(self.timers.cancel(id))
+    }
+
+    fn config_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(self.route.values.get(&key).cloned())
+    }
+
     fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
         let conn = self.current_conn.load(Ordering::Relaxed);
-        let route = &*self.route;
+        let route = &*self.route.name;
         match level {
             types::LogLevel::Trace => {
                 tracing::trace!(target: "berth::plugin", route, conn, "{message}")

@@ -14,20 +14,24 @@ mod actor;
 mod bindings;
 mod host;
 mod stdio;
+mod timers;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config as EngineConfig, Engine};
+use wasmtime::{
+    Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
 pub(crate) use actor::{ConnectOutcome, PluginHandle};
 pub(crate) use bindings::berth::plugin::types::{CloseInfo, Request};
 use bindings::{Plugin, PluginPre};
 use host::HostState;
 
-use crate::config::{PluginSource, RouteConfig};
+use crate::config::{Config, PluginSource, RouteConfig};
+use crate::pubsub::Broker;
 
 /// How often the engine's epoch advances; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -122,12 +126,12 @@ pub(crate) struct Compiled {
     pre: PluginPre<HostState>,
 }
 
-/// A route's actor: the handle sessions use, and the thread to wait for at shutdown.
+/// A route's workers: the handle sessions use, and the threads to wait for at shutdown.
 pub(crate) struct RouteActor {
     /// Where sessions send this route's events.
     pub(crate) handle: PluginHandle,
-    /// The thread that owns the route's instance.
-    pub(crate) thread: JoinHandle<()>,
+    /// The threads that own the route's instances.
+    pub(crate) threads: Vec<JoinHandle<()>>,
 }
 
 /// The engine, the linker and the epoch ticker shared by every route.
@@ -138,13 +142,22 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
-    /// Sets up the engine (component model, epoch interruption) and the linker
-    /// (WASI p2 and berth's host interface).
-    pub(crate) fn new() -> Result<Runtime, RuntimeError> {
+    /// Sets up the engine (component model, epoch interruption, an instance
+    /// pool sized from `config`) and the linker (WASI p2 and berth's host
+    /// interface).
+    pub(crate) fn new(config: &Config) -> Result<Runtime, RuntimeError> {
         let engine_err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
-        let mut config = EngineConfig::new();
-        config.wasm_component_model(true).epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(engine_err)?;
+        let engine = match Engine::new(&engine_config(config, true)) {
+            Ok(engine) => engine,
+            Err(error) => {
+                // Some hosts cap virtual memory too tightly for the pool's
+                // reservation; instances are then allocated on demand.
+                tracing::warn!(
+                    "instance pool unavailable ({error:#}); allocating instances on demand"
+                );
+                Engine::new(&engine_config(config, false)).map_err(engine_err)?
+            }
+        };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
@@ -185,12 +198,41 @@ impl Runtime {
         Ok(Compiled { name, pre })
     }
 
-    /// Instantiates `plugin` for `route` and starts the thread that serves it.
+    /// Starts the workers that serve `route` with `plugin`; `runtime` runs
+    /// their timers and `broker` carries their topics.
     pub(crate) fn spawn_route(
         &self,
+        runtime: &tokio::runtime::Handle,
+        broker: &Arc<Broker>,
         route: Arc<RouteConfig>,
         plugin: Compiled,
     ) -> Result<RouteActor, RuntimeError> {
-        actor::spawn(&self.engine, route, plugin)
+        actor::spawn(&self.engine, runtime, broker, route, plugin)
     }
+}
+
+/// The engine settings. With `pooling`, instances come from a pool sized from
+/// the config rather than wasmtime's defaults (which reserve terabytes of
+/// address space): `max-instances` slots, each memory capped at `max-memory`.
+fn engine_config(config: &Config, pooling: bool) -> EngineConfig {
+    let mut engine = EngineConfig::new();
+    engine.wasm_component_model(true).epoch_interruption(true);
+    // Reserve what a memory may reach, not 4 GiB each: many small instances.
+    engine.memory_reservation(config.max_memory);
+    engine.memory_guard_size(64 << 10);
+    if pooling {
+        let instances = config.max_instances;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(instances)
+            // A component holds a few core instances (the program, plus the
+            // shims that wire imports); language runtimes hold more.
+            .total_core_instances(instances.saturating_mul(8))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(8))
+            .total_stacks(0)
+            .total_gc_heaps(0)
+            .max_memory_size(usize::try_from(config.max_memory).unwrap_or(usize::MAX));
+        engine.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    engine
 }

@@ -37,6 +37,8 @@ impl Guest for Auth {
     }
 
     fn on_close(_conn: ConnectionId, _info: CloseInfo) {}
+
+    fn on_timer(_token: u64) {}
 }
 
 export!(Auth);

@@ -1,22 +1,24 @@
-//! Chat: one room per route. Every text message goes to every other member;
-//! joins and leaves are announced to the others. Messages are JSON objects:
+//! Chat: rooms. A client joins the room named in its query (`?room=NAME`,
+//! default `lobby`); every text message goes to everyone else in that room and
+//! to nobody elsewhere; joins and leaves are announced to the room. The host
+//! does the fan-out through one topic per room. Messages are JSON objects:
 //!
-//! - `{"type":"welcome","id":N,"members":[...]}` to a newcomer,
+//! - `{"type":"welcome","id":N,"room":"lobby","members":[...]}` to a newcomer,
 //! - `{"type":"join","id":N}` and `{"type":"leave","id":N,"code":C,"reason":"..."}`,
 //! - `{"type":"message","from":N,"text":"..."}`.
 
 wit_bindgen::generate!({ path: "../../wit", world: "berth:plugin/plugin" });
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use berth::plugin::host;
 use berth::plugin::types::{Accept, CloseInfo, ConnectionId, Message, Reject, Request};
 use exports::berth::plugin::handler::Guest;
 
 thread_local! {
-    // One instance serves the whole route, so the room lives in the instance.
-    static MEMBERS: RefCell<BTreeSet<ConnectionId>> = const { RefCell::new(BTreeSet::new()) };
+    // One instance serves the whole route, so who is in which room lives here.
+    static ROOMS: RefCell<BTreeMap<ConnectionId, String>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// Appends `s` to `out` as a JSON string literal.
@@ -36,52 +38,84 @@ fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// Sends `text` to every member but `except`.
-fn broadcast(except: ConnectionId, text: String) {
-    let msg = Message::Text(text);
-    MEMBERS.with_borrow(|members| {
-        for &member in members.iter().filter(|&&m| m != except) {
-            let _ = host::send(member, &msg);
-        }
-    });
+/// The room named by `?room=NAME`: 1 to 64 of A-Z, a-z, 0-9, '-' and '_'.
+fn room_of(query: Option<&str>) -> Result<String, Reject> {
+    let name = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("room="))
+        .unwrap_or("lobby");
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(name.to_string())
+    } else {
+        Err(Reject {
+            status: 400,
+            reason: "room names are 1-64 of A-Z, a-z, 0-9, '-' and '_'".into(),
+        })
+    }
+}
+
+fn topic(room: &str) -> String {
+    format!("room:{room}")
+}
+
+fn room_of_conn(conn: ConnectionId) -> Option<String> {
+    ROOMS.with_borrow(|rooms| rooms.get(&conn).cloned())
 }
 
 struct Chat;
 
 impl Guest for Chat {
-    fn on_connect(conn: ConnectionId, _req: Request) -> Result<Accept, Reject> {
-        let members = MEMBERS.with_borrow(|m| {
-            m.iter()
-                .map(|id| id.to_string())
+    fn on_connect(conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
+        let room = room_of(req.query.as_deref())?;
+        let members = ROOMS.with_borrow(|rooms| {
+            rooms
+                .iter()
+                .filter(|(_, r)| **r == room)
+                .map(|(id, _)| id.to_string())
                 .collect::<Vec<_>>()
                 .join(",")
         });
-        let welcome = format!(r#"{{"type":"welcome","id":{conn},"members":[{members}]}}"#);
+        let mut welcome = format!(r#"{{"type":"welcome","id":{conn},"room":"#);
+        push_json_string(&mut welcome, &room);
+        welcome.push_str(&format!(r#","members":[{members}]}}"#));
         let _ = host::send(conn, &Message::Text(welcome));
-        broadcast(conn, format!(r#"{{"type":"join","id":{conn}}}"#));
-        MEMBERS.with_borrow_mut(|m| m.insert(conn));
+        let join = Message::Text(format!(r#"{{"type":"join","id":{conn}}}"#));
+        host::publish(&topic(&room), &join, None);
+        let _ = host::subscribe(conn, &topic(&room));
+        ROOMS.with_borrow_mut(|rooms| rooms.insert(conn, room));
         Ok(Accept { subprotocol: None })
     }
 
     fn on_message(conn: ConnectionId, msg: Message) {
-        if let Message::Text(text) = msg {
-            let mut out = format!(r#"{{"type":"message","from":{conn},"text":"#);
-            push_json_string(&mut out, &text);
-            out.push('}');
-            broadcast(conn, out);
-        }
+        let (Message::Text(text), Some(room)) = (msg, room_of_conn(conn)) else {
+            return;
+        };
+        let mut out = format!(r#"{{"type":"message","from":{conn},"text":"#);
+        push_json_string(&mut out, &text);
+        out.push('}');
+        host::publish(&topic(&room), &Message::Text(out), Some(conn));
     }
 
     fn on_close(conn: ConnectionId, info: CloseInfo) {
-        MEMBERS.with_borrow_mut(|m| m.remove(&conn));
+        let Some(room) = ROOMS.with_borrow_mut(|rooms| rooms.remove(&conn)) else {
+            return;
+        };
         let mut out = format!(
             r#"{{"type":"leave","id":{conn},"code":{},"reason":"#,
             info.code
         );
         push_json_string(&mut out, &info.reason);
         out.push('}');
-        broadcast(conn, out);
+        // The host ended the connection's subscription before this call.
+        host::publish(&topic(&room), &Message::Text(out), None);
     }
+
+    fn on_timer(_token: u64) {}
 }
 
 export!(Chat);

@@ -19,6 +19,8 @@ impl Guest for Echo {
     }
 
     fn on_close(_conn: ConnectionId, _info: CloseInfo) {}
+
+    fn on_timer(_token: u64) {}
 }
 
 export!(Echo);

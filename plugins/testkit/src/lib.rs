@@ -6,6 +6,13 @@
 //! - `close CODE REASON` closes the sender's own connection.
 //! - `flood COUNT SIZE` sends COUNT binary messages of SIZE bytes to the sender,
 //!   stopping at the first refusal.
+//! - `subscribe TOPIC` / `unsubscribe TOPIC` answer `subscribed` / `unsubscribed`.
+//! - `publish TOPIC TEXT` answers `published N` (N subscribers reached).
+//! - `publish-many TOPIC COUNT SIZE` publishes COUNT texts `I|....` of SIZE bytes.
+//! - `timer DELAY once|repeat TOKEN` answers `timer ID`; each firing sends
+//!   `tick TOKEN messages=N` (N: messages this instance has received).
+//! - `cancel ID` answers `cancelled true|false`.
+//! - `config KEY` answers `config VALUE` or `config none`.
 //! - `print TEXT` writes TEXT to stdout (which the host logs).
 //! - `spin` loops forever (the host's call deadline must stop it).
 //! - `panic` traps.
@@ -17,7 +24,8 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "berth:plugin/plugin" });
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 use berth::plugin::host;
 use berth::plugin::types::{Accept, CloseInfo, ConnError, ConnectionId, Message, Reject, Request};
@@ -28,6 +36,10 @@ struct Testkit;
 thread_local! {
     /// Every `on-close` this instance has seen, as `conn:code`.
     static CLOSES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// Messages this instance has received (per connection in the connection model).
+    static MESSAGES: Cell<u64> = const { Cell::new(0) };
+    /// Which connection asked for each timer token, to tell it when it fires.
+    static TIMER_OWNERS: RefCell<HashMap<u64, ConnectionId>> = RefCell::new(HashMap::new());
 }
 
 fn error_name(err: ConnError) -> &'static str {
@@ -71,6 +83,7 @@ impl Guest for Testkit {
     }
 
     fn on_message(conn: ConnectionId, msg: Message) {
+        MESSAGES.set(MESSAGES.get() + 1);
         let Message::Text(text) = msg else { return };
         let (command, rest) = text.split_once(' ').unwrap_or((&text, ""));
         match command {
@@ -101,12 +114,57 @@ impl Guest for Testkit {
                     }
                 }
             }
+            "subscribe" => reply(conn, outcome(host::subscribe(conn, rest), "subscribed")),
+            "unsubscribe" => reply(conn, outcome(host::unsubscribe(conn, rest), "unsubscribed")),
+            "publish" => {
+                let (topic, body) = rest.split_once(' ').unwrap_or((rest, ""));
+                let count = host::publish(topic, &Message::Text(body.into()), None);
+                reply(conn, format!("published {count}"));
+            }
+            "publish-many" => {
+                let mut args = rest.split(' ');
+                let topic = args.next().unwrap_or_default();
+                let count: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let size: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                for i in 0..count {
+                    let mut body = i.to_string();
+                    body.push('|');
+                    body.extend(std::iter::repeat_n('.', size.saturating_sub(body.len())));
+                    host::publish(topic, &Message::Text(body), None);
+                }
+                reply(conn, "published".into());
+            }
+            "timer" => {
+                let mut args = rest.split(' ');
+                let delay = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                let repeat = args.next() == Some("repeat");
+                let token = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+                TIMER_OWNERS.with_borrow_mut(|owners| owners.insert(token, conn));
+                match host::set_timer(delay, repeat, token) {
+                    Ok(id) => reply(conn, format!("timer {id}")),
+                    Err(_) => reply(conn, "error too-many-timers".into()),
+                }
+            }
+            "cancel" => {
+                let cancelled = host::cancel_timer(rest.parse().unwrap_or(0));
+                reply(conn, format!("cancelled {cancelled}"));
+            }
+            "config" => match host::config_get(rest) {
+                Some(value) => reply(conn, format!("config {value}")),
+                None => reply(conn, "config none".into()),
+            },
             "print" => println!("{rest}"),
             "spin" => loop {
                 std::hint::spin_loop();
             },
             "panic" => panic!("asked to panic"),
             _ => reply(conn, format!("unknown command {command}")),
+        }
+    }
+
+    fn on_timer(token: u64) {
+        if let Some(conn) = TIMER_OWNERS.with_borrow(|owners| owners.get(&token).copied()) {
+            reply(conn, format!("tick {token} messages={}", MESSAGES.get()));
         }
     }
 
