@@ -10,7 +10,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{
-    TestServer, WAIT, connect, expect_close, json_field, recv, recv_text, send_text,
+    TestServer, WAIT, await_on_close, connect, expect_close, json_field, kit_client, recv,
+    recv_text, send_text,
 };
 
 const ROUTES: &str = r#"
@@ -188,34 +189,6 @@ async fn shutdown_closes_clients_with_1001() {
         .await
         .expect("stops")
         .unwrap();
-}
-
-/// Asks the testkit on `url` which `on-close` calls it has seen, until
-/// `conn:code` is among them (bounded).
-async fn await_on_close(url: &str, conn: &str, code: u16) {
-    let expected = format!("{conn}:{code}");
-    let mut observer = connect(url).await;
-    for _ in 0..100 {
-        send_text(&mut observer, "closes").await;
-        let seen = recv_text(&mut observer).await;
-        if seen.split(' ').any(|c| c == expected) {
-            return;
-        }
-        assert!(
-            !seen.split(' ').any(|c| c.starts_with(&format!("{conn}:"))),
-            "on-close for {conn} had the wrong code: {seen}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no on-close {expected}");
-}
-
-/// Connects to the testkit at `url` and returns the client with its id.
-async fn kit_client(url: &str) -> (crate::support::Client, String) {
-    let mut client = connect(url).await;
-    send_text(&mut client, "whoami").await;
-    let id = recv_text(&mut client).await.replace("id ", "");
-    (client, id)
 }
 
 #[tokio::test]

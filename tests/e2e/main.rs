@@ -7,3 +7,4 @@ mod echo;
 mod handshake;
 mod lifecycle;
 mod support;
+mod topics;

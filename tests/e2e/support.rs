@@ -217,3 +217,31 @@ pub fn json_field<'a>(json: &'a str, field: &str) -> &'a str {
     };
     &rest[..end]
 }
+
+/// Asks the testkit on `url` which `on-close` calls it has seen, until
+/// `conn:code` is among them (bounded).
+pub async fn await_on_close(url: &str, conn: &str, code: u16) {
+    let expected = format!("{conn}:{code}");
+    let mut observer = connect(url).await;
+    for _ in 0..100 {
+        send_text(&mut observer, "closes").await;
+        let seen = recv_text(&mut observer).await;
+        if seen.split(' ').any(|c| c == expected) {
+            return;
+        }
+        assert!(
+            !seen.split(' ').any(|c| c.starts_with(&format!("{conn}:"))),
+            "on-close for {conn} had the wrong code: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no on-close {expected}");
+}
+
+/// Connects to the testkit at `url` and returns the client with its id.
+pub async fn kit_client(url: &str) -> (Client, String) {
+    let mut client = connect(url).await;
+    send_text(&mut client, "whoami").await;
+    let id = recv_text(&mut client).await.replace("id ", "");
+    (client, id)
+}

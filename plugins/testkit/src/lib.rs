@@ -8,9 +8,11 @@
 //!   stopping at the first refusal.
 //! - `subscribe TOPIC` / `unsubscribe TOPIC` answer `subscribed` / `unsubscribed`.
 //! - `publish TOPIC TEXT` answers `published N` (N subscribers reached).
-//! - `publish-many TOPIC COUNT SIZE` publishes COUNT texts `I|....` of SIZE bytes.
+//! - `publish-many TOPIC FROM COUNT SIZE` publishes COUNT texts `I|....` of SIZE
+//!   bytes, I counting up from FROM.
 //! - `timer DELAY once|repeat TOKEN` answers `timer ID`; each firing sends
-//!   `tick TOKEN messages=N` (N: messages this instance has received).
+//!   `tick TOKEN messages=N` (N: messages this instance has received) to the
+//!   connection that set it, and publishes the same text to the topic `ticks`.
 //! - `cancel ID` answers `cancelled true|false`.
 //! - `config KEY` answers `config VALUE` or `config none`.
 //! - `print TEXT` writes TEXT to stdout (which the host logs).
@@ -124,9 +126,13 @@ impl Guest for Testkit {
             "publish-many" => {
                 let mut args = rest.split(' ');
                 let topic = args.next().unwrap_or_default();
-                let count: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-                let size: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-                for i in 0..count {
+                let mut number = || {
+                    args.next()
+                        .and_then(|n| n.parse::<usize>().ok())
+                        .unwrap_or(0)
+                };
+                let (from, count, size) = (number(), number(), number());
+                for i in from..from + count {
                     let mut body = i.to_string();
                     body.push('|');
                     body.extend(std::iter::repeat_n('.', size.saturating_sub(body.len())));
@@ -163,9 +169,11 @@ impl Guest for Testkit {
     }
 
     fn on_timer(token: u64) {
+        let tick = format!("tick {token} messages={}", MESSAGES.get());
         if let Some(conn) = TIMER_OWNERS.with_borrow(|owners| owners.get(&token).copied()) {
-            reply(conn, format!("tick {token} messages={}", MESSAGES.get()));
+            reply(conn, tick.clone());
         }
+        host::publish("ticks", &Message::Text(tick), None);
     }
 
     fn on_close(conn: ConnectionId, info: CloseInfo) {
