@@ -188,5 +188,8 @@ fn the_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/berth.toml");
     let config = berth::Config::load(std::path::Path::new(example)).expect("example loads");
     assert_eq!(config.routes.len(), 5);
-    assert_eq!(config.routes[3].instance, berth::config::InstanceModel::Connection);
+    assert_eq!(
+        config.routes[3].instance,
+        berth::config::InstanceModel::Connection
+    );
 }

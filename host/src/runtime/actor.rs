@@ -405,10 +405,20 @@ impl Worker {
         if !missing {
             return true;
         }
+        let started = std::time::Instant::now();
         match &self.instances {
             Instances::Shared(_) => self.restart_shared(HashMap::new()),
             Instances::PerConnection(_) => match self.instantiate(conn) {
                 Ok(live) => {
+                    // Read by the fan-out benchmark: the real cost of a
+                    // connection's instance, pool slot included.
+                    tracing::trace!(
+                        target: "berth::instance",
+                        route = %self.route.path,
+                        conn,
+                        micros = started.elapsed().as_micros() as u64,
+                        "instance made"
+                    );
                     if let Instances::PerConnection(map) = &mut self.instances {
                         map.insert(conn, live);
                     }
