@@ -127,6 +127,9 @@ fn the_demo_runs_without_a_config_file() {
         assert_eq!(recv_text(&mut client).await, "demo");
         let mut chat = connect(&format!("ws://{addr}/chat")).await;
         assert!(recv_text(&mut chat).await.contains("welcome"));
+        let mut ticker = connect(&format!("ws://{addr}/ticker")).await;
+        send_text(&mut ticker, "subscribe:ACME").await;
+        assert!(recv_text(&mut ticker).await.contains(r#""symbol":"ACME""#));
     });
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])

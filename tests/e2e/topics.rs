@@ -365,3 +365,30 @@ async fn the_ticker_publishes_to_each_symbols_subscribers() {
     assert_eq!(json_field(&recv_text(&mut acme).await, "type"), "\"error\"");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_instance_pool_answers_503_until_a_connection_leaves() {
+    let routes = "max-instances = 3\n[[route]]\npath = \"/c\"\nplugin = \"counter.wasm\"\ninstance = \"connection\"\n";
+    let server = TestServer::start(routes).await;
+    let url = server.url("/c");
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(connect(&url).await);
+    }
+    let refused = crate::support::try_connect(crate::support::request(&url, &[])).await;
+    assert_eq!(refused.err().map(|e| e.0), Some(503));
+    open.pop().unwrap().close(None).await.unwrap();
+    let mut admitted = false;
+    for _ in 0..100 {
+        if let Ok((mut client, _)) =
+            crate::support::try_connect(crate::support::request(&url, &[])).await
+        {
+            assert_eq!(ask(&mut client, "x").await, "1");
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "a freed pool slot was never reused");
+    server.stop().await;
+}
