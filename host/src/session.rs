@@ -9,11 +9,13 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::SplitSink;
+use futures_util::task::{ArcWake, AtomicWaker, waker};
 use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -220,12 +222,62 @@ fn host_close(code: CloseCode, reason: &str) -> (CloseFrame, CloseInfo) {
     )
 }
 
+/// Polls a branch of the session loop only after that branch has woken the task.
+///
+/// The loop runs once per outbound wake-up, when the socket usually has
+/// nothing to read. Polling the reader anyway is not free: tungstenite
+/// zero-fills its free read buffer on every read attempt, even one that finds
+/// no data (measured: 5 to 15% of a fan-out's CPU). The gate remembers whether
+/// the reader's own waker has fired, and skips the poll when it has not.
+struct Gate {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for Gate {
+    fn wake_by_ref(gate: &Arc<Self>) {
+        gate.woken.store(true, Ordering::Release);
+        gate.task.wake();
+    }
+}
+
+impl Gate {
+    fn new() -> Arc<Self> {
+        Arc::new(Gate {
+            // The first turn polls: the branch may be ready already.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        })
+    }
+
+    /// Runs `poll` with this gate's waker if the branch has woken since it
+    /// last returned `Pending`.
+    fn poll<T>(
+        self: &Arc<Self>,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        self.task.register(cx.waker());
+        if !self.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = waker(self.clone());
+        let result = poll(&mut Context::from_waker(&waker));
+        if result.is_ready() {
+            // A ready branch may be ready again at once (more buffered frames).
+            self.woken.store(true, Ordering::Release);
+        }
+        result
+    }
+}
+
 impl Session {
     async fn drive<S>(mut self, ws: WebSocketStream<S>) -> CloseInfo
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let (mut sink, mut stream) = ws.split();
+        let read_gate = Gate::new();
         let mut queue: VecDeque<WsMessage> = VecDeque::with_capacity(WRITE_BATCH);
         let mut unflushed = false;
         let mut received: Vec<Outbound> = Vec::with_capacity(WRITE_BATCH);
@@ -292,7 +344,7 @@ impl Session {
                         }
                     }
                 }
-                frame = stream.next() => match frame {
+                frame = poll_fn(|cx| read_gate.poll(cx, |cx| stream.poll_next_unpin(cx))) => match frame {
                     Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
                         // Data that arrives after our close frame is dropped (RFC 6455 5.5.1).
                         if open {
