@@ -1,7 +1,9 @@
 //! The HTTP side: plain requests, the host's upgrade checks, and the plugin's
 //! say in `on-connect`.
 
-use crate::support::{TestServer, connect, http_get, recv_text, request, send_text, try_connect};
+use crate::support::{
+    TestServer, connect, http_get, recv_text, refusal, request, send_text, try_connect,
+};
 
 const ROUTES: &str = r#"
 [[route]]
@@ -79,8 +81,10 @@ async fn on_connect_can_reject_with_status_and_reason() {
         refused.err(),
         Some((401, "missing or wrong token".to_string()))
     );
-    let refused = try_connect(request(&server.url("/auth?token=guess"), &[])).await;
-    assert_eq!(refused.err().map(|e| e.0), Some(401));
+    assert_eq!(
+        refusal(request(&server.url("/auth?token=guess"), &[])).await,
+        Some(401)
+    );
 
     let mut client = connect(&server.url("/auth?token=let-me-in")).await;
     send_text(&mut client, "in").await;
@@ -92,8 +96,10 @@ async fn on_connect_can_reject_with_status_and_reason() {
         Some((429, "rejected on request".to_string()))
     );
     // A status outside 400..=599 is a plugin fault, answered as 500.
-    let refused = try_connect(request(&server.url("/kit?reject=200"), &[])).await;
-    assert_eq!(refused.err().map(|e| e.0), Some(500));
+    assert_eq!(
+        refusal(request(&server.url("/kit?reject=200"), &[])).await,
+        Some(500)
+    );
     server.stop().await;
 }
 
@@ -124,19 +130,10 @@ async fn origin_policy() {
     let server = TestServer::start(ROUTES).await;
     let partner = server.url("/partner");
     let evil = [("Origin", "https://evil.test")];
-    assert_eq!(
-        try_connect(request(&partner, &evil))
-            .await
-            .err()
-            .map(|e| e.0),
-        Some(403)
-    );
+    assert_eq!(refusal(request(&partner, &evil)).await, Some(403));
     // Same-origin by default: /auth allows only its own origin.
     let auth = server.url("/auth?token=let-me-in");
-    assert_eq!(
-        try_connect(request(&auth, &evil)).await.err().map(|e| e.0),
-        Some(403)
-    );
+    assert_eq!(refusal(request(&auth, &evil)).await, Some(403));
     let same = format!("http://{}", server.addr);
     assert!(
         try_connect(request(&auth, &[("Origin", &same)]))

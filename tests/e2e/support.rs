@@ -116,6 +116,11 @@ pub async fn try_connect(
     }
 }
 
+/// The HTTP status an upgrade is refused with, or `None` if it is accepted.
+pub async fn refusal(request: Request<()>) -> Option<u16> {
+    try_connect(request).await.err().map(|(status, _)| status)
+}
+
 /// The next data message, skipping nothing: pings are answered by the library.
 pub async fn recv(client: &mut Client) -> Message {
     loop {

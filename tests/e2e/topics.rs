@@ -6,7 +6,8 @@ use futures_util::StreamExt;
 use tokio::net::TcpSocket;
 
 use crate::support::{
-    Client, TestServer, WAIT, await_on_close, connect, json_field, recv_text, send_text,
+    Client, TestServer, WAIT, await_on_close, connect, json_field, recv_text, refusal, request,
+    send_text, try_connect,
 };
 
 /// The testkit in both instance models, plus namespaced routes.
@@ -257,12 +258,10 @@ async fn counter_counts_per_connection_and_chat_rooms_are_isolated() {
     send_text(&mut red, "second for red").await;
     // Blue's message was sent first, yet red2 hears only its own room.
     assert!(recv_text(&mut red2).await.contains("second for red"));
-    let refused = crate::support::try_connect(crate::support::request(
-        &server.url("/chat?room=no%20spaces"),
-        &[],
-    ))
-    .await;
-    assert_eq!(refused.err().map(|e| e.0), Some(400));
+    assert_eq!(
+        refusal(request(&server.url("/chat?room=no%20spaces"), &[],)).await,
+        Some(400)
+    );
     server.stop().await;
 }
 
@@ -375,14 +374,11 @@ async fn a_full_instance_pool_answers_503_until_a_connection_leaves() {
     for _ in 0..3 {
         open.push(connect(&url).await);
     }
-    let refused = crate::support::try_connect(crate::support::request(&url, &[])).await;
-    assert_eq!(refused.err().map(|e| e.0), Some(503));
+    assert_eq!(refusal(request(&url, &[])).await, Some(503));
     open.pop().unwrap().close(None).await.unwrap();
     let mut admitted = false;
     for _ in 0..100 {
-        if let Ok((mut client, _)) =
-            crate::support::try_connect(crate::support::request(&url, &[])).await
-        {
+        if let Ok((mut client, _)) = try_connect(request(&url, &[])).await {
             assert_eq!(ask(&mut client, "x").await, "1");
             admitted = true;
             break;

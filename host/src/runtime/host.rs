@@ -141,6 +141,14 @@ fn conn_error(err: PushError) -> types::ConnError {
     }
 }
 
+/// A plugin's message as a WebSocket message; the bytes move, they are not copied.
+fn to_wire(msg: types::Message) -> WsMessage {
+    match msg {
+        types::Message::Text(text) => WsMessage::Text(text.into()),
+        types::Message::Binary(bytes) => WsMessage::Binary(bytes.into()),
+    }
+}
+
 /// Cuts `reason` to what fits in a close frame, at a character boundary.
 fn close_reason(mut reason: String) -> String {
     if reason.len() > MAX_CLOSE_REASON {
@@ -165,10 +173,7 @@ impl host::Host for HostState {
             Ok(entry) => entry,
             Err(e) => return Ok(Err(e)),
         };
-        let msg = match msg {
-            types::Message::Text(text) => WsMessage::Text(text.into()),
-            types::Message::Binary(bytes) => WsMessage::Binary(bytes.into()),
-        };
+        let msg = to_wire(msg);
         Ok(entry
             .handle
             .push(Outbound::Message(msg))
@@ -239,10 +244,7 @@ impl host::Host for HostState {
         msg: types::Message,
         exclude: Option<u64>,
     ) -> wasmtime::Result<u32> {
-        let msg = match msg {
-            types::Message::Text(text) => WsMessage::Text(text.into()),
-            types::Message::Binary(bytes) => WsMessage::Binary(bytes.into()),
-        };
+        let msg = to_wire(msg);
         let route = &self.route;
         Ok(route
             .broker
