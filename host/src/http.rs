@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::handshake::{self, Refusal};
+use crate::outbox;
 use crate::router::Router;
 use crate::runtime::{CloseInfo, ConnectOutcome, Request as PluginRequest};
 use crate::session::{self, CloseReport};
@@ -131,7 +132,7 @@ impl App {
 
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let request = plugin_request(&req, peer, offer.subprotocols);
-        let (handle, pending) = session::channel(route.config.write_queue, &self.shutdown);
+        let (handle, outbox) = outbox::outbox(route.config.write_queue, &self.shutdown);
         let asked = route.plugin.connect(conn, request, handle);
         let outcome = match tokio::time::timeout(self.handshake_timeout, asked).await {
             Ok(Some(outcome)) => outcome,
@@ -173,7 +174,7 @@ impl App {
                         )
                         .await;
                         let config = route.config.clone();
-                        session::run(ws, conn, config, pending, shutdown, report).await;
+                        session::run(ws, conn, config, outbox, shutdown, report).await;
                     }
                     Err(error) => {
                         tracing::debug!(%error, "upgrade failed");

@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 mod handshake;
 mod http;
+mod outbox;
 mod pubsub;
 mod router;
 pub mod runtime;

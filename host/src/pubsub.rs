@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::session::{ConnHandle, Outbound};
+use crate::outbox::{ConnHandle, Outbound};
 
 /// Subscribers of one topic, by connection id.
 type Subscribers = HashMap<u64, ConnHandle>;

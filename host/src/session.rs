@@ -18,7 +18,6 @@ use futures_util::stream::SplitSink;
 use futures_util::task::{ArcWake, AtomicWaker, waker};
 use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
@@ -29,71 +28,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RouteConfig;
+use crate::outbox::{Outbound, Outbox};
 use crate::runtime::{CloseInfo, PluginHandle};
 
 /// How long the peer has to answer a close frame before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most outbound messages taken from the queue and written per turn.
 const WRITE_BATCH: usize = 64;
-
-/// What the plugin side asks a session to do.
-pub(crate) enum Outbound {
-    /// Send a data message.
-    Message(WsMessage),
-    /// Send a close frame and end the connection.
-    Close(CloseFrame),
-}
-
-/// Why an outbound message was not queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PushError {
-    /// The queue is full: the client is too slow, and the session will close it.
-    Full,
-    /// The session has ended.
-    Gone,
-}
-
-/// The sending side of one connection's outbound queue, held by the plugin
-/// runtime and by the topics the connection is subscribed to.
-#[derive(Clone)]
-pub(crate) struct ConnHandle {
-    tx: mpsc::Sender<Outbound>,
-    stop: CancellationToken,
-}
-
-impl ConnHandle {
-    /// Queues `out` without waiting. A full queue marks the client as a slow
-    /// consumer: its session closes it with 1013.
-    pub(crate) fn push(&self, out: Outbound) -> Result<(), PushError> {
-        self.tx.try_send(out).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                self.stop.cancel();
-                PushError::Full
-            }
-            mpsc::error::TrySendError::Closed(_) => PushError::Gone,
-        })
-    }
-}
-
-/// The session's end of a connection, made before the plugin is asked about it.
-pub(crate) struct Pending {
-    rx: mpsc::Receiver<Outbound>,
-    stop: CancellationToken,
-}
-
-/// Makes the outbound queue for a new connection. `shutdown` is the server's
-/// stop signal; the connection's own stop signal is a child of it.
-pub(crate) fn channel(capacity: usize, shutdown: &CancellationToken) -> (ConnHandle, Pending) {
-    let (tx, rx) = mpsc::channel(capacity);
-    let stop = shutdown.child_token();
-    (
-        ConnHandle {
-            tx,
-            stop: stop.clone(),
-        },
-        Pending { rx, stop },
-    )
-}
 
 /// Reports `on-close` exactly once: explicitly at the end of a session, or from
 /// `Drop` if the session never ran or was cut short.
@@ -156,7 +97,7 @@ pub(crate) async fn run<S>(
     ws: WebSocketStream<S>,
     conn: u64,
     route: Arc<RouteConfig>,
-    pending: Pending,
+    outbox: Outbox,
     shutdown: CancellationToken,
     report: CloseReport,
 ) where
@@ -167,8 +108,7 @@ pub(crate) async fn run<S>(
         conn,
         route,
         plugin,
-        outbound: pending.rx,
-        stop: pending.stop,
+        outbound: outbox,
         shutdown,
     }
     .drive(ws)
@@ -181,8 +121,7 @@ struct Session {
     conn: u64,
     route: Arc<RouteConfig>,
     plugin: PluginHandle,
-    outbound: mpsc::Receiver<Outbound>,
-    stop: CancellationToken,
+    outbound: Outbox,
     shutdown: CancellationToken,
 }
 
@@ -272,7 +211,7 @@ impl Gate {
 }
 
 impl Session {
-    async fn drive<S>(mut self, ws: WebSocketStream<S>) -> CloseInfo
+    async fn drive<S>(self, ws: WebSocketStream<S>) -> CloseInfo
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -288,7 +227,7 @@ impl Session {
         // Set once a close frame is queued: what on-close will say, and when to give up.
         let mut closing: Option<(CloseInfo, Instant)> = None;
         // Made once: a fresh wait per turn would lock the token's waiter list twice a message.
-        let stopped = self.stop.clone().cancelled_owned();
+        let stopped = self.outbound.stop().clone().cancelled_owned();
         tokio::pin!(stopped);
 
         loop {
@@ -323,7 +262,7 @@ impl Session {
                         };
                     }
                 }
-                count = self.outbound.recv_many(&mut received, WRITE_BATCH), if open && queue.len() < WRITE_BATCH => {
+                count = poll_fn(|cx| self.outbound.poll_recv_many(cx, &mut received, WRITE_BATCH)), if open && queue.len() < WRITE_BATCH => {
                     if count == 0 {
                         // The plugin runtime dropped this connection (its
                         // instance could not be restarted).

@@ -12,6 +12,8 @@ use std::sync::atomic::AtomicU64;
 
 use http::StatusCode;
 use tokio::sync::{mpsc, oneshot};
+
+use super::queue::{QueueRx, QueueTx, WeakQueueTx, queue};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -25,8 +27,8 @@ use super::stdio::{LogTarget, Stdio};
 use super::timers::Timers;
 use super::{Compiled, EPOCH_TICK, RouteActor, RuntimeError};
 use crate::config::{InstanceModel, RouteConfig};
+use crate::outbox::{ConnHandle, Outbound, deferring_wakes};
 use crate::pubsub::Broker;
-use crate::session::{ConnHandle, Outbound};
 
 /// How many events may wait for a worker before sessions stop reading their
 /// sockets (TCP backpressure reaches the clients).
@@ -75,12 +77,12 @@ pub(crate) enum Event {
 /// Where sessions send a route's events; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct PluginHandle {
-    workers: Arc<[mpsc::Sender<Event>]>,
+    workers: Arc<[QueueTx<Event>]>,
 }
 
 impl PluginHandle {
     /// The worker that serves `conn`: the same one for the connection's whole life.
-    fn worker(&self, conn: u64) -> &mpsc::Sender<Event> {
+    fn worker(&self, conn: u64) -> &QueueTx<Event> {
         &self.workers[(conn % self.workers.len() as u64) as usize]
     }
 
@@ -149,7 +151,7 @@ struct Worker {
     compiled: Arc<Compiled>,
     engine: wasmtime::Engine,
     runtime: tokio::runtime::Handle,
-    queue: mpsc::WeakSender<Event>,
+    queue: WeakQueueTx<Event>,
     current_conn: Arc<AtomicU64>,
     deadline_ticks: u64,
     instances: Instances,
@@ -184,7 +186,7 @@ pub(super) fn spawn(
     let mut senders = Vec::with_capacity(count);
     let mut threads = Vec::with_capacity(count);
     for index in 0..count {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = queue(QUEUE, runtime);
         let mut worker = Worker {
             route: route.clone(),
             shared: shared.clone(),
@@ -232,12 +234,16 @@ fn to_plugin_message(msg: WsMessage) -> Option<Message> {
 }
 
 impl Worker {
-    fn run(mut self, mut rx: mpsc::Receiver<Event>) {
+    fn run(mut self, mut rx: QueueRx<Event>) {
         let mut batch = Vec::with_capacity(BATCH);
+        let mut wakes = Vec::new();
         while rx.blocking_recv_many(&mut batch, BATCH) > 0 {
-            for event in batch.drain(..) {
-                self.handle(event);
-            }
+            // Sessions wake once per batch, to write all it queued for them.
+            deferring_wakes(&mut wakes, || {
+                for event in batch.drain(..) {
+                    self.handle(event);
+                }
+            });
         }
         tracing::debug!(route = %self.route.path, "route worker stopped");
     }

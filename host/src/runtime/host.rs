@@ -14,8 +14,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::berth::plugin::{host, types};
 use super::timers::Timers;
+use crate::outbox::{ConnHandle, Outbound, PushError};
 use crate::pubsub::Broker;
-use crate::session::{ConnHandle, Outbound, PushError};
 
 /// What every instance of one route shares: its name, its topic namespace and
 /// config values, and the server's broker.

@@ -13,6 +13,7 @@
 mod actor;
 mod bindings;
 mod host;
+mod queue;
 mod stdio;
 mod timers;
 

@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::sync::mpsc::WeakSender;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::actor::Event;
+use super::queue::WeakQueueTx;
 
 /// The most live timers one instance may have.
 pub(crate) const MAX_TIMERS: usize = 1024;
@@ -28,13 +28,17 @@ pub(crate) struct Timers {
     next_id: u64,
     live: HashMap<u64, Timer>,
     // Weak: a pending timer must not keep a route's queue open after shutdown.
-    queue: WeakSender<Event>,
+    queue: WeakQueueTx<Event>,
     runtime: tokio::runtime::Handle,
 }
 
 impl Timers {
     /// No timers yet; events will go to `queue`, tagged with `key`.
-    pub(crate) fn new(key: u64, queue: WeakSender<Event>, runtime: tokio::runtime::Handle) -> Self {
+    pub(crate) fn new(
+        key: u64,
+        queue: WeakQueueTx<Event>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         Timers {
             key,
             next_id: 1,

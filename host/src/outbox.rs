@@ -1,0 +1,278 @@
+//! One connection's outbound queue: bounded, filled by the plugin runtime and
+//! by topics, drained by the connection's session.
+//!
+//! It is a plain locked `VecDeque` rather than a channel for two reasons:
+//! - a route worker that handles a batch of events can hold back the wake-ups
+//!   it causes until the batch is done ([`deferring_wakes`]), so that a
+//!   session wakes once to write every message the batch queued for it,
+//!   instead of once per message, which is what makes a fan-out to a thousand
+//!   subscribers cheap;
+//! - an idle connection's queue allocates nothing.
+//!
+//! Only a push onto an empty queue needs to wake the session: a non-empty
+//! queue means a wake-up is already on its way, and the session always takes
+//! everything there is (up to its batch limit) before it sleeps again.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_util::sync::CancellationToken;
+
+/// What the plugin side asks a session to do.
+pub(crate) enum Outbound {
+    /// Send a data message.
+    Message(WsMessage),
+    /// Send a close frame and end the connection.
+    Close(CloseFrame),
+}
+
+/// Why an outbound message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The queue is full: the client is too slow, and the session will close it.
+    Full,
+    /// The session has ended.
+    Gone,
+}
+
+struct State {
+    queue: VecDeque<Outbound>,
+    /// The session, while it waits on an empty queue.
+    waiter: Option<Waker>,
+    /// The session has ended; pushes are refused.
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    capacity: usize,
+    /// Live [`ConnHandle`]s: at zero nobody can reach the connection any more.
+    handles: AtomicUsize,
+    /// The connection's stop signal, cancelled when the client is too slow.
+    stop: CancellationToken,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; recover the state regardless.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+thread_local! {
+    /// Wake-ups held back on this thread while it runs [`deferring_wakes`].
+    static DEFERRED: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+}
+
+fn wake(waker: Waker) {
+    let waker = DEFERRED.with_borrow_mut(|deferred| match deferred {
+        Some(held) => {
+            held.push(waker);
+            None
+        }
+        None => Some(waker),
+    });
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+/// Runs `f`, holding back every session wake-up that pushes on this thread
+/// cause until it returns, then waking each session once.
+pub(crate) fn deferring_wakes<R>(held: &mut Vec<Waker>, f: impl FnOnce() -> R) -> R {
+    let previous = DEFERRED.replace(Some(std::mem::take(held)));
+    let result = f();
+    *held = DEFERRED
+        .replace(previous)
+        .expect("only deferring_wakes takes the held wakes");
+    for waker in held.drain(..) {
+        waker.wake();
+    }
+    result
+}
+
+/// The sending side of one connection's outbound queue, held by the plugin
+/// runtime and by the topics the connection is subscribed to.
+pub(crate) struct ConnHandle {
+    shared: Arc<Shared>,
+}
+
+impl Clone for ConnHandle {
+    fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::Relaxed);
+        ConnHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last handle: the session must learn that nobody will write
+            // to it again.
+            if let Some(waker) = self.shared.lock().waiter.take() {
+                wake(waker);
+            }
+        }
+    }
+}
+
+impl ConnHandle {
+    /// Queues `out` without waiting. A full queue marks the client as a slow
+    /// consumer: its session closes it with 1013.
+    pub(crate) fn push(&self, out: Outbound) -> Result<(), PushError> {
+        let mut state = self.shared.lock();
+        if state.closed {
+            return Err(PushError::Gone);
+        }
+        if state.queue.len() >= self.shared.capacity {
+            drop(state);
+            self.shared.stop.cancel();
+            return Err(PushError::Full);
+        }
+        state.queue.push_back(out);
+        let waiter = state.waiter.take();
+        drop(state);
+        if let Some(waker) = waiter {
+            wake(waker);
+        }
+        Ok(())
+    }
+}
+
+/// The session's end of the queue.
+pub(crate) struct Outbox {
+    shared: Arc<Shared>,
+}
+
+impl Outbox {
+    /// Moves up to `limit` queued items into `into`. Ready with 0 once the
+    /// queue is empty and no handle is left to fill it.
+    pub(crate) fn poll_recv_many(
+        &self,
+        cx: &mut Context<'_>,
+        into: &mut Vec<Outbound>,
+        limit: usize,
+    ) -> Poll<usize> {
+        let mut state = self.shared.lock();
+        if state.queue.is_empty() {
+            if self.shared.handles.load(Ordering::Acquire) == 0 {
+                return Poll::Ready(0);
+            }
+            state.waiter = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let count = state.queue.len().min(limit);
+        into.extend(state.queue.drain(..count));
+        if state.queue.is_empty() && state.queue.capacity() > limit {
+            // A burst is over: give back what it grew, so that an idle
+            // connection holds no queue memory.
+            state.queue = VecDeque::new();
+        }
+        Poll::Ready(count)
+    }
+
+    /// The connection's stop signal.
+    pub(crate) fn stop(&self) -> &CancellationToken {
+        &self.shared.stop
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.closed = true;
+        state.waiter = None;
+        // Messages nobody will write go now, not when the last handle does.
+        state.queue = VecDeque::new();
+    }
+}
+
+/// Makes the outbound queue for a new connection, holding at most `capacity`
+/// items. `shutdown` is the server's stop signal; the connection's own stop
+/// signal is a child of it.
+pub(crate) fn outbox(capacity: usize, shutdown: &CancellationToken) -> (ConnHandle, Outbox) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            queue: VecDeque::new(),
+            waiter: None,
+            closed: false,
+        }),
+        capacity,
+        handles: AtomicUsize::new(1),
+        stop: shutdown.child_token(),
+    });
+    (
+        ConnHandle {
+            shared: shared.clone(),
+        },
+        Outbox { shared },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::task::Wake;
+
+    struct Flag(AtomicBool);
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn text(s: &str) -> Outbound {
+        Outbound::Message(WsMessage::text(s))
+    }
+
+    #[test]
+    fn wakes_are_held_until_the_batch_ends_and_then_sent_once() {
+        let (handle, outbox) = outbox(8, &CancellationToken::new());
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut into = Vec::new();
+        let mut cx = Context::from_waker(&waker);
+        assert!(outbox.poll_recv_many(&mut cx, &mut into, 4).is_pending());
+        let mut held = Vec::new();
+        deferring_wakes(&mut held, || {
+            handle.push(text("a")).unwrap();
+            handle.push(text("b")).unwrap();
+            assert!(!flag.0.load(Ordering::SeqCst), "woken inside the batch");
+        });
+        assert!(flag.0.load(Ordering::SeqCst), "not woken after the batch");
+        assert_eq!(outbox.poll_recv_many(&mut cx, &mut into, 4), Poll::Ready(2));
+    }
+
+    #[test]
+    fn a_full_queue_stops_the_connection_and_a_closed_one_refuses() {
+        let (handle, outbox) = outbox(2, &CancellationToken::new());
+        handle.push(text("a")).unwrap();
+        handle.push(text("b")).unwrap();
+        assert_eq!(handle.push(text("c")).err(), Some(PushError::Full));
+        assert!(outbox.stop().is_cancelled());
+        drop(outbox);
+        assert_eq!(handle.push(text("d")).err(), Some(PushError::Gone));
+    }
+
+    #[test]
+    fn the_last_handle_gone_ends_the_queue_after_what_it_holds() {
+        let (handle, outbox) = outbox(4, &CancellationToken::new());
+        let second = handle.clone();
+        handle.push(text("a")).unwrap();
+        drop(handle);
+        drop(second);
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut into = Vec::new();
+        assert_eq!(outbox.poll_recv_many(&mut cx, &mut into, 4), Poll::Ready(1));
+        assert_eq!(outbox.poll_recv_many(&mut cx, &mut into, 4), Poll::Ready(0));
+    }
+}
