@@ -1,0 +1,223 @@
+//! Scenario 3: one publisher, many subscribers. A burst of publishes gives the
+//! delivery rate; paced publishes give the delivery latency.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::report::{
+    Goal, Summary, Table, median, median_duration, micros, percentile, ratio, ratio_of, whole,
+};
+use crate::wire::ws;
+use crate::{Bench, LIMIT, Plan};
+
+/// One server's fan-out set-up: where subscribers and the publisher connect,
+/// and what they send.
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    subscribe_path: &'static str,
+    /// Sent by each subscriber to join the topic, with the answer it waits for.
+    subscribe: Option<(&'static str, &'static str)>,
+    publish_path: &'static str,
+    /// Turns a payload into the publisher's message.
+    publish_prefix: &'static str,
+}
+
+#[derive(Clone, Copy)]
+struct Figures {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Figures {
+    fn cells(&self) -> Vec<String> {
+        vec![
+            whole(self.rate),
+            micros(self.p50),
+            micros(self.p99),
+            micros(self.max),
+        ]
+    }
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+async fn fanout(target: &Target, plan: &Plan) -> Figures {
+    let (subscribers_wanted, burst, paced) = (plan.subscribers, plan.burst, plan.paced);
+    let mut subscribers = Vec::with_capacity(subscribers_wanted);
+    for _ in 0..subscribers_wanted {
+        let mut client = ws(target.addr, target.subscribe_path, None)
+            .await
+            .unwrap_or_else(|e| panic!("{}: a subscriber cannot connect: {e}", target.name));
+        if let Some((command, answer)) = target.subscribe {
+            client.send(Message::text(command)).await.unwrap();
+            let reply = tokio::time::timeout(LIMIT, client.next())
+                .await
+                .expect("subscribed in time")
+                .expect("an answer to subscribe")
+                .unwrap();
+            assert_eq!(reply.to_text().unwrap(), answer);
+        }
+        subscribers.push(client);
+    }
+    // Each subscriber reads both phases and notes, per message, its latency
+    // and when it arrived.
+    let burst_seen = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = subscribers
+        .into_iter()
+        .map(|mut client| {
+            let burst_seen = burst_seen.clone();
+            tokio::spawn(async move {
+                let mut burst_last = Instant::now();
+                let mut latencies = Vec::with_capacity(paced);
+                for i in 0..burst + paced {
+                    let msg = tokio::time::timeout(LIMIT, client.next())
+                        .await
+                        .expect("delivery in time")
+                        .expect("the subscription stays open")
+                        .unwrap();
+                    let text = msg.to_text().unwrap();
+                    let sent: u128 = text.rsplit(':').next().unwrap().parse().unwrap();
+                    if i < burst {
+                        burst_last = Instant::now();
+                        burst_seen.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let nanos = now_nanos().saturating_sub(sent);
+                        latencies.push(Duration::from_nanos(nanos as u64));
+                    }
+                }
+                // An orderly close: wait for the server's answer before dropping.
+                let _ = client.close(None).await;
+                let _ = tokio::time::timeout(LIMIT, async {
+                    while let Some(Ok(_)) = client.next().await {}
+                })
+                .await;
+                (burst_last, latencies)
+            })
+        })
+        .collect();
+
+    let publisher = ws(target.addr, target.publish_path, None)
+        .await
+        .unwrap_or_else(|e| panic!("{}: the publisher cannot connect: {e}", target.name));
+    let (mut sink, mut answers) = publisher.split();
+    // berth answers each publish; drain the answers so they never back up.
+    let mut drain = tokio::spawn(async move { while let Some(Ok(_)) = answers.next().await {} });
+    let start = Instant::now();
+    for seq in 0..burst {
+        let text = format!("{}b:{seq}:{}", target.publish_prefix, now_nanos());
+        sink.feed(Message::text(text)).await.unwrap();
+    }
+    sink.flush().await.unwrap();
+    // Let the whole burst land before the paced phase, so that its latency is
+    // delivery, not the burst's queue.
+    let waited = Instant::now();
+    while burst_seen.load(Ordering::Relaxed) < subscribers_wanted * burst {
+        assert!(waited.elapsed() < LIMIT, "the burst did not arrive in time");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for seq in 0..paced {
+        let text = format!("{}p:{seq}:{}", target.publish_prefix, now_nanos());
+        sink.send(Message::text(text)).await.unwrap();
+        tokio::time::sleep(plan.pace).await;
+    }
+    let mut last = start;
+    let mut latencies = Vec::with_capacity(subscribers_wanted * paced);
+    for reader in readers {
+        let (burst_last, mine) = reader.await.expect("a subscriber got every message");
+        last = last.max(burst_last);
+        latencies.extend(mine);
+    }
+    let _ = sink.close().await;
+    // The drain ends with the server's close answer.
+    if tokio::time::timeout(LIMIT, &mut drain).await.is_err() {
+        drain.abort();
+    }
+    latencies.sort_unstable();
+    Figures {
+        rate: (subscribers_wanted * burst) as f64 / (last - start).as_secs_f64(),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        max: *latencies.last().unwrap(),
+    }
+}
+
+/// Scenario 3: fan-out through berth's testkit plugin and the baseline's broadcast channel.
+pub async fn scenario(bench: &Bench, summary: &mut Summary) {
+    let plan = &bench.plan;
+    println!();
+    println!(
+        "3. fan-out: 1 publisher -> {} subscribers; {} burst publishes give the delivery rate, \
+         {} paced ones ({} ms apart) the delivery latency",
+        plan.subscribers,
+        plan.burst,
+        plan.paced,
+        plan.pace.as_millis()
+    );
+    let targets = [
+        Target {
+            name: "baseline (tokio broadcast)",
+            addr: bench.baseline.addr(),
+            subscribe_path: "/sub",
+            subscribe: None,
+            publish_path: "/pub",
+            publish_prefix: "",
+        },
+        Target {
+            name: "berth route model (testkit)",
+            addr: bench.berth.addr(),
+            subscribe_path: "/kit",
+            subscribe: Some(("subscribe bench", "subscribed")),
+            publish_path: "/kit",
+            publish_prefix: "publish bench ",
+        },
+    ];
+    let table = Table::new(&["deliveries/s", "p50", "p99", "max"]);
+    // Alternate the two servers, so that a noisy moment hurts both alike.
+    let mut rounds = [Vec::new(), Vec::new()];
+    for round in 1..=plan.rounds {
+        for (target, results) in targets.iter().zip(&mut rounds) {
+            let figures = fanout(target, plan).await;
+            table.row(target.name, &round.to_string(), &figures.cells());
+            results.push(figures);
+        }
+    }
+    let [base, berth] = rounds.map(|r| Figures {
+        rate: median(&r.iter().map(|f| f.rate).collect::<Vec<_>>()),
+        p50: median_duration(&r.iter().map(|f| f.p50).collect::<Vec<_>>()),
+        p99: median_duration(&r.iter().map(|f| f.p99).collect::<Vec<_>>()),
+        max: median_duration(&r.iter().map(|f| f.max).collect::<Vec<_>>()),
+    });
+    table.row(&format!("median {}", targets[0].name), "", &base.cells());
+    table.row(&format!("median {}", targets[1].name), "", &berth.cells());
+    table.row(
+        "  berth / baseline",
+        "",
+        &[
+            ratio(berth.rate, base.rate),
+            ratio_of(berth.p50, base.p50),
+            ratio_of(berth.p99, base.p99),
+            ratio_of(berth.max, base.max),
+        ],
+    );
+    let rate = summary.check(
+        "3. fan-out, route model",
+        "delivery rate",
+        berth.rate / base.rate,
+        Goal::RatioAtLeast(1.0),
+        "",
+    );
+    println!("  route model: {rate}");
+}

@@ -1,0 +1,322 @@
+//! The load generator's side of the wire: sockets spread over many loopback
+//! source addresses, tungstenite clients, and a lean hand-framed client for
+//! the echo scenarios.
+
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::LIMIT;
+
+/// A tungstenite client connection.
+pub type Client = WebSocketStream<TcpStream>;
+
+static NEXT_SOURCE: AtomicU32 = AtomicU32::new(0);
+
+/// The next source address, round-robin over 127.0.0.2–127.0.0.254: one
+/// address has only ~28k ephemeral ports, and closed ones linger in TIME_WAIT.
+fn source() -> SocketAddr {
+    let n = NEXT_SOURCE.fetch_add(1, Ordering::Relaxed) % 253;
+    SocketAddr::from(([127, 0, 0, 2 + n as u8], 0))
+}
+
+/// A TCP connection to `addr` from the next source address, Nagle off as on
+/// the servers: small messages must not wait for ACKs.
+pub async fn tcp(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(source())?;
+    let stream = socket.connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens a tungstenite client on `ws://addr/path`, within [`LIMIT`].
+pub async fn ws(
+    addr: SocketAddr,
+    path: &str,
+    config: Option<WebSocketConfig>,
+) -> Result<Client, String> {
+    let open = async {
+        let stream = tcp(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let url = format!("ws://{addr}{path}");
+        tokio_tungstenite::client_async_with_config(url, stream, config)
+            .await
+            .map(|(client, _)| client)
+            .map_err(|e| format!("handshake: {e}"))
+    };
+    tokio::time::timeout(LIMIT, open)
+        .await
+        .unwrap_or_else(|_| Err(format!("no handshake within {LIMIT:?}")))
+}
+
+/// The fixed key of [`Raw`]'s handshake; the server's answer is still checked.
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const INPUT: usize = 64 * 1024;
+
+/// A minimal WebSocket client that writes masked text frames straight from a
+/// reused buffer and parses the server's frames in place, so that the load
+/// generator allocates nothing per message and stays far faster than the
+/// servers it measures.
+pub struct Raw {
+    stream: TcpStream,
+    input: Box<[u8]>,
+    start: usize,
+    end: usize,
+    output: Vec<u8>,
+    mask: [u8; 4],
+}
+
+impl Raw {
+    /// Connects and upgrades `ws://addr/path`; panics if the server refuses.
+    pub async fn connect(addr: SocketAddr, path: &str, seed: u32) -> Raw {
+        let stream = tcp(addr)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        let mut raw = Raw {
+            stream,
+            input: vec![0; INPUT].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            output: Vec::with_capacity(4096),
+            // Any key will do for the servers; a varied one is closer to real clients.
+            mask: (seed.wrapping_mul(0x9E37_79B9) | 0x0101_0101).to_be_bytes(),
+        };
+        raw.output.extend_from_slice(
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n\
+                 Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        raw.flush().await;
+        let head_end = loop {
+            if let Some(at) = raw.input[..raw.end]
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+            {
+                break at + 4;
+            }
+            raw.fill().await;
+        };
+        let head = String::from_utf8_lossy(&raw.input[..head_end]).into_owned();
+        let status = head.lines().next().unwrap_or_default();
+        assert!(
+            status.starts_with("HTTP/1.1 101"),
+            "{path}: upgrade refused: {status}"
+        );
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(KEY.as_bytes());
+        assert!(
+            head.lines().any(|l| {
+                let (name, value) = l.split_once(':').unwrap_or_default();
+                name.eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == accept
+            }),
+            "{path}: wrong Sec-WebSocket-Accept in {head:?}"
+        );
+        raw.start = head_end;
+        raw
+    }
+
+    /// Queues one masked text frame; `payload` must be ASCII and under 126 bytes.
+    pub fn queue_text(&mut self, payload: &[u8]) {
+        self.queue(0x1, payload);
+    }
+
+    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        assert!(payload.len() < 126, "only short frames are framed here");
+        let mut frame = [0u8; 6 + 125];
+        frame[0] = 0x80 | opcode;
+        frame[1] = 0x80 | payload.len() as u8;
+        frame[2..6].copy_from_slice(&self.mask);
+        // Masked four bytes at a time: this is the generator's hottest loop.
+        let body = &mut frame[6..6 + payload.len()];
+        let key = u32::from_ne_bytes(self.mask);
+        let mut words = payload.chunks_exact(4);
+        for (out, word) in body.chunks_exact_mut(4).zip(&mut words) {
+            let word = u32::from_ne_bytes(word.try_into().unwrap()) ^ key;
+            out.copy_from_slice(&word.to_ne_bytes());
+        }
+        let tail = payload.len() / 4 * 4;
+        for (i, (out, byte)) in body[tail..].iter_mut().zip(words.remainder()).enumerate() {
+            *out = byte ^ self.mask[i];
+        }
+        self.output.extend_from_slice(&frame[..6 + payload.len()]);
+    }
+
+    /// Writes everything queued, within [`LIMIT`].
+    pub async fn flush(&mut self) {
+        if self.output.is_empty() {
+            return;
+        }
+        tokio::time::timeout(LIMIT, self.stream.write_all(&self.output))
+            .await
+            .expect("the server takes our bytes in time")
+            .expect("write to the server");
+        self.output.clear();
+    }
+
+    /// Reads once from the socket, waiting at most [`LIMIT`]; panics if the server closed it.
+    pub async fn fill(&mut self) {
+        match self.try_fill(LIMIT).await {
+            Some(Ok(0)) => panic!("the server closed the connection"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("read from the server: {e}"),
+            None => panic!("nothing from the server within {LIMIT:?}"),
+        }
+    }
+
+    async fn try_fill(&mut self, wait: Duration) -> Option<std::io::Result<usize>> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.input.len() {
+            self.input.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            assert!(
+                self.end < self.input.len(),
+                "a frame larger than {INPUT} bytes"
+            );
+        }
+        let read = self.stream.read(&mut self.input[self.end..]);
+        let result = tokio::time::timeout(wait, read).await.ok()?;
+        if let Ok(n) = result {
+            self.end += n;
+        }
+        Some(result)
+    }
+
+    /// The payload of the next complete text or binary frame already read, if
+    /// any; pings on the way are answered (the pong goes with the next flush).
+    pub fn frame(&mut self) -> Option<Range<usize>> {
+        loop {
+            let (opcode, payload) = self.next_frame()?;
+            match opcode {
+                0x1 | 0x2 => return Some(payload),
+                0x9 => {
+                    let ping = self.input[payload].to_vec();
+                    self.queue(0xA, &ping);
+                }
+                0xA => {}
+                0x8 => panic!(
+                    "the server closed the connection: {:?}",
+                    String::from_utf8_lossy(&self.input[payload])
+                ),
+                other => panic!("unexpected frame with opcode {other}"),
+            }
+        }
+    }
+
+    /// The opcode and payload of the next complete frame in the input.
+    fn next_frame(&mut self) -> Option<(u8, Range<usize>)> {
+        let data = &self.input[self.start..self.end];
+        if data.len() < 2 {
+            return None;
+        }
+        assert!(data[0] & 0x80 != 0, "fragmented messages are not expected");
+        assert!(data[1] & 0x80 == 0, "the server masked a frame");
+        let (header, len) = match data[1] & 0x7f {
+            126 if data.len() >= 4 => (4, u16::from_be_bytes([data[2], data[3]]) as usize),
+            127 if data.len() >= 10 => (
+                10,
+                u64::from_be_bytes(data[2..10].try_into().unwrap()) as usize,
+            ),
+            126 | 127 => return None,
+            len => (2, len as usize),
+        };
+        if data.len() < header + len {
+            return None;
+        }
+        let opcode = data[0] & 0x0f;
+        let payload = self.start + header..self.start + header + len;
+        self.start = payload.end;
+        Some((opcode, payload))
+    }
+
+    /// The bytes of a payload returned by [`frame`](Self::frame).
+    pub fn payload(&self, range: Range<usize>) -> &[u8] {
+        &self.input[range]
+    }
+
+    /// Waits for the next text or binary frame.
+    pub async fn next_data(&mut self) -> Range<usize> {
+        let began = Instant::now();
+        loop {
+            if let Some(payload) = self.frame() {
+                return payload;
+            }
+            assert!(began.elapsed() < LIMIT, "no message within {LIMIT:?}");
+            self.flush().await;
+            self.fill().await;
+        }
+    }
+
+    /// Sends a close frame and waits (briefly) for the server's close or EOF,
+    /// so that the server sees an orderly close rather than a reset.
+    pub async fn close(mut self) {
+        self.queue(0x8, &1000u16.to_be_bytes());
+        self.flush().await;
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_secs(5) {
+            while let Some((opcode, _)) = self.next_frame() {
+                if opcode == 0x8 {
+                    return;
+                }
+            }
+            match self.try_fill(Duration::from_secs(5)).await {
+                Some(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+}
+
+/// A 64-byte text payload `c00007 s0000002a ` plus filler: the sequence
+/// number sits in hex at a fixed place, so an echo is checked cheaply.
+pub struct Payload {
+    bytes: [u8; 64],
+}
+
+const SEQ_AT: usize = 8;
+
+impl Payload {
+    /// The payload for connection `conn`, sequence 0.
+    pub fn new(conn: usize) -> Payload {
+        let mut bytes = [0u8; 64];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = b'a' + (i % 26) as u8;
+        }
+        let head = format!("c{:05} s00000000 ", conn % 100_000);
+        bytes[..head.len()].copy_from_slice(head.as_bytes());
+        Payload { bytes }
+    }
+
+    /// Puts `seq` in the payload.
+    pub fn set(&mut self, seq: u32) -> &[u8] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for i in 0..8 {
+            self.bytes[SEQ_AT + i] = HEX[(seq >> (28 - 4 * i)) as usize & 0xf];
+        }
+        &self.bytes
+    }
+
+    /// Checks that `echo` carries `seq`: the number always, every byte when `full`.
+    pub fn check(&mut self, echo: &[u8], seq: u32, full: bool) {
+        assert_eq!(echo.len(), 64, "an echo of the wrong length");
+        let mut got = 0u32;
+        for &digit in &echo[SEQ_AT..SEQ_AT + 8] {
+            let value = (digit as char).to_digit(16).expect("a hex sequence number");
+            got = got << 4 | value;
+        }
+        assert_eq!(got, seq, "echoes out of order or missing");
+        if full {
+            assert_eq!(echo, self.set(seq), "an echo with different content");
+        }
+    }
+}
