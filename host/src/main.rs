@@ -32,13 +32,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("the first subscriber");
+    // Dependencies that log through the `log` crate reach the same output, but
+    // only up to debug: tungstenite logs several trace lines per frame, and
+    // with any trace directive in RUST_LOG (berth's own included) forwarding
+    // them took a third of a busy server's CPU.
+    tracing_log::LogTracer::builder()
+        .with_max_level(tracing_log::log::LevelFilter::Debug)
+        .init()
+        .expect("the first logger");
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

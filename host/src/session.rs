@@ -78,12 +78,14 @@ fn close_info(code: u16, reason: &str) -> CloseInfo {
 }
 
 /// Sets up tungstenite for a route: small buffers (a server holds many
-/// connections) and the route's message limit.
+/// connections; the read buffer is the bulk of an idle connection's memory,
+/// and a larger one does not read small messages faster) and the route's
+/// message limit.
 pub(crate) fn ws_config(
     route: &RouteConfig,
 ) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(4 * 1024)
         .write_buffer_size(16 * 1024)
         // Writes wait for the socket before each message is added, so the
         // buffer never holds more than one message past `write_buffer_size`.
@@ -217,9 +219,11 @@ impl Session {
     {
         let (mut sink, mut stream) = ws.split();
         let read_gate = Gate::new();
-        let mut queue: VecDeque<WsMessage> = VecDeque::with_capacity(WRITE_BATCH);
+        // Both start empty and grow with use: an idle connection holds no
+        // queue memory (64 slots each would cost it 7 KiB).
+        let mut queue: VecDeque<WsMessage> = VecDeque::new();
         let mut unflushed = false;
-        let mut received: Vec<Outbound> = Vec::with_capacity(WRITE_BATCH);
+        let mut received: Vec<Outbound> = Vec::new();
         let interval = self.route.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
