@@ -127,11 +127,12 @@ struct Session {
     shutdown: CancellationToken,
 }
 
-/// Writes everything in `queue`, then flushes. Cancel-safe: a message leaves the
-/// queue only once the socket has taken it.
+/// Writes everything in `queue`, then flushes if `flush`. Cancel-safe: a
+/// message leaves the queue only once the socket has taken it.
 fn poll_write<S>(
     sink: &mut SplitSink<WebSocketStream<S>, WsMessage>,
     queue: &mut VecDeque<WsMessage>,
+    flush: bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<(), WsError>>
 where
@@ -142,7 +143,11 @@ where
         let msg = queue.pop_front().expect("checked non-empty");
         Pin::new(&mut *sink).start_send(msg)?;
     }
-    sink.poll_flush_unpin(cx)
+    if flush {
+        sink.poll_flush_unpin(cx)
+    } else {
+        Poll::Ready(Ok(()))
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -223,6 +228,10 @@ impl Session {
         // queue memory (64 slots each would cost it 7 KiB).
         let mut queue: VecDeque<WsMessage> = VecDeque::new();
         let mut unflushed = false;
+        // The outbound queue held more than one batch: flushing waits until
+        // it is drained, so that a burst leaves in a few large writes (each
+        // of at most the write buffer's size) rather than one per batch.
+        let mut backlog = false;
         let mut received: Vec<Outbound> = Vec::new();
         let interval = self.route.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
@@ -236,6 +245,7 @@ impl Session {
 
         loop {
             let open = closing.is_none();
+            let flush = !backlog || !open;
             let close_deadline = closing.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 biased;
@@ -257,8 +267,8 @@ impl Session {
                 () = sleep_until(close_deadline) => {
                     return closing.map(|(info, _)| info).expect("deadline implies closing");
                 }
-                result = poll_fn(|cx| poll_write(&mut sink, &mut queue, cx)), if !queue.is_empty() || unflushed => {
-                    unflushed = false;
+                result = poll_fn(|cx| poll_write(&mut sink, &mut queue, flush, cx)), if !queue.is_empty() || (unflushed && flush) => {
+                    unflushed = !flush;
                     if let Err(error) = result {
                         return match closing {
                             Some((info, _)) => info,
@@ -266,8 +276,9 @@ impl Session {
                         };
                     }
                 }
-                count = poll_fn(|cx| self.outbound.poll_recv_many(cx, &mut received, WRITE_BATCH)), if open && queue.len() < WRITE_BATCH => {
-                    if count == 0 {
+                taken = poll_fn(|cx| self.outbound.poll_recv_many(cx, &mut received, WRITE_BATCH)), if open && queue.len() < WRITE_BATCH => {
+                    backlog = taken.more;
+                    if taken.count == 0 {
                         // The plugin runtime dropped this connection (its
                         // instance could not be restarted).
                         let (frame, info) = host_close(CloseCode::Error, "plugin unavailable");
@@ -319,6 +330,12 @@ impl Session {
                     }
                 },
                 _ = ping.tick(), if open => {
+                    if queue.is_empty() {
+                        // A quiet moment: give back what the last burst grew.
+                        queue = VecDeque::new();
+                        received = Vec::new();
+                        self.outbound.shrink();
+                    }
                     queue.push_back(WsMessage::Ping(Bytes::new()));
                     pong_deadline.get_or_insert(Instant::now() + self.route.pong_timeout);
                 }

@@ -10,15 +10,18 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{
-    Goal, Summary, Table, median, median_duration, micros, percentile, ratio, ratio_of, whole,
+    CPU_MEANINGFUL, Goal, Summary, Table, median, median_duration, median_share, micros, percent,
+    percentile, ratio, ratio_of, share, whole,
 };
+use crate::servers::{Server, own_cpu};
 use crate::wire::ws;
 use crate::{Bench, LIMIT, Plan};
 
 /// One server's fan-out set-up: where subscribers and the publisher connect,
 /// and what they send.
-struct Target {
+struct Target<'a> {
     name: &'static str,
+    server: &'a Server,
     addr: SocketAddr,
     subscribe_path: &'static str,
     /// Sent by each subscriber to join the topic, with the answer it waits for.
@@ -34,6 +37,10 @@ struct Figures {
     p50: Duration,
     p99: Duration,
     max: Duration,
+    /// Server CPU per delivery during the burst, when it was long enough to tell.
+    cpu_per_delivery: Option<Duration>,
+    /// The load generator's share of its core during the burst.
+    generator: Option<f64>,
 }
 
 impl Figures {
@@ -43,6 +50,8 @@ impl Figures {
             micros(self.p50),
             micros(self.p99),
             micros(self.max),
+            self.cpu_per_delivery.map_or("-".into(), micros),
+            self.generator.map_or("-".into(), percent),
         ]
     }
 }
@@ -54,7 +63,7 @@ fn now_nanos() -> u128 {
         .as_nanos()
 }
 
-async fn fanout(target: &Target, plan: &Plan) -> Figures {
+async fn fanout(target: &Target<'_>, plan: &Plan) -> Figures {
     let (subscribers_wanted, burst, paced) = (plan.subscribers, plan.burst, plan.paced);
     let mut subscribers = Vec::with_capacity(subscribers_wanted);
     for _ in 0..subscribers_wanted {
@@ -115,6 +124,8 @@ async fn fanout(target: &Target, plan: &Plan) -> Figures {
     let (mut sink, mut answers) = publisher.split();
     // berth answers each publish; drain the answers so they never back up.
     let mut drain = tokio::spawn(async move { while let Some(Ok(_)) = answers.next().await {} });
+    let cpu_before = target.server.cpu();
+    let own_before = own_cpu();
     let start = Instant::now();
     for seq in 0..burst {
         let text = format!("{}b:{seq}:{}", target.publish_prefix, now_nanos());
@@ -126,8 +137,13 @@ async fn fanout(target: &Target, plan: &Plan) -> Figures {
     let waited = Instant::now();
     while burst_seen.load(Ordering::Relaxed) < subscribers_wanted * burst {
         assert!(waited.elapsed() < LIMIT, "the burst did not arrive in time");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    let burst_time = start.elapsed();
+    let cpu = target.server.cpu().saturating_sub(cpu_before);
+    let generator = share(own_cpu() - own_before, burst_time);
+    let cpu_per_delivery =
+        (burst_time >= CPU_MEANINGFUL).then(|| cpu / (subscribers_wanted * burst) as u32);
     for seq in 0..paced {
         let text = format!("{}p:{seq}:{}", target.publish_prefix, now_nanos());
         sink.send(Message::text(text)).await.unwrap();
@@ -151,6 +167,8 @@ async fn fanout(target: &Target, plan: &Plan) -> Figures {
         p50: percentile(&latencies, 0.50),
         p99: percentile(&latencies, 0.99),
         max: *latencies.last().unwrap(),
+        cpu_per_delivery,
+        generator,
     }
 }
 
@@ -169,6 +187,7 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
     let targets = [
         Target {
             name: "baseline (tokio broadcast)",
+            server: &bench.baseline,
             addr: bench.baseline.addr(),
             subscribe_path: "/sub",
             subscribe: None,
@@ -177,6 +196,7 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
         },
         Target {
             name: "berth route model (testkit)",
+            server: &bench.berth,
             addr: bench.berth.addr(),
             subscribe_path: "/kit",
             subscribe: Some(("subscribe bench", "subscribed")),
@@ -184,7 +204,14 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
             publish_prefix: "publish bench ",
         },
     ];
-    let table = Table::new(&["deliveries/s", "p50", "p99", "max"]);
+    let table = Table::new(&[
+        "deliveries/s",
+        "p50",
+        "p99",
+        "max",
+        "server cpu/delivery",
+        "load gen cpu",
+    ]);
     // Alternate the two servers, so that a noisy moment hurts both alike.
     let mut rounds = [Vec::new(), Vec::new()];
     for round in 1..=plan.rounds {
@@ -199,6 +226,12 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
         p50: median_duration(&r.iter().map(|f| f.p50).collect::<Vec<_>>()),
         p99: median_duration(&r.iter().map(|f| f.p99).collect::<Vec<_>>()),
         max: median_duration(&r.iter().map(|f| f.max).collect::<Vec<_>>()),
+        cpu_per_delivery: r
+            .iter()
+            .map(|f| f.cpu_per_delivery)
+            .collect::<Option<Vec<_>>>()
+            .map(|v| median_duration(&v)),
+        generator: median_share(r.iter().map(|f| f.generator)),
     });
     table.row(&format!("median {}", targets[0].name), "", &base.cells());
     table.row(&format!("median {}", targets[1].name), "", &berth.cells());
@@ -210,6 +243,10 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
             ratio_of(berth.p50, base.p50),
             ratio_of(berth.p99, base.p99),
             ratio_of(berth.max, base.max),
+            match (berth.cpu_per_delivery, base.cpu_per_delivery) {
+                (Some(b), Some(a)) => ratio_of(b, a),
+                _ => "-".into(),
+            },
         ],
     );
     let rate = summary.check(

@@ -104,7 +104,8 @@ impl Plan {
             pipelined_messages: 20_000,
             window: 16,
             subscribers: 1000,
-            burst: 200,
+            // Two million deliveries: long enough to read the server's CPU time.
+            burst: 2000,
             paced: 100,
             pace: Duration::from_millis(25),
             idle: idle.unwrap_or(19_000),

@@ -28,7 +28,7 @@ use super::timers::Timers;
 use super::{Compiled, EPOCH_TICK, RouteActor, RuntimeError};
 use crate::config::{InstanceModel, RouteConfig};
 use crate::outbox::{ConnHandle, Outbound, deferring_wakes};
-use crate::pubsub::Broker;
+use crate::pubsub::{self, Broker};
 
 /// How many events may wait for a worker before sessions stop reading their
 /// sockets (TCP backpressure reaches the clients).
@@ -240,9 +240,11 @@ impl Worker {
         while rx.blocking_recv_many(&mut batch, BATCH) > 0 {
             // Sessions wake once per batch, to write all it queued for them.
             deferring_wakes(&mut wakes, || {
-                for event in batch.drain(..) {
-                    self.handle(event);
-                }
+                pubsub::batching(|| {
+                    for event in batch.drain(..) {
+                        self.handle(event);
+                    }
+                })
             });
         }
         tracing::debug!(route = %self.route.path, "route worker stopped");
@@ -345,6 +347,7 @@ impl Worker {
                         code: CloseCode::Error,
                         reason: "plugin failed".into(),
                     };
+                    pubsub::deliver_held_before(key);
                     let _ = entry.handle().push(Outbound::Close(frame));
                 }
             }

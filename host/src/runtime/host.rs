@@ -15,7 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::berth::plugin::{host, types};
 use super::timers::Timers;
 use crate::outbox::{ConnHandle, Outbound, PushError};
-use crate::pubsub::Broker;
+use crate::pubsub::{self, Broker};
 
 /// What every instance of one route shares: its name, its topic namespace and
 /// config values, and the server's broker.
@@ -174,6 +174,7 @@ impl host::Host for HostState {
             Err(e) => return Ok(Err(e)),
         };
         let msg = to_wire(msg);
+        pubsub::deliver_held_before(conn);
         Ok(entry
             .handle
             .push(Outbound::Message(msg))
@@ -198,6 +199,7 @@ impl host::Host for HostState {
             code,
             reason: close_reason(reason).into(),
         };
+        pubsub::deliver_held_before(conn);
         let result = entry.handle.push(Outbound::Close(frame));
         entry.closing = true;
         Ok(result.map_err(conn_error))
@@ -246,9 +248,7 @@ impl host::Host for HostState {
     ) -> wasmtime::Result<u32> {
         let msg = to_wire(msg);
         let route = &self.route;
-        Ok(route
-            .broker
-            .publish(&route.namespace, &topic, &msg, exclude))
+        Ok(route.broker.publish(&route.namespace, &topic, msg, exclude))
     }
 
     fn set_timer(
