@@ -1,5 +1,6 @@
 //! One connection's outbound queue: bounded, filled by the plugin runtime and
-//! by topics, drained by the connection's session.
+//! by topics, drained by the connection's session. It holds WebSocket
+//! messages ready for the wire; a close message in it ends the connection.
 //!
 //! It is a plain locked `VecDeque` rather than a channel for two reasons:
 //! - a route worker that handles a batch of events can hold back the wake-ups
@@ -7,6 +8,8 @@
 //!   session wakes once to write every message the batch queued for it,
 //!   instead of once per message, which is what makes a fan-out to a thousand
 //!   subscribers cheap;
+//! - the session takes the whole queue at once by swapping it with its own
+//!   empty one: no message is moved, and both buffers are reused;
 //! - an idle connection's queue allocates nothing.
 //!
 //! Only a push onto an empty queue needs to wake the session: a non-empty
@@ -20,16 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_util::sync::CancellationToken;
-
-/// What the plugin side asks a session to do.
-pub(crate) enum Outbound {
-    /// Send a data message.
-    Message(WsMessage),
-    /// Send a close frame and end the connection.
-    Close(CloseFrame),
-}
 
 /// Why an outbound message was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +35,7 @@ pub(crate) enum PushError {
 }
 
 struct State {
-    queue: VecDeque<Outbound>,
+    queue: VecDeque<WsMessage>,
     /// The session, while it waits on an empty queue.
     waiter: Option<Waker>,
     /// The session has ended; pushes are refused.
@@ -126,13 +120,16 @@ impl Drop for ConnHandle {
 impl ConnHandle {
     /// Queues `out` without waiting. A full queue marks the client as a slow
     /// consumer: its session closes it with 1013.
-    pub(crate) fn push(&self, out: Outbound) -> Result<(), PushError> {
+    pub(crate) fn push(&self, out: WsMessage) -> Result<(), PushError> {
         self.push_many(std::iter::once(out))
     }
 
     /// Queues every item of `items` under one lock, in order, as [`Self::push`]
     /// does one; stops at the first that does not fit.
-    pub(crate) fn push_many(&self, items: impl Iterator<Item = Outbound>) -> Result<(), PushError> {
+    pub(crate) fn push_many(
+        &self,
+        items: impl Iterator<Item = WsMessage>,
+    ) -> Result<(), PushError> {
         let mut state = self.shared.lock();
         if state.closed {
             return Err(PushError::Gone);
@@ -161,47 +158,39 @@ impl ConnHandle {
     }
 }
 
-/// What one [`Outbox::poll_recv_many`] took.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Taken {
-    /// How many items; 0 means the queue has ended.
-    pub(crate) count: usize,
-    /// Whether the queue still holds more.
-    pub(crate) more: bool,
-}
-
 /// The session's end of the queue.
 pub(crate) struct Outbox {
     shared: Arc<Shared>,
 }
 
 impl Outbox {
-    /// Moves up to `limit` queued items into `into`, and says whether more
-    /// are left. Ready with nothing taken once the queue is empty and no
-    /// handle is left to fill it.
-    pub(crate) fn poll_recv_many(
+    /// Moves everything queued to the end of `into` (by swapping buffers
+    /// when `into` is empty). Ready with `false` once the queue is empty and
+    /// no handle is left to fill it.
+    pub(crate) fn poll_take(
         &self,
         cx: &mut Context<'_>,
-        into: &mut Vec<Outbound>,
-        limit: usize,
-    ) -> Poll<Taken> {
+        into: &mut VecDeque<WsMessage>,
+    ) -> Poll<bool> {
         let mut state = self.shared.lock();
         if state.queue.is_empty() {
             if self.shared.handles.load(Ordering::Acquire) == 0 {
-                return Poll::Ready(Taken {
-                    count: 0,
-                    more: false,
-                });
+                return Poll::Ready(false);
             }
             state.waiter = Some(cx.waker().clone());
             return Poll::Pending;
         }
-        let count = state.queue.len().min(limit);
-        into.extend(state.queue.drain(..count));
-        Poll::Ready(Taken {
-            count,
-            more: !state.queue.is_empty(),
-        })
+        if into.is_empty() {
+            std::mem::swap(&mut state.queue, into);
+        } else {
+            into.append(&mut state.queue);
+        }
+        Poll::Ready(true)
+    }
+
+    /// Whether anything is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.shared.lock().queue.is_empty()
     }
 
     /// Gives back the memory a burst grew, if the queue is empty. Called when
@@ -266,8 +255,8 @@ mod tests {
         }
     }
 
-    fn text(s: &str) -> Outbound {
-        Outbound::Message(WsMessage::text(s))
+    fn text(s: &str) -> WsMessage {
+        WsMessage::text(s)
     }
 
     #[test]
@@ -275,9 +264,9 @@ mod tests {
         let (handle, outbox) = outbox(8, &CancellationToken::new());
         let flag = Arc::new(Flag(AtomicBool::new(false)));
         let waker = Waker::from(flag.clone());
-        let mut into = Vec::new();
+        let mut into = VecDeque::new();
         let mut cx = Context::from_waker(&waker);
-        assert!(outbox.poll_recv_many(&mut cx, &mut into, 4).is_pending());
+        assert!(outbox.poll_take(&mut cx, &mut into).is_pending());
         let mut held = Vec::new();
         deferring_wakes(&mut held, || {
             handle.push(text("a")).unwrap();
@@ -285,14 +274,8 @@ mod tests {
             assert!(!flag.0.load(Ordering::SeqCst), "woken inside the batch");
         });
         assert!(flag.0.load(Ordering::SeqCst), "not woken after the batch");
-        let taken = Taken {
-            count: 2,
-            more: false,
-        };
-        assert_eq!(
-            outbox.poll_recv_many(&mut cx, &mut into, 4),
-            Poll::Ready(taken)
-        );
+        assert_eq!(outbox.poll_take(&mut cx, &mut into), Poll::Ready(true));
+        assert_eq!(into, [text("a"), text("b")]);
     }
 
     #[test]
@@ -315,9 +298,9 @@ mod tests {
         drop(second);
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
-        let mut into = Vec::new();
-        let taken = |count| Poll::Ready(Taken { count, more: false });
-        assert_eq!(outbox.poll_recv_many(&mut cx, &mut into, 4), taken(1));
-        assert_eq!(outbox.poll_recv_many(&mut cx, &mut into, 4), taken(0));
+        let mut into = VecDeque::new();
+        assert_eq!(outbox.poll_take(&mut cx, &mut into), Poll::Ready(true));
+        assert_eq!(outbox.poll_take(&mut cx, &mut into), Poll::Ready(false));
+        assert_eq!(into, [text("a")]);
     }
 }

@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::outbox::{ConnHandle, Outbound};
+use crate::outbox::ConnHandle;
 
 /// Subscribers of one topic, by connection id.
 type Subscribers = HashMap<u64, ConnHandle>;
@@ -183,7 +183,7 @@ impl Broker {
                 messages
                     .iter()
                     .filter(|(_, exclude)| *exclude != Some(conn))
-                    .map(|(msg, _)| Outbound::Message(msg.clone())),
+                    .map(|(msg, _)| msg.clone()),
             );
         }
     }
@@ -193,22 +193,15 @@ impl Broker {
 mod tests {
     use super::*;
     use crate::outbox::{Outbox, outbox};
-    use std::task::{Context, Poll, Waker};
+    use std::task::{Context, Waker};
     use tokio_util::sync::CancellationToken;
 
     fn texts(outbox: &Outbox) -> Vec<String> {
-        let mut got = Vec::new();
+        let mut got = std::collections::VecDeque::new();
         let mut cx = Context::from_waker(Waker::noop());
-        while let Poll::Ready(taken) = outbox.poll_recv_many(&mut cx, &mut got, 64) {
-            if !taken.more {
-                break;
-            }
-        }
+        let _ = outbox.poll_take(&mut cx, &mut got);
         got.into_iter()
-            .map(|out| match out {
-                Outbound::Message(msg) => msg.into_text().unwrap().to_string(),
-                Outbound::Close(_) => "close".into(),
-            })
+            .map(|msg| msg.into_text().unwrap().to_string())
             .collect()
     }
 
@@ -230,11 +223,13 @@ mod tests {
                 broker.publish(&namespace, "t", WsMessage::text("p2"), Some(2)),
                 1
             );
-            assert!(texts(&b_out).is_empty(), "the run is held until something needs it");
+            assert!(
+                texts(&b_out).is_empty(),
+                "the run is held until something needs it"
+            );
             // A direct send to a subscriber comes after what was published before it.
             deliver_held_before(1);
-            a.push(Outbound::Message(WsMessage::text("direct")))
-                .unwrap();
+            a.push(WsMessage::text("direct")).unwrap();
             assert_eq!(
                 broker.publish(&namespace, "t", WsMessage::text("p3"), None),
                 2

@@ -28,14 +28,11 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RouteConfig;
-use crate::outbox::{Outbound, Outbox};
+use crate::outbox::Outbox;
 use crate::runtime::{CloseInfo, PluginHandle};
 
 /// How long the peer has to answer a close frame before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// The most outbound messages taken from the queue and written per turn.
-const WRITE_BATCH: usize = 64;
-
 /// Reports `on-close` exactly once: explicitly at the end of a session, or from
 /// `Drop` if the session never ran or was cut short.
 pub(crate) struct CloseReport {
@@ -127,27 +124,50 @@ struct Session {
     shutdown: CancellationToken,
 }
 
-/// Writes everything in `queue`, then flushes if `flush`. Cancel-safe: a
-/// message leaves the queue only once the socket has taken it.
-fn poll_write<S>(
+/// What one turn of the outbound side did.
+enum Turn {
+    /// Took what the outbound queue held.
+    Taken,
+    /// The outbound queue has ended: nobody can write to it any more.
+    Ended,
+    /// Wrote the taken messages, and flushed them unless more were waiting.
+    Written { flushed: bool },
+}
+
+/// The outbound side of a session: takes the outbound queue whole when the
+/// last batch is written (only while `open`), then writes it and flushes,
+/// unless more is already waiting: that is written first, so that a burst
+/// leaves in a few large writes. Cancel-safe: a message leaves `queue` only
+/// once the socket has taken it.
+fn poll_outbound<S>(
     sink: &mut SplitSink<WebSocketStream<S>, WsMessage>,
     queue: &mut VecDeque<WsMessage>,
-    flush: bool,
+    outbox: &Outbox,
+    open: bool,
+    unflushed: bool,
     cx: &mut Context<'_>,
-) -> Poll<Result<(), WsError>>
+) -> Poll<Result<Turn, WsError>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if open && queue.is_empty() {
+        match outbox.poll_take(cx, queue) {
+            Poll::Ready(true) => return Poll::Ready(Ok(Turn::Taken)),
+            Poll::Ready(false) => return Poll::Ready(Ok(Turn::Ended)),
+            Poll::Pending if !unflushed => return Poll::Pending,
+            Poll::Pending => {}
+        }
+    }
     while !queue.is_empty() {
         ready!(sink.poll_ready_unpin(cx))?;
         let msg = queue.pop_front().expect("checked non-empty");
         Pin::new(&mut *sink).start_send(msg)?;
     }
-    if flush {
-        sink.poll_flush_unpin(cx)
-    } else {
-        Poll::Ready(Ok(()))
+    if open && !outbox.is_empty() {
+        return Poll::Ready(Ok(Turn::Written { flushed: false }));
     }
+    ready!(sink.poll_flush_unpin(cx))?;
+    Poll::Ready(Ok(Turn::Written { flushed: true }))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -224,15 +244,11 @@ impl Session {
     {
         let (mut sink, mut stream) = ws.split();
         let read_gate = Gate::new();
-        // Both start empty and grow with use: an idle connection holds no
-        // queue memory (64 slots each would cost it 7 KiB).
+        // Starts empty and grows with use: an idle connection holds no queue
+        // memory. It swaps buffers with the outbound queue, so it is written
+        // out whole before more is taken.
         let mut queue: VecDeque<WsMessage> = VecDeque::new();
         let mut unflushed = false;
-        // The outbound queue held more than one batch: flushing waits until
-        // it is drained, so that a burst leaves in a few large writes (each
-        // of at most the write buffer's size) rather than one per batch.
-        let mut backlog = false;
-        let mut received: Vec<Outbound> = Vec::new();
         let interval = self.route.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -245,7 +261,6 @@ impl Session {
 
         loop {
             let open = closing.is_none();
-            let flush = !backlog || !open;
             let close_deadline = closing.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 biased;
@@ -267,37 +282,33 @@ impl Session {
                 () = sleep_until(close_deadline) => {
                     return closing.map(|(info, _)| info).expect("deadline implies closing");
                 }
-                result = poll_fn(|cx| poll_write(&mut sink, &mut queue, flush, cx)), if !queue.is_empty() || (unflushed && flush) => {
-                    unflushed = !flush;
-                    if let Err(error) = result {
-                        return match closing {
-                            Some((info, _)) => info,
-                            None => close_info(1006, &format!("write failed: {error}")),
-                        };
+                turn = poll_fn(|cx| poll_outbound(&mut sink, &mut queue, &self.outbound, open, unflushed, cx)), if open || !queue.is_empty() || unflushed => match turn {
+                    Ok(Turn::Taken) => {
+                        // A close asked for by the plugin ends what is written.
+                        if let Some(at) = queue.iter().position(WsMessage::is_close) {
+                            queue.truncate(at + 1);
+                            let info = match queue.back() {
+                                Some(WsMessage::Close(Some(frame))) => close_info(frame.code.into(), &frame.reason),
+                                _ => close_info(1005, ""),
+                            };
+                            closing = Some((info, Instant::now() + CLOSE_TIMEOUT));
+                        }
                     }
-                }
-                taken = poll_fn(|cx| self.outbound.poll_recv_many(cx, &mut received, WRITE_BATCH)), if open && queue.len() < WRITE_BATCH => {
-                    backlog = taken.more;
-                    if taken.count == 0 {
+                    Ok(Turn::Ended) => {
                         // The plugin runtime dropped this connection (its
                         // instance could not be restarted).
                         let (frame, info) = host_close(CloseCode::Error, "plugin unavailable");
                         queue.push_back(WsMessage::Close(Some(frame)));
                         closing = Some((info, Instant::now() + CLOSE_TIMEOUT));
-                        continue;
                     }
-                    for out in received.drain(..) {
-                        match out {
-                            Outbound::Message(msg) => queue.push_back(msg),
-                            Outbound::Close(frame) => {
-                                let info = close_info(frame.code.into(), &frame.reason);
-                                queue.push_back(WsMessage::Close(Some(frame)));
-                                closing = Some((info, Instant::now() + CLOSE_TIMEOUT));
-                                break;
-                            }
-                        }
+                    Ok(Turn::Written { flushed }) => unflushed = !flushed,
+                    Err(error) => {
+                        return match closing {
+                            Some((info, _)) => info,
+                            None => close_info(1006, &format!("write failed: {error}")),
+                        };
                     }
-                }
+                },
                 frame = poll_fn(|cx| read_gate.poll(cx, |cx| stream.poll_next_unpin(cx))) => match frame {
                     Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
                         // Data that arrives after our close frame is dropped (RFC 6455 5.5.1).
@@ -333,7 +344,6 @@ impl Session {
                     if queue.is_empty() {
                         // A quiet moment: give back what the last burst grew.
                         queue = VecDeque::new();
-                        received = Vec::new();
                         self.outbound.shrink();
                     }
                     queue.push_back(WsMessage::Ping(Bytes::new()));

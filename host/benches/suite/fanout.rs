@@ -14,7 +14,7 @@ use crate::report::{
     percentile, ratio, ratio_of, share, whole,
 };
 use crate::servers::{Server, own_cpu};
-use crate::wire::ws;
+use crate::wire::{Raw, ws};
 use crate::{Bench, LIMIT, Plan};
 
 /// One server's fan-out set-up: where subscribers and the publisher connect,
@@ -66,23 +66,20 @@ fn now_nanos() -> u128 {
 async fn fanout(target: &Target<'_>, plan: &Plan) -> Figures {
     let (subscribers_wanted, burst, paced) = (plan.subscribers, plan.burst, plan.paced);
     let mut subscribers = Vec::with_capacity(subscribers_wanted);
-    for _ in 0..subscribers_wanted {
-        let mut client = ws(target.addr, target.subscribe_path, None)
-            .await
-            .unwrap_or_else(|e| panic!("{}: a subscriber cannot connect: {e}", target.name));
+    for seed in 0..subscribers_wanted {
+        // The lean client: with tungstenite's, reading a thousand sockets
+        // saturated the load generator's core before either server's.
+        let mut client = Raw::connect(target.addr, target.subscribe_path, seed as u32).await;
         if let Some((command, answer)) = target.subscribe {
-            client.send(Message::text(command)).await.unwrap();
-            let reply = tokio::time::timeout(LIMIT, client.next())
-                .await
-                .expect("subscribed in time")
-                .expect("an answer to subscribe")
-                .unwrap();
-            assert_eq!(reply.to_text().unwrap(), answer);
+            client.queue_text(command.as_bytes());
+            client.flush().await;
+            let reply = client.next_data().await;
+            assert_eq!(client.payload(reply), answer.as_bytes());
         }
         subscribers.push(client);
     }
-    // Each subscriber reads both phases and notes, per message, its latency
-    // and when it arrived.
+    // Each subscriber reads both phases, checks that every message arrives
+    // once and in order, and notes per message its latency and arrival.
     let burst_seen = Arc::new(AtomicUsize::new(0));
     let readers: Vec<_> = subscribers
         .into_iter()
@@ -92,13 +89,21 @@ async fn fanout(target: &Target<'_>, plan: &Plan) -> Figures {
                 let mut burst_last = Instant::now();
                 let mut latencies = Vec::with_capacity(paced);
                 for i in 0..burst + paced {
-                    let msg = tokio::time::timeout(LIMIT, client.next())
-                        .await
-                        .expect("delivery in time")
-                        .expect("the subscription stays open")
-                        .unwrap();
-                    let text = msg.to_text().unwrap();
-                    let sent: u128 = text.rsplit(':').next().unwrap().parse().unwrap();
+                    let payload = client.next_data().await;
+                    let text = std::str::from_utf8(client.payload(payload)).expect("text");
+                    let mut fields = text.split(':');
+                    let (phase, seq, sent) = (fields.next(), fields.next(), fields.next());
+                    let expected = if i < burst {
+                        ("b", i)
+                    } else {
+                        ("p", i - burst)
+                    };
+                    assert_eq!(
+                        (phase, seq.and_then(|s| s.parse().ok())),
+                        (Some(expected.0), Some(expected.1)),
+                        "message {i} out of order: {text:?}"
+                    );
+                    let sent: u128 = sent.and_then(|s| s.parse().ok()).expect("a send time");
                     if i < burst {
                         burst_last = Instant::now();
                         burst_seen.fetch_add(1, Ordering::Relaxed);
@@ -107,12 +112,7 @@ async fn fanout(target: &Target<'_>, plan: &Plan) -> Figures {
                         latencies.push(Duration::from_nanos(nanos as u64));
                     }
                 }
-                // An orderly close: wait for the server's answer before dropping.
-                let _ = client.close(None).await;
-                let _ = tokio::time::timeout(LIMIT, async {
-                    while let Some(Ok(_)) = client.next().await {}
-                })
-                .await;
+                client.close().await;
                 (burst_last, latencies)
             })
         })

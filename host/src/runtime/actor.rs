@@ -27,7 +27,7 @@ use super::stdio::{LogTarget, Stdio};
 use super::timers::Timers;
 use super::{Compiled, EPOCH_TICK, RouteActor, RuntimeError};
 use crate::config::{InstanceModel, RouteConfig};
-use crate::outbox::{ConnHandle, Outbound, deferring_wakes};
+use crate::outbox::{ConnHandle, deferring_wakes};
 use crate::pubsub::{self, Broker};
 
 /// How many events may wait for a worker before sessions stop reading their
@@ -348,7 +348,7 @@ impl Worker {
                         reason: "plugin failed".into(),
                     };
                     pubsub::deliver_held_before(key);
-                    let _ = entry.handle().push(Outbound::Close(frame));
+                    let _ = entry.handle().push(WsMessage::Close(Some(frame)));
                 }
             }
         }

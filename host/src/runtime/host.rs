@@ -14,7 +14,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::berth::plugin::{host, types};
 use super::timers::Timers;
-use crate::outbox::{ConnHandle, Outbound, PushError};
+use crate::outbox::{ConnHandle, PushError};
 use crate::pubsub::{self, Broker};
 
 /// What every instance of one route shares: its name, its topic namespace and
@@ -175,10 +175,7 @@ impl host::Host for HostState {
         };
         let msg = to_wire(msg);
         pubsub::deliver_held_before(conn);
-        Ok(entry
-            .handle
-            .push(Outbound::Message(msg))
-            .map_err(conn_error))
+        Ok(entry.handle.push(msg).map_err(conn_error))
     }
 
     fn close(
@@ -200,7 +197,7 @@ impl host::Host for HostState {
             reason: close_reason(reason).into(),
         };
         pubsub::deliver_held_before(conn);
-        let result = entry.handle.push(Outbound::Close(frame));
+        let result = entry.handle.push(WsMessage::Close(Some(frame)));
         entry.closing = true;
         Ok(result.map_err(conn_error))
     }
