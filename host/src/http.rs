@@ -158,7 +158,9 @@ impl App {
 
         let on_upgrade = hyper::upgrade::on(&mut req);
         let report = CloseReport::new(conn, route.plugin.clone());
-        let span = tracing::info_span!("conn", id = conn, route = %route.config.path, %peer);
+        // Debug level: entering an enabled span on every poll of the session
+        // cost 2.5% of the server's CPU in the pipelined echo profile.
+        let span = tracing::debug_span!("conn", id = conn, route = %route.config.path, %peer);
         let shutdown = self.shutdown.clone();
         self.tracker.spawn(
             async move {

@@ -55,7 +55,9 @@ pub(crate) enum ConnectOutcome {
 pub(crate) enum Event {
     Connect {
         conn: u64,
-        request: Request,
+        // Boxed: every event is moved through the queue at the size of the
+        // largest, and messages are the common case.
+        request: Box<Request>,
         handle: ConnHandle,
         reply: oneshot::Sender<ConnectOutcome>,
     },
@@ -96,7 +98,7 @@ impl PluginHandle {
         let (reply, outcome) = oneshot::channel();
         let event = Event::Connect {
             conn,
-            request,
+            request: Box::new(request),
             handle,
             reply,
         };
@@ -378,7 +380,7 @@ impl Worker {
                 request,
                 handle,
                 reply,
-            } => self.connect(conn, request, handle, reply),
+            } => self.connect(conn, *request, handle, reply),
             Event::Message { conn, msg } => {
                 let Some(msg) = to_plugin_message(msg) else {
                     return;
