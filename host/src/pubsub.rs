@@ -16,12 +16,13 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use rustc_hash::FxHashMap;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::outbox::ConnHandle;
 
 /// Subscribers of one topic, by connection id.
-type Subscribers = HashMap<u64, ConnHandle>;
+type Subscribers = FxHashMap<u64, ConnHandle>;
 /// The topics of one namespace.
 type Topics = HashMap<Box<str>, Subscribers>;
 

@@ -6,7 +6,7 @@
 //! connection is pinned to one of them, gets its own instance there, and
 //! connections on different workers run in parallel.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -143,7 +143,7 @@ enum Instances {
     /// The route model: one instance, or none after it failed to restart.
     Shared(Option<Live>),
     /// The connection model: one instance per connection pinned to this worker.
-    PerConnection(HashMap<u64, Live>),
+    PerConnection(FxHashMap<u64, Live>),
 }
 
 /// Everything a worker needs to make and call instances.
@@ -198,7 +198,7 @@ pub(super) fn spawn(
             queue: tx.downgrade(),
             current_conn: Arc::new(AtomicU64::new(0)),
             deadline_ticks,
-            instances: Instances::PerConnection(HashMap::new()),
+            instances: Instances::PerConnection(FxHashMap::default()),
         };
         if route.instance == InstanceModel::Route {
             let live = worker
@@ -356,7 +356,7 @@ impl Worker {
         }
     }
 
-    fn restart_shared(&mut self, conns: HashMap<u64, ConnEntry>) {
+    fn restart_shared(&mut self, conns: FxHashMap<u64, ConnEntry>) {
         let live = match self.instantiate(SHARED) {
             Ok(mut live) => {
                 live.store.data_mut().restore_conns(conns);
@@ -418,7 +418,7 @@ impl Worker {
         }
         let started = std::time::Instant::now();
         match &self.instances {
-            Instances::Shared(_) => self.restart_shared(HashMap::new()),
+            Instances::Shared(_) => self.restart_shared(FxHashMap::default()),
             Instances::PerConnection(_) => match self.instantiate(conn) {
                 Ok(live) => {
                     // Read by the fan-out benchmark: the real cost of a

@@ -2,7 +2,9 @@
 //! the connections of its own route and nothing else, so a plugin can address
 //! only those; any other id is `unknown-connection`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -64,7 +66,7 @@ pub(crate) struct HostState {
     route: Arc<RouteShared>,
     /// The connection of the call in progress, for log tags (0 when none).
     current_conn: Arc<AtomicU64>,
-    conns: HashMap<u64, ConnEntry>,
+    conns: FxHashMap<u64, ConnEntry>,
     timers: Timers,
 }
 
@@ -80,7 +82,7 @@ impl HostState {
             table: ResourceTable::new(),
             route,
             current_conn,
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             timers,
         }
     }
@@ -108,12 +110,12 @@ impl HostState {
     }
 
     /// Hands the route's connections to a replacement store.
-    pub(crate) fn take_conns(&mut self) -> HashMap<u64, ConnEntry> {
+    pub(crate) fn take_conns(&mut self) -> FxHashMap<u64, ConnEntry> {
         std::mem::take(&mut self.conns)
     }
 
     /// Adopts the connections of the store this one replaces.
-    pub(crate) fn restore_conns(&mut self, conns: HashMap<u64, ConnEntry>) {
+    pub(crate) fn restore_conns(&mut self, conns: FxHashMap<u64, ConnEntry>) {
         self.conns = conns;
     }
 
