@@ -134,6 +134,11 @@ impl ConnHandle {
         if state.closed {
             return Err(PushError::Gone);
         }
+        // One growth for a whole run rather than a doubling every few pushes.
+        let room = self.shared.capacity.saturating_sub(state.queue.len());
+        state
+            .queue
+            .reserve(items.size_hint().1.unwrap_or(0).min(room));
         let mut result = Ok(());
         for out in items {
             if state.queue.len() >= self.shared.capacity {
