@@ -2,7 +2,7 @@
 //! by topics, drained by the connection's session. It holds WebSocket
 //! messages ready for the wire; a close message in it ends the connection.
 //!
-//! It is a plain locked `VecDeque` rather than a channel for two reasons:
+//! It is a plain locked `VecDeque` rather than a channel because:
 //! - a route worker that handles a batch of events can hold back the wake-ups
 //!   it causes until the batch is done ([`deferring_wakes`]), so that a
 //!   session wakes once to write every message the batch queued for it,
@@ -14,7 +14,7 @@
 //!
 //! Only a push onto an empty queue needs to wake the session: a non-empty
 //! queue means a wake-up is already on its way, and the session always takes
-//! everything there is (up to its batch limit) before it sleeps again.
+//! everything there is before it sleeps again.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -199,9 +199,8 @@ impl Outbox {
     }
 
     /// Gives back the memory a burst grew, if the queue is empty. Called when
-    /// the connection has been quiet for a while, not after every drain: a
-    /// queue freed and grown again on each burst cost a fan-out a sixth of
-    /// its CPU in reallocation.
+    /// the connection has been quiet for a while, not after every drain, so
+    /// that a busy connection does not free and regrow its queue each burst.
     pub(crate) fn shrink(&self) {
         let mut state = self.shared.lock();
         if state.queue.is_empty() {

@@ -240,7 +240,7 @@ impl Worker {
         let mut batch = Vec::with_capacity(BATCH);
         let mut wakes = Vec::new();
         while rx.blocking_recv_many(&mut batch, BATCH) > 0 {
-            // Sessions wake once per batch, to write all it queued for them.
+            // Each session wakes once per batch, to write all the batch queued for it.
             deferring_wakes(&mut wakes, || {
                 pubsub::batching(|| {
                     for event in batch.drain(..) {
@@ -349,8 +349,7 @@ impl Worker {
                         code: CloseCode::Error,
                         reason: "plugin failed".into(),
                     };
-                    pubsub::deliver_held_before(key);
-                    let _ = entry.handle().push(WsMessage::Close(Some(frame)));
+                    let _ = entry.push(WsMessage::Close(Some(frame)));
                 }
             }
         }

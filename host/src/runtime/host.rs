@@ -43,9 +43,11 @@ pub(crate) struct ConnEntry {
 }
 
 impl ConnEntry {
-    /// The queue to the connection's session.
-    pub(crate) fn handle(&self) -> &ConnHandle {
-        &self.handle
+    /// Queues `msg` for the connection, after anything published to it
+    /// earlier in this batch of calls (see `pubsub::batching`).
+    pub(crate) fn push(&self, msg: WsMessage) -> Result<(), PushError> {
+        pubsub::deliver_held_before(self.conn);
+        self.handle.push(msg)
     }
 }
 
@@ -176,8 +178,7 @@ impl host::Host for HostState {
             Err(e) => return Ok(Err(e)),
         };
         let msg = to_wire(msg);
-        pubsub::deliver_held_before(conn);
-        Ok(entry.handle.push(msg).map_err(conn_error))
+        Ok(entry.push(msg).map_err(conn_error))
     }
 
     fn close(
@@ -198,8 +199,7 @@ impl host::Host for HostState {
             code,
             reason: close_reason(reason).into(),
         };
-        pubsub::deliver_held_before(conn);
-        let result = entry.handle.push(WsMessage::Close(Some(frame)));
+        let result = entry.push(WsMessage::Close(Some(frame)));
         entry.closing = true;
         Ok(result.map_err(conn_error))
     }
