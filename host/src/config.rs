@@ -41,7 +41,7 @@ pub enum ConfigError {
 }
 
 /// Where a route's plugin comes from.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum PluginSource {
     /// A component file on disk.
     File(PathBuf),
@@ -80,7 +80,7 @@ pub enum OriginPolicy {
 }
 
 /// Everything berth needs to serve one URL path.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteConfig {
     /// The URL path, starting with `/`.
     pub path: String,
@@ -106,6 +106,43 @@ pub struct RouteConfig {
     pub namespace: String,
     /// The `[route.config]` values the plugin can read with `config-get`.
     pub values: BTreeMap<String, String>,
+    /// What happens to open connections when the route's plugin or settings change.
+    pub on_reload: ReloadPolicy,
+}
+
+impl RouteConfig {
+    /// A route at `path` served by `plugin` with every other setting at its
+    /// default (same-origin browsers only): what a drop-in plugin gets.
+    pub fn with_defaults(path: String, plugin: PluginSource) -> RouteConfig {
+        RouteConfig {
+            namespace: path.clone(),
+            path,
+            plugin,
+            allowed_origins: OriginPolicy::List(Vec::new()),
+            subprotocols: Vec::new(),
+            max_message_size: defaults::MAX_MESSAGE_SIZE,
+            ping_interval: defaults::PING_INTERVAL,
+            pong_timeout: defaults::PONG_TIMEOUT,
+            write_queue: defaults::WRITE_QUEUE,
+            call_timeout: defaults::CALL_TIMEOUT,
+            instance: InstanceModel::Route,
+            values: BTreeMap::new(),
+            on_reload: ReloadPolicy::Drain,
+        }
+    }
+}
+
+/// What a route's open connections do when a new version of the route takes over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReloadPolicy {
+    /// They stay on the version they opened with until they close; that
+    /// version is freed when its last connection goes.
+    #[default]
+    Drain,
+    /// They are closed with 1012 (Service Restart) so that clients reconnect
+    /// to the new version.
+    Restart,
 }
 
 /// How a route's plugin is instantiated.
@@ -135,6 +172,37 @@ pub struct Config {
     pub max_instances: u32,
     /// The most linear memory one plugin instance may use, in bytes.
     pub max_memory: u64,
+    /// The folder plugin paths are relative to, and where drop-in plugins go.
+    pub plugin_dir: PathBuf,
+    /// Whether every `NAME.wasm` in `plugin_dir` is served at `/NAME`.
+    pub auto_routes: bool,
+    /// Which browser origins drop-in routes accept: same-origin from a config
+    /// file, any in the demo.
+    pub auto_route_origins: OriginPolicy,
+    /// Where compiled plugins are cached, or `None` to compile every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Command-line settings that win over the config file, at startup and again
+/// at every config reload.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// The address to listen on (`--listen`).
+    pub listen: Option<SocketAddr>,
+    /// Where compiled plugins are cached (`--cache-dir`).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// Writes these settings over `config`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &self.cache_dir {
+            config.cache_dir = Some(dir.clone());
+        }
+    }
 }
 
 /// A duration written the human way in TOML ("30s", "500ms", "1m 30s").
@@ -194,6 +262,9 @@ fn parse_size(text: &str) -> Option<u64> {
 struct RawConfig {
     listen: Option<SocketAddr>,
     plugin_dir: Option<PathBuf>,
+    #[serde(default)]
+    auto_routes: bool,
+    cache_dir: Option<PathBuf>,
     max_connections: Option<Spanned<usize>>,
     handshake_timeout: Option<Spanned<HumanDuration>>,
     max_instances: Option<Spanned<usize>>,
@@ -221,6 +292,8 @@ struct RawRoute {
     namespace: Option<Spanned<String>>,
     #[serde(default)]
     config: BTreeMap<String, String>,
+    #[serde(default)]
+    on_reload: ReloadPolicy,
 }
 
 /// Route defaults, also used by the README's config reference.
@@ -308,9 +381,18 @@ impl Config {
             }
             Some(v) => v.into_inner().0,
         };
+        let cache_dir = match raw.cache_dir {
+            Some(dir) if dir.as_os_str().is_empty() => None,
+            Some(dir) => Some(base.join(dir)),
+            None => default_cache_dir(),
+        };
         Ok(Config {
             max_instances,
             max_memory,
+            plugin_dir,
+            auto_routes: raw.auto_routes,
+            auto_route_origins: OriginPolicy::List(Vec::new()),
+            cache_dir,
             listen: raw
                 .listen
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
@@ -352,8 +434,37 @@ fn nonzero(
     }
 }
 
+/// Where compiled plugins are cached unless the config says otherwise:
+/// `$XDG_CACHE_HOME/berth`, else `~/.cache/berth`; none without a home.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let from = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    from("XDG_CACHE_HOME")
+        .or_else(|| from("HOME").map(|home| home.join(".cache")))
+        .map(|dir| dir.join("berth"))
+}
+
 /// Paths the host answers itself, which no route may take.
-const RESERVED_PATHS: &[&str] = &["/healthz"];
+pub const RESERVED_PATHS: &[&str] = &["/healthz"];
+
+/// The route path a drop-in plugin file is served at (`chat.wasm` -> `/chat`),
+/// or `None` for files that are not plugins: dotfiles, temporary files that
+/// editors and build tools write before renaming, and names a URL path
+/// cannot hold plainly.
+pub fn auto_route_path(file: &Path) -> Option<String> {
+    let name = file.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".wasm")?;
+    let plain = !stem.is_empty()
+        && !stem.starts_with('.')
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let path = format!("/{stem}");
+    (plain && !RESERVED_PATHS.contains(&path.as_str())).then_some(path)
+}
 
 fn check_route(
     source: &Source,
@@ -423,6 +534,7 @@ fn check_route(
     };
 
     Ok(RouteConfig {
+        on_reload: raw.on_reload,
         instance: raw.instance,
         namespace,
         values: raw.config,
@@ -488,6 +600,24 @@ mod tests {
         assert_eq!(parse_size("1 GB"), None);
         let err = parse("max-memory = \"lots\"\n").unwrap_err().to_string();
         assert!(err.starts_with("berth.toml:1:14:"), "{err}");
+    }
+
+    #[test]
+    fn drop_in_names() {
+        let path = |name: &str| auto_route_path(Path::new(name));
+        assert_eq!(path("/p/chat.wasm").as_deref(), Some("/chat"));
+        assert_eq!(path("/p/my-game_2.wasm").as_deref(), Some("/my-game_2"));
+        for ignored in [
+            "/p/.chat.wasm",
+            "/p/chat.wasm.tmp",
+            "/p/chat.wasm~",
+            "/p/.wasm",
+            "/p/chat.WASM",
+            "/p/sp ace.wasm",
+            "/p/healthz.wasm",
+        ] {
+            assert_eq!(path(ignored), None, "{ignored}");
+        }
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! compiled into the binary, so it works straight from a fresh clone.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
-use crate::config::{Config, InstanceModel, OriginPolicy, PluginSource, RouteConfig, defaults};
+use crate::config::{Config, OriginPolicy, PluginSource, RouteConfig, defaults};
 
 macro_rules! plugin {
     ($name:literal) => {
@@ -16,27 +17,22 @@ macro_rules! plugin {
 
 fn route(path: &str, plugin: PluginSource) -> RouteConfig {
     RouteConfig {
-        path: path.to_string(),
-        plugin,
         // The demo listens on loopback and holds nothing private, so pages
         // from any origin (a browser console, a local HTML file) may try it.
         allowed_origins: OriginPolicy::Any,
-        subprotocols: Vec::new(),
-        max_message_size: defaults::MAX_MESSAGE_SIZE,
-        ping_interval: defaults::PING_INTERVAL,
-        pong_timeout: defaults::PONG_TIMEOUT,
-        write_queue: defaults::WRITE_QUEUE,
-        call_timeout: defaults::CALL_TIMEOUT,
-        instance: InstanceModel::Route,
-        namespace: path.to_string(),
-        values: Default::default(),
+        ..RouteConfig::with_defaults(path.to_string(), plugin)
     }
 }
 
-/// The demo: `/echo`, `/chat`, `/ticker` and `/auth` (token `let-me-in`) on `listen`.
-pub fn config(listen: SocketAddr) -> Config {
+/// The demo: `/echo`, `/chat`, `/ticker` and `/auth` (token `let-me-in`) on
+/// `listen`, and every `NAME.wasm` dropped into `plugin_dir` at `/NAME`.
+pub fn config(listen: SocketAddr, plugin_dir: PathBuf) -> Config {
     Config {
         listen,
+        plugin_dir,
+        auto_routes: true,
+        auto_route_origins: OriginPolicy::Any,
+        cache_dir: crate::config::default_cache_dir(),
         max_connections: defaults::MAX_CONNECTIONS,
         handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
         max_instances: defaults::MAX_INSTANCES,
@@ -52,3 +48,18 @@ pub fn config(listen: SocketAddr) -> Config {
 
 /// The folder where the build put the compiled plugins (echo, chat, auth, testkit).
 pub const BUILT_PLUGIN_DIR: &str = env!("BERTH_PLUGIN_DIR");
+
+/// Where the demo looks for drop-in plugins unless `--plugin-dir` says
+/// otherwise: `$XDG_DATA_HOME/berth/plugins`, else `~/.local/share/berth/plugins`,
+/// else a folder under the system's temporary directory.
+pub fn default_plugin_dir() -> PathBuf {
+    let from = |var: &str| {
+        std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    from("XDG_DATA_HOME")
+        .or_else(|| from("HOME").map(|home| home.join(".local/share")))
+        .map(|dir| dir.join("berth/plugins"))
+        .unwrap_or_else(|| std::env::temp_dir().join("berth-plugins"))
+}

@@ -14,10 +14,13 @@ mod handshake;
 mod http;
 mod outbox;
 mod pubsub;
+pub mod reload;
 mod router;
 pub mod runtime;
 pub mod server;
 mod session;
+mod watch;
 
 pub use config::Config;
-pub use server::{ServeError, Server};
+pub use reload::ReloadHandle;
+pub use server::{ServeError, ServeOptions, Server};

@@ -225,9 +225,9 @@ impl Drop for Outbox {
 }
 
 /// Makes the outbound queue for a new connection, holding at most `capacity`
-/// items. `shutdown` is the server's stop signal; the connection's own stop
-/// signal is a child of it.
-pub(crate) fn outbox(capacity: usize, shutdown: &CancellationToken) -> (ConnHandle, Outbox) {
+/// items. The connection's own stop signal is a child of `parent` (the signal
+/// that stops every connection of its route version).
+pub(crate) fn outbox(capacity: usize, parent: &CancellationToken) -> (ConnHandle, Outbox) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             queue: VecDeque::new(),
@@ -236,7 +236,7 @@ pub(crate) fn outbox(capacity: usize, shutdown: &CancellationToken) -> (ConnHand
         }),
         capacity,
         handles: AtomicUsize::new(1),
-        stop: shutdown.child_token(),
+        stop: parent.child_token(),
     });
     (
         ConnHandle {

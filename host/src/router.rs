@@ -1,15 +1,18 @@
-//! Path to route: each route's settings, its plugin's actor, and its
-//! tungstenite settings, looked up once per upgrade request.
+//! Path to route: the live routing table. Each entry is one version of a
+//! route (its settings, its plugin's workers, its tungstenite settings); a
+//! reload publishes a whole new table, and a connection keeps the version it
+//! was accepted on for its whole life.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::RouteConfig;
 use crate::runtime::PluginHandle;
 
-/// A route ready to serve.
+/// One version of a route, ready to serve.
 pub(crate) struct Route {
     /// The route's settings.
     pub(crate) config: Arc<RouteConfig>,
@@ -17,23 +20,48 @@ pub(crate) struct Route {
     pub(crate) plugin: PluginHandle,
     /// tungstenite settings derived from the route's limits.
     pub(crate) ws_config: WebSocketConfig,
+    /// Cancelled when this version is replaced under the `restart` policy:
+    /// its connections close with 1012. A child of the server's shutdown.
+    pub(crate) retired: CancellationToken,
+    /// The content hash of the plugin this version runs.
+    pub(crate) plugin_hash: blake3::Hash,
 }
 
-/// Every route, by exact path.
+/// Routes by exact path.
+pub(crate) type Table = HashMap<String, Arc<Route>>;
+
+/// The table every new request is routed by.
 #[derive(Default)]
 pub(crate) struct Router {
-    routes: HashMap<String, Arc<Route>>,
+    table: RwLock<Table>,
 }
 
 impl Router {
-    /// Adds a route.
-    pub(crate) fn insert(&mut self, route: Route) {
-        self.routes
-            .insert(route.config.path.clone(), Arc::new(route));
+    /// The route at exactly `path`.
+    pub(crate) fn get(&self, path: &str) -> Option<Arc<Route>> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table.get(path).cloned()
     }
 
-    /// The route at exactly `path`.
-    pub(crate) fn get(&self, path: &str) -> Option<&Arc<Route>> {
-        self.routes.get(path)
+    /// The routes, as (path, plugin) pairs in path order.
+    pub(crate) fn list(&self) -> Vec<(String, String)> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut routes: Vec<(String, String)> = table
+            .values()
+            .map(|r| (r.config.path.clone(), r.config.plugin.display_name()))
+            .collect();
+        routes.sort();
+        routes
+    }
+
+    /// Replaces the whole table at once: no request sees half a reload.
+    pub(crate) fn publish(&self, table: Table) {
+        let old = std::mem::replace(
+            &mut *self.table.write().unwrap_or_else(|e| e.into_inner()),
+            table,
+        );
+        // The old table (and any route only it held, with its workers) goes
+        // outside the lock.
+        drop(old);
     }
 }

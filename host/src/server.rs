@@ -1,21 +1,23 @@
-//! The listener: binds the port, loads every route's plugin, accepts sockets
-//! under the connection limit, and shuts down cleanly.
+//! The listener: binds the port, has the reload thread load every route,
+//! accepts sockets under the connection limit, and shuts down cleanly.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::http::{self, App};
 use crate::pubsub::Broker;
-use crate::router::{Route, Router};
+use crate::reload::{LoadError, ReloadHandle, Reloader, Stopped, Trigger};
+use crate::router::Router;
 use crate::runtime::{Runtime, RuntimeError};
-use crate::session::ws_config;
 
 /// How long open connections get to finish their close handshakes at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -33,9 +35,26 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A plugin could not be loaded.
+    /// The plugin engine could not be set up.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    /// A configured route's plugin could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The reload thread could not be started.
+    #[error("cannot start the reload thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// How a server runs besides its config.
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    /// The file the config was read from: watched, and read again on reload.
+    pub config_file: Option<PathBuf>,
+    /// Command-line settings to apply again to every reloaded config.
+    pub overrides: Overrides,
+    /// Whether to watch the plugin folders and the config file for changes.
+    pub watch: bool,
 }
 
 /// A bound, loaded server that has not started accepting yet.
@@ -43,15 +62,22 @@ pub struct Server {
     listener: TcpListener,
     app: Arc<App>,
     limit: Arc<Semaphore>,
-    threads: Vec<JoinHandle<()>>,
+    reload: ReloadHandle,
+    reload_thread: JoinHandle<Stopped>,
+    plugin_dir: Option<PathBuf>,
     // Dropped last: it drives the call deadlines of the route threads.
     runtime: Arc<Runtime>,
 }
 
 impl Server {
     /// Binds the configured address and loads every route's plugin; fails on
-    /// the first plugin that cannot serve.
+    /// the first configured plugin that cannot serve. Nothing is watched.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        Server::bind_with(config, ServeOptions::default()).await
+    }
+
+    /// [`Server::bind`] with a config file to reload and files to watch.
+    pub async fn bind_with(config: Config, options: ServeOptions) -> Result<Server, ServeError> {
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -60,40 +86,44 @@ impl Server {
                     source,
                 })?;
         let runtime = Arc::new(Runtime::new(&config)?);
+        let router = Arc::new(Router::default());
+        let shutdown = CancellationToken::new();
+        let app = Arc::new(App::new(
+            router.clone(),
+            config.handshake_timeout,
+            shutdown.clone(),
+        ));
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let plugin_dir = config.auto_routes.then(|| config.plugin_dir.clone());
         let loader = runtime.clone();
-        let routes = config.routes.clone();
-        let broker = Arc::new(Broker::default());
-        let handle = tokio::runtime::Handle::current();
-        let loaded = tokio::task::spawn_blocking(move || {
-            routes
-                .into_iter()
-                .map(|route| {
-                    let compiled = loader.compile(&route.plugin)?;
-                    let route = Arc::new(route);
-                    let actor = loader.spawn_route(&handle, &broker, route.clone(), compiled)?;
-                    Ok((route, actor))
-                })
-                .collect::<Result<Vec<_>, RuntimeError>>()
+        let ServeOptions {
+            config_file,
+            overrides,
+            watch,
+        } = options;
+        // Compiling takes milliseconds to seconds: not on an async worker.
+        let reloader = tokio::task::spawn_blocking(move || {
+            let broker = Arc::new(Broker::default());
+            Reloader::start(
+                loader,
+                broker,
+                router,
+                shutdown,
+                config,
+                config_file,
+                overrides,
+            )
         })
         .await
         .expect("plugin loading does not panic")?;
-
-        let mut router = Router::default();
-        let mut threads = Vec::with_capacity(loaded.len());
-        for (route, actor) in loaded {
-            tracing::info!(route = %route.path, plugin = %route.plugin.display_name(), "route ready");
-            router.insert(Route {
-                ws_config: ws_config(&route),
-                config: route,
-                plugin: actor.handle,
-            });
-            threads.extend(actor.threads);
-        }
+        let (reload, reload_thread) = reloader.spawn(watch).map_err(ServeError::Thread)?;
         Ok(Server {
             listener,
-            app: Arc::new(App::new(router, config.handshake_timeout)),
-            limit: Arc::new(Semaphore::new(config.max_connections)),
-            threads,
+            app,
+            limit,
+            reload,
+            reload_thread,
+            plugin_dir,
             runtime,
         })
     }
@@ -105,6 +135,22 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
+    /// The routes served now, as (path, plugin) pairs in path order.
+    pub fn routes(&self) -> Vec<(String, String)> {
+        self.app.router.list()
+    }
+
+    /// The folder whose `NAME.wasm` files are served at `/NAME`, if drop-in
+    /// routes are on.
+    pub fn drop_in_folder(&self) -> Option<&std::path::Path> {
+        self.plugin_dir.as_deref()
+    }
+
+    /// A handle that makes the server re-read its config and plugin files.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
+    }
+
     /// Accepts connections until `shutdown` completes, then closes every
     /// connection with 1001, lets the plugins see each `on-close`, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
@@ -112,7 +158,9 @@ impl Server {
             listener,
             app,
             limit,
-            threads,
+            reload,
+            reload_thread,
+            plugin_dir: _,
             runtime,
         } = self;
         tokio::pin!(shutdown);
@@ -155,15 +203,18 @@ impl Server {
                 "connections still open after the shutdown grace period"
             );
         }
-        // Route threads end once every handle to them is gone; the last
+        // Route threads end once every handle to them is gone: the reload
+        // thread drops its table when it stops, the app its router. The last
         // on-close calls are already in their queues.
-        drop(app);
-        let joined = tokio::task::spawn_blocking(move || {
+        reload.trigger(Trigger::Stop);
+        let drained = tokio::task::spawn_blocking(move || {
+            let threads = reload_thread.join().unwrap_or_default();
+            drop(app);
             for thread in threads {
                 let _ = thread.join();
             }
         });
-        if tokio::time::timeout(DRAIN_GRACE, joined).await.is_err() {
+        if tokio::time::timeout(DRAIN_GRACE, drained).await.is_err() {
             tracing::warn!("route threads still busy after the drain grace period");
         }
         drop(runtime);

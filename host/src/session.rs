@@ -92,12 +92,13 @@ pub(crate) fn ws_config(
 }
 
 /// Serves one accepted connection until it ends, then reports `on-close`.
+/// `outbox`'s stop signal must be a child of `stops.retired`.
 pub(crate) async fn run<S>(
     ws: WebSocketStream<S>,
     conn: u64,
     route: Arc<RouteConfig>,
     outbox: Outbox,
-    shutdown: CancellationToken,
+    stops: Stops,
     report: CloseReport,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -108,7 +109,8 @@ pub(crate) async fn run<S>(
         route,
         plugin,
         outbound: outbox,
-        shutdown,
+        shutdown: stops.shutdown,
+        retired: stops.retired,
     }
     .drive(ws)
     .await;
@@ -122,6 +124,17 @@ struct Session {
     plugin: PluginHandle,
     outbound: Outbox,
     shutdown: CancellationToken,
+    retired: CancellationToken,
+}
+
+/// Why a session may be told to stop, besides its own slow-consumer signal
+/// (a child of both): the server shuts down (1001), or the route's version it
+/// opened on is retired under the restart policy (1012).
+pub(crate) struct Stops {
+    /// The server's shutdown signal.
+    pub(crate) shutdown: CancellationToken,
+    /// The route version's restart signal.
+    pub(crate) retired: CancellationToken,
 }
 
 /// What one turn of the outbound side did.
@@ -267,6 +280,8 @@ impl Session {
                 () = &mut stopped, if open => {
                     let (frame, info) = if self.shutdown.is_cancelled() {
                         host_close(CloseCode::Away, "server shutting down")
+                    } else if self.retired.is_cancelled() {
+                        host_close(CloseCode::Restart, "route reloaded")
                     } else {
                         host_close(CloseCode::Again, "slow consumer")
                     };

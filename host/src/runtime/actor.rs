@@ -167,7 +167,7 @@ pub(super) fn spawn(
     runtime: &tokio::runtime::Handle,
     broker: &Arc<Broker>,
     route: Arc<RouteConfig>,
-    compiled: Compiled,
+    compiled: Arc<Compiled>,
 ) -> Result<RouteActor, RuntimeError> {
     let deadline_ticks = route
         .call_timeout
@@ -180,7 +180,6 @@ pub(super) fn spawn(
         values: route.values.clone(),
         broker: broker.clone(),
     });
-    let compiled = Arc::new(compiled);
     let count = match route.instance {
         InstanceModel::Route => 1,
         InstanceModel::Connection => std::thread::available_parallelism().map_or(2, |n| n.get()),

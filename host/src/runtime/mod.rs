@@ -12,6 +12,7 @@
 
 mod actor;
 mod bindings;
+mod cache;
 mod host;
 mod queue;
 mod stdio;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{
     Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
 };
@@ -29,9 +30,11 @@ use wasmtime::{
 pub(crate) use actor::{ConnectOutcome, PluginHandle};
 pub(crate) use bindings::berth::plugin::types::{CloseInfo, Request};
 use bindings::{Plugin, PluginPre};
+use cache::CompileCache;
+pub(crate) use cache::Origin;
 use host::HostState;
 
-use crate::config::{Config, PluginSource, RouteConfig};
+use crate::config::{Config, RouteConfig};
 use crate::pubsub::Broker;
 
 /// How often the engine's epoch advances; call deadlines are counted in these ticks.
@@ -139,6 +142,7 @@ pub(crate) struct RouteActor {
 pub(crate) struct Runtime {
     engine: Engine,
     linker: Linker<HostState>,
+    cache: CompileCache,
     _ticker: EpochTicker,
 }
 
@@ -165,38 +169,43 @@ impl Runtime {
             .map_err(engine_err)?;
         let ticker =
             EpochTicker::start(engine.clone()).map_err(|e| RuntimeError::Engine(e.to_string()))?;
+        let cache = CompileCache::open(&engine, config.cache_dir.as_deref());
         Ok(Runtime {
+            cache,
             engine,
             linker,
             _ticker: ticker,
         })
     }
 
-    /// Compiles a plugin and checks it against the world. Takes milliseconds to
-    /// seconds: call it off the async worker threads.
-    pub(crate) fn compile(&self, source: &PluginSource) -> Result<Compiled, RuntimeError> {
-        let name = source.display_name();
-        let bytes: std::borrow::Cow<[u8]> = match source {
-            PluginSource::File(path) => std::fs::read(path)
-                .map_err(|source| RuntimeError::Read {
-                    plugin: name.clone(),
-                    source,
-                })?
-                .into(),
-            PluginSource::Embedded { bytes, .. } => (*bytes).into(),
-        };
-        let component =
-            Component::from_binary(&self.engine, &bytes).map_err(|e| RuntimeError::Compile {
-                plugin: name.clone(),
+    /// Compiles a plugin (or loads it from the compile cache) and checks it
+    /// against the world. `hash` is the content hash of `bytes`; `name` names
+    /// the plugin in errors. Takes milliseconds to seconds: call it off the
+    /// async worker threads.
+    pub(crate) fn compile(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        hash: &blake3::Hash,
+    ) -> Result<(Compiled, Origin), RuntimeError> {
+        let (component, origin) = self
+            .cache
+            .component(&self.engine, hash, bytes)
+            .map_err(|e| RuntimeError::Compile {
+                plugin: name.to_string(),
                 reason: format!("{e:#}"),
             })?;
         let world_err = |e: wasmtime::Error| RuntimeError::World {
-            plugin: name.clone(),
+            plugin: name.to_string(),
             reason: format!("{e:#}"),
         };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(world_err)?;
         let pre = PluginPre::new(instance_pre).map_err(world_err)?;
-        Ok(Compiled { name, pre })
+        let compiled = Compiled {
+            name: name.to_string(),
+            pre,
+        };
+        Ok((compiled, origin))
     }
 
     /// Starts the workers that serve `route` with `plugin`; `runtime` runs
@@ -206,7 +215,7 @@ impl Runtime {
         runtime: &tokio::runtime::Handle,
         broker: &Arc<Broker>,
         route: Arc<RouteConfig>,
-        plugin: Compiled,
+        plugin: Arc<Compiled>,
     ) -> Result<RouteActor, RuntimeError> {
         actor::spawn(&self.engine, runtime, broker, route, plugin)
     }
