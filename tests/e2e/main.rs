@@ -6,5 +6,6 @@ mod chat;
 mod echo;
 mod handshake;
 mod lifecycle;
+mod reload;
 mod support;
 mod topics;

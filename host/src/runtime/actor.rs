@@ -204,7 +204,7 @@ pub(super) fn spawn(
                 .instantiate(SHARED)
                 .map_err(|e| RuntimeError::Instantiate {
                     plugin: compiled.name.clone(),
-                    reason: format!("{e:#}"),
+                    reason: super::one_line(&e),
                 })?;
             worker.instances = Instances::Shared(Some(live));
         }
@@ -248,7 +248,13 @@ impl Worker {
                 })
             });
         }
-        tracing::debug!(route = %self.route.path, "route worker stopped");
+        // Each version of a route has its own workers: after a reload, this
+        // tells the operator when the last connection of the old one has gone.
+        tracing::info!(
+            route = %self.route.path,
+            hash = %&self.compiled.hash.to_hex()[..12],
+            "route version stopped"
+        );
     }
 
     /// Makes an instance; `key` tags its timer events (its connection, or 0).

@@ -127,6 +127,7 @@ impl Drop for EpochTicker {
 /// A plugin compiled and checked against the world, ready to instantiate.
 pub(crate) struct Compiled {
     name: String,
+    hash: blake3::Hash,
     pre: PluginPre<HostState>,
 }
 
@@ -193,16 +194,17 @@ impl Runtime {
             .component(&self.engine, hash, bytes)
             .map_err(|e| RuntimeError::Compile {
                 plugin: name.to_string(),
-                reason: format!("{e:#}"),
+                reason: one_line(&e),
             })?;
         let world_err = |e: wasmtime::Error| RuntimeError::World {
             plugin: name.to_string(),
-            reason: format!("{e:#}"),
+            reason: one_line(&e),
         };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(world_err)?;
         let pre = PluginPre::new(instance_pre).map_err(world_err)?;
         let compiled = Compiled {
             name: name.to_string(),
+            hash: *hash,
             pre,
         };
         Ok((compiled, origin))
@@ -219,6 +221,16 @@ impl Runtime {
     ) -> Result<RouteActor, RuntimeError> {
         actor::spawn(&self.engine, runtime, broker, route, plugin)
     }
+}
+
+/// An error and its causes on one line: wasmtime's messages can span several
+/// (a parse error prints the bytes it found as a list), and a log line or a
+/// terminal error should not.
+pub(super) fn one_line(error: &wasmtime::Error) -> String {
+    format!("{error:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The engine settings. With `pooling`, instances come from a pool sized from
