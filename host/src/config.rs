@@ -200,7 +200,7 @@ impl Overrides {
             config.listen = listen;
         }
         if let Some(dir) = &self.cache_dir {
-            config.cache_dir = Some(dir.clone());
+            config.cache_dir = (!dir.as_os_str().is_empty()).then(|| dir.clone());
         }
     }
 }
@@ -437,14 +437,17 @@ fn nonzero(
 /// Where compiled plugins are cached unless the config says otherwise:
 /// `$XDG_CACHE_HOME/berth`, else `~/.cache/berth`; none without a home.
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let from = |var: &str| {
-        std::env::var_os(var)
+    user_dir("XDG_CACHE_HOME", ".cache").map(|dir| dir.join("berth"))
+}
+
+/// The folder an XDG variable names, else `$HOME/home_relative`.
+pub(crate) fn user_dir(xdg_var: &str, home_relative: &str) -> Option<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     };
-    from("XDG_CACHE_HOME")
-        .or_else(|| from("HOME").map(|home| home.join(".cache")))
-        .map(|dir| dir.join("berth"))
+    var(xdg_var).or_else(|| var("HOME").map(|home| home.join(home_relative)))
 }
 
 /// Paths the host answers itself, which no route may take.

@@ -53,13 +53,7 @@ pub const BUILT_PLUGIN_DIR: &str = env!("BERTH_PLUGIN_DIR");
 /// otherwise: `$XDG_DATA_HOME/berth/plugins`, else `~/.local/share/berth/plugins`,
 /// else a folder under the system's temporary directory.
 pub fn default_plugin_dir() -> PathBuf {
-    let from = |var: &str| {
-        std::env::var_os(var)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    from("XDG_DATA_HOME")
-        .or_else(|| from("HOME").map(|home| home.join(".local/share")))
+    crate::config::user_dir("XDG_DATA_HOME", ".local/share")
         .map(|dir| dir.join("berth/plugins"))
         .unwrap_or_else(|| std::env::temp_dir().join("berth-plugins"))
 }

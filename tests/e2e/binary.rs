@@ -1,14 +1,14 @@
 //! The `berth` binary as an operator runs it: startup banner, signals, exit
 //! codes and error messages.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{WAIT, config_text, connect, expect_close, recv_text, send_text};
+use crate::support::{WAIT, config_text, connect, expect_close, read_banner, recv_text, send_text};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
@@ -36,17 +36,7 @@ fn start(args: &[&str]) -> (Child, SocketAddr) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("berth starts");
-    let mut banner = String::new();
-    // Reading only the first line closes the pipe early: berth must survive that.
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut banner)
-        .expect("banner");
-    let addr = banner
-        .trim()
-        .rsplit(' ')
-        .next()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in banner {banner:?}"));
+    let addr = read_banner(&mut child);
     (child, addr)
 }
 

@@ -251,6 +251,23 @@ pub async fn kit_client(url: &str) -> (Client, String) {
     (client, id)
 }
 
+/// Reads the first line of a `berth serve` banner and the address in it. The
+/// rest of stdout is left in the pipe, as an operator's pager would; reading
+/// only this much closes the pipe early, which berth must survive.
+pub fn read_banner(child: &mut std::process::Child) -> SocketAddr {
+    use std::io::{BufRead, BufReader};
+    let mut banner = String::new();
+    BufReader::new(child.stdout.take().expect("stdout is piped"))
+        .read_line(&mut banner)
+        .expect("banner");
+    banner
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in banner {banner:?}"))
+}
+
 /// A `berth serve` process whose stderr (the log) is collected as it runs.
 pub struct BerthProcess {
     pub child: std::process::Child,
@@ -282,21 +299,7 @@ impl BerthProcess {
                 log.push('\n');
             }
         });
-        let mut banner = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut banner)
-            .expect("banner");
-        let addr = banner
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| {
-                panic!(
-                    "no address in banner {banner:?}; log:\n{}",
-                    log.lock().unwrap()
-                )
-            });
+        let addr = read_banner(&mut child);
         BerthProcess { child, addr, log }
     }
 
