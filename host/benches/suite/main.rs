@@ -8,12 +8,16 @@
 //! 2. pipelined echo: rate and server CPU time per message;
 //! 3. fan-out from 1 publisher to 1,000 subscribers: delivery rate and latency;
 //! 4. idle connections: server memory per connection;
-//! 5. connect rate, and the time berth takes to make a connection's instance.
+//! 5. connect rate, and the time berth takes to make a connection's instance;
+//! 6. hot reload: from a plugin file renamed into berth's plugin folder to the
+//!    new version's first reply, compiled or from the compile cache, beside a
+//!    restart (10 versions per case).
 //!
 //! `cargo bench --bench suite -- --smoke` (or `BERTH_BENCH_SMOKE=1`) runs every
 //! scenario once with tiny counts: it proves each completes, not how fast.
-//! Scenario names as arguments (`echo pipelined fanout idle connect`) run only
-//! those; `BERTH_BENCH_IDLE=N` sets the number of idle connections.
+//! Scenario names as arguments (`echo pipelined fanout idle connect reload`)
+//! run only those (with `--smoke` too: tiny counts for just those);
+//! `BERTH_BENCH_IDLE=N` sets the number of idle connections.
 //!
 //! Traffic stays on loopback; every loop is bounded in count and time.
 
@@ -22,6 +26,7 @@ mod connect;
 mod echo;
 mod fanout;
 mod idle;
+mod reload;
 mod report;
 mod servers;
 mod wire;
@@ -36,7 +41,7 @@ use servers::{Server, has_taskset};
 pub const LIMIT: Duration = Duration::from_secs(60);
 
 /// The scenarios, by the names that select them on the command line.
-const SCENARIOS: [&str; 5] = ["echo", "pipelined", "fanout", "idle", "connect"];
+const SCENARIOS: [&str; 6] = ["echo", "pipelined", "fanout", "idle", "connect", "reload"];
 
 /// How much each scenario does.
 pub struct Plan {
@@ -68,6 +73,8 @@ pub struct Plan {
     pub connects: usize,
     /// Scenario 5: connections being made at once.
     pub connectors: usize,
+    /// Scenario 6: plugin versions per case (even: consecutive ones alternate).
+    pub reload_rounds: usize,
 }
 
 impl Plan {
@@ -91,6 +98,7 @@ impl Plan {
                 idle: idle.unwrap_or(200),
                 connects: 50,
                 connectors: 16,
+                reload_rounds: 2,
             };
         }
         Plan {
@@ -111,6 +119,7 @@ impl Plan {
             idle: idle.unwrap_or(19_000),
             connects: 6000,
             connectors: 16,
+            reload_rounds: 10,
         }
     }
 }
@@ -366,6 +375,9 @@ instance = "connection"
     }
     if wants("connect") {
         connect::scenario(&bench, &mut summary).await;
+    }
+    if wants("reload") {
+        reload::scenario(&bench, &mut summary).await;
     }
     summary.print();
 

@@ -32,6 +32,11 @@ pub fn micros(d: Duration) -> String {
     }
 }
 
+/// A duration in milliseconds to a tenth, e.g. `142.3 ms`.
+pub fn millis(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
 /// A rate or count without decimals.
 pub fn whole(value: f64) -> String {
     format!("{value:.0}")

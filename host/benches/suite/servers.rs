@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::LIMIT;
 
@@ -24,11 +24,25 @@ pub fn has_taskset() -> bool {
 /// How many lines of a server's stderr the report quotes; the rest are only counted.
 const KEPT_LINES: usize = 12;
 
-/// What a server wrote to stderr: berth's instance timings apart, anything
-/// else kept so that the report can say what went wrong.
+/// One `plugin loaded` line of berth's log: how a route's new version was made.
+#[derive(Clone, Debug)]
+pub struct Load {
+    /// The first 12 hex digits of the plugin's content hash.
+    pub hash: String,
+    /// Where the compiled plugin came from: `compiled`, `cache` or `memory`.
+    pub from: String,
+    /// Milliseconds from reading the file to having the compiled plugin.
+    pub compile_ms: f64,
+    /// Milliseconds from reading the file to the route's workers being ready.
+    pub ready_ms: f64,
+}
+
+/// What a server wrote to stderr: berth's instance timings and plugin loads
+/// apart, anything else kept so that the report can say what went wrong.
 #[derive(Default)]
 struct Log {
     made: Vec<u64>,
+    loads: Vec<Load>,
     other_count: usize,
     other: Vec<String>,
 }
@@ -132,6 +146,10 @@ impl Server {
             for line in stderr.lines() {
                 let Ok(line) = line else { break };
                 let mut log = sink.lock().unwrap();
+                if let Some(load) = plugin_load(&line) {
+                    log.loads.push(load);
+                    continue;
+                }
                 match instance_micros(&line) {
                     Some(micros) => log.made.push(micros),
                     None if line.trim().is_empty() => {}
@@ -210,9 +228,43 @@ impl Server {
         std::mem::take(&mut self.log.lock().unwrap().made)
     }
 
-    /// The stderr lines other than instance timings, first few quoted, if any.
+    /// Takes the `plugin loaded` line of the plugin whose content hash starts
+    /// with `hash`, waiting up to a second for it to come through the pipe.
+    pub fn take_load(&self, hash: &str) -> Option<Load> {
+        for _ in 0..100 {
+            {
+                let mut log = self.log.lock().unwrap();
+                if let Some(at) = log.loads.iter().position(|l| l.hash == hash) {
+                    return Some(log.loads.remove(at));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// The stderr lines other than instance timings and plugin loads, first
+    /// few quoted, if any.
     pub fn notes(&self) -> Option<String> {
         self.log.lock().unwrap().notes()
+    }
+
+    /// Stops the server the way an operator's restart does: SIGTERM, then
+    /// wait for it to exit (killed if it has not within [`LIMIT`]). Returns
+    /// how long that took and its [`notes`](Self::notes), complete.
+    pub fn terminate(mut self) -> (Duration, Option<String>) {
+        let began = Instant::now();
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill only sends a signal, to our own child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        while began.elapsed() < LIMIT {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let took = began.elapsed();
+        (took, self.stop())
     }
 
     /// Kills the server and returns its [`notes`](Self::notes), complete.
@@ -263,6 +315,26 @@ fn instance_micros(line: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The fields of berth's `plugin loaded` info line, if `line` is one:
+/// `... plugin loaded route=/x file=... hash=d10cf7284ccf from="cache" compile_ms=1.1 ready_ms=1.7`.
+fn plugin_load(line: &str) -> Option<Load> {
+    if !line.contains("plugin loaded ") {
+        return None;
+    }
+    Some(Load {
+        hash: field(line, "hash")?.to_string(),
+        from: field(line, "from")?.trim_matches('"').to_string(),
+        compile_ms: field(line, "compile_ms")?.parse().ok()?,
+        ready_ms: field(line, "ready_ms")?.parse().ok()?,
+    })
+}
+
+/// The value of ` NAME=VALUE` in a tracing line, up to the next space.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..].split_whitespace().next()
 }
 
 /// Clock ticks per second, the unit of /proc's CPU times.
