@@ -108,6 +108,50 @@ pub struct RouteConfig {
     pub values: BTreeMap<String, String>,
     /// What happens to open connections when the route's plugin or settings change.
     pub on_reload: ReloadPolicy,
+    /// The most connections this route may have open; more are refused with 503.
+    pub max_connections: Option<usize>,
+    /// How long a connection may go without a data message from its client
+    /// before it is closed (1000 "idle timeout"); `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// How long the peer has to answer a close frame before the socket is dropped.
+    pub close_timeout: Duration,
+    /// The most linear memory one instance of this route's plugin may use, in bytes.
+    pub max_memory: u64,
+    /// When the route's plugin is quarantined for trapping too often.
+    pub quarantine: Quarantine,
+    /// What the plugin may reach besides clocks and random numbers.
+    pub grants: Grants,
+}
+
+/// A plugin that traps `traps` times within `window` is quarantined: new
+/// connections to its route get 503 until its file changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quarantine {
+    /// Traps that trip the quarantine; 0 turns it off.
+    pub traps: u32,
+    /// The window the traps are counted in.
+    pub window: Duration,
+}
+
+/// Capabilities granted to a route's plugin. By default it has none: no
+/// environment variables, no arguments, no files, no sockets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Environment variables the plugin sees, by name.
+    pub env: BTreeMap<String, String>,
+    /// Host folders the plugin may open.
+    pub dirs: Vec<DirGrant>,
+}
+
+/// A host folder made visible to a plugin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirGrant {
+    /// The folder on the host.
+    pub host: PathBuf,
+    /// Where the plugin sees it (an absolute guest path such as `/data`).
+    pub guest: String,
+    /// Whether the plugin may create, change and delete files in it.
+    pub writable: bool,
 }
 
 impl RouteConfig {
@@ -128,6 +172,15 @@ impl RouteConfig {
             instance: InstanceModel::Route,
             values: BTreeMap::new(),
             on_reload: ReloadPolicy::Drain,
+            max_connections: None,
+            idle_timeout: None,
+            close_timeout: defaults::CLOSE_TIMEOUT,
+            max_memory: defaults::MAX_MEMORY,
+            quarantine: Quarantine {
+                traps: defaults::QUARANTINE_TRAPS,
+                window: defaults::QUARANTINE_WINDOW,
+            },
+            grants: Grants::default(),
         }
     }
 }
@@ -164,6 +217,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The most connections (HTTP or WebSocket) open at once; more get 503.
     pub max_connections: usize,
+    /// The most connections one client IP address may have open at once;
+    /// more get 429. `None`: no per-address limit.
+    pub max_connections_per_ip: Option<usize>,
     /// How long a client has to send its HTTP request head after connecting.
     pub handshake_timeout: Duration,
     /// The routes, each with its own plugin.
@@ -266,6 +322,7 @@ struct RawConfig {
     auto_routes: bool,
     cache_dir: Option<PathBuf>,
     max_connections: Option<Spanned<usize>>,
+    max_connections_per_ip: Option<Spanned<usize>>,
     handshake_timeout: Option<Spanned<HumanDuration>>,
     max_instances: Option<Spanned<usize>>,
     max_memory: Option<Spanned<ByteSize>>,
@@ -294,6 +351,25 @@ struct RawRoute {
     config: BTreeMap<String, String>,
     #[serde(default)]
     on_reload: ReloadPolicy,
+    max_connections: Option<Spanned<usize>>,
+    idle_timeout: Option<Spanned<HumanDuration>>,
+    close_timeout: Option<Spanned<HumanDuration>>,
+    max_memory: Option<Spanned<ByteSize>>,
+    quarantine_traps: Option<u32>,
+    quarantine_window: Option<Spanned<HumanDuration>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default, rename = "dir")]
+    dirs: Vec<RawDir>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDir {
+    host: Spanned<PathBuf>,
+    guest: Spanned<String>,
+    #[serde(default)]
+    writable: bool,
 }
 
 /// Route defaults, also used by the README's config reference.
@@ -318,6 +394,12 @@ pub mod defaults {
     pub const MAX_INSTANCES: u32 = 1000;
     /// 64 MiB of linear memory per instance.
     pub const MAX_MEMORY: u64 = 64 << 20;
+    /// 2 seconds for the peer to answer a close frame.
+    pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Quarantine after 5 traps...
+    pub const QUARANTINE_TRAPS: u32 = 5;
+    /// ...within one minute.
+    pub const QUARANTINE_WINDOW: Duration = Duration::from_secs(60);
 }
 
 /// Reads the source text around spans, to turn byte offsets into line and column.
@@ -362,16 +444,6 @@ impl Config {
         })?;
         let plugin_dir = base.join(raw.plugin_dir.unwrap_or_else(|| PathBuf::from("plugins")));
 
-        let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
-        for route in raw.routes {
-            let checked = check_route(&source, &plugin_dir, route)?;
-            routes.push(checked);
-        }
-        let max_connections = positive(&source, raw.max_connections, defaults::MAX_CONNECTIONS)?;
-        let handshake_timeout =
-            nonzero(&source, raw.handshake_timeout, defaults::HANDSHAKE_TIMEOUT)?;
-        let max_instances = positive(&source, raw.max_instances, defaults::MAX_INSTANCES as usize)?;
-        let max_instances = u32::try_from(max_instances).unwrap_or(u32::MAX);
         let max_memory = match raw.max_memory {
             None => defaults::MAX_MEMORY,
             Some(v) if v.get_ref().0 < 1 << 16 => {
@@ -380,6 +452,24 @@ impl Config {
                 );
             }
             Some(v) => v.into_inner().0,
+        };
+        let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
+        for route in raw.routes {
+            let checked = check_route(&source, base, &plugin_dir, max_memory, route)?;
+            routes.push(checked);
+        }
+        let max_connections = positive(&source, raw.max_connections, defaults::MAX_CONNECTIONS)?;
+        let handshake_timeout =
+            nonzero(&source, raw.handshake_timeout, defaults::HANDSHAKE_TIMEOUT)?;
+        let max_instances = positive(&source, raw.max_instances, defaults::MAX_INSTANCES as usize)?;
+        let max_instances = u32::try_from(max_instances).unwrap_or(u32::MAX);
+        let max_connections_per_ip = match raw.max_connections_per_ip {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(
+                    source.error(v.span(), "must be at least 1 (leave it out for no limit)")
+                );
+            }
+            v => v.map(Spanned::into_inner),
         };
         let cache_dir = match raw.cache_dir {
             Some(dir) if dir.as_os_str().is_empty() => None,
@@ -397,6 +487,7 @@ impl Config {
                 .listen
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
             max_connections,
+            max_connections_per_ip,
             handshake_timeout,
             routes,
         })
@@ -471,7 +562,9 @@ pub fn auto_route_path(file: &Path) -> Option<String> {
 
 fn check_route(
     source: &Source,
+    base: &Path,
     plugin_dir: &Path,
+    pool_memory: u64,
     raw: RawRoute,
 ) -> Result<RouteConfig, ConfigError> {
     let path_span = raw.path.span();
@@ -536,7 +629,62 @@ fn check_route(
         Some(ns) => ns.into_inner(),
     };
 
+    let max_memory = match raw.max_memory {
+        None => pool_memory,
+        Some(v) if v.get_ref().0 < 1 << 16 => {
+            return Err(source.error(v.span(), "must be at least 64 KiB (one WebAssembly page)"));
+        }
+        Some(v) if v.get_ref().0 > pool_memory => {
+            return Err(source.error(
+                v.span(),
+                format!("must not exceed the top-level max-memory ({pool_memory} bytes), which sizes every instance slot"),
+            ));
+        }
+        Some(v) => v.into_inner().0,
+    };
+    let mut dirs = Vec::with_capacity(raw.dirs.len());
+    for dir in raw.dirs {
+        let guest_span = dir.guest.span();
+        let guest = dir.guest.into_inner();
+        if !guest.starts_with('/') {
+            return Err(source.error(
+                guest_span,
+                format!("guest path {guest:?} must be absolute, like \"/data\""),
+            ));
+        }
+        let host_span = dir.host.span();
+        let host = base.join(dir.host.into_inner());
+        if !host.is_dir() {
+            return Err(source.error(host_span, format!("folder not found: {}", host.display())));
+        }
+        dirs.push(DirGrant {
+            host,
+            guest,
+            writable: dir.writable,
+        });
+    }
+    let quarantine = Quarantine {
+        traps: raw.quarantine_traps.unwrap_or(defaults::QUARANTINE_TRAPS),
+        window: nonzero(source, raw.quarantine_window, defaults::QUARANTINE_WINDOW)?,
+    };
+
     Ok(RouteConfig {
+        max_connections: match raw.max_connections {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(
+                    source.error(v.span(), "must be at least 1 (leave it out for no limit)")
+                );
+            }
+            v => v.map(Spanned::into_inner),
+        },
+        idle_timeout: raw
+            .idle_timeout
+            .map(|v| nonzero(source, Some(v), Duration::ZERO))
+            .transpose()?,
+        close_timeout: nonzero(source, raw.close_timeout, defaults::CLOSE_TIMEOUT)?,
+        max_memory,
+        quarantine,
+        grants: Grants { env: raw.env, dirs },
         on_reload: raw.on_reload,
         instance: raw.instance,
         namespace,

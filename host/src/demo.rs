@@ -34,6 +34,7 @@ pub fn config(listen: SocketAddr, plugin_dir: PathBuf) -> Config {
         auto_route_origins: OriginPolicy::Any,
         cache_dir: crate::config::default_cache_dir(),
         max_connections: defaults::MAX_CONNECTIONS,
+        max_connections_per_ip: None,
         handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
         max_instances: defaults::MAX_INSTANCES,
         max_memory: defaults::MAX_MEMORY,

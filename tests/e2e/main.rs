@@ -5,6 +5,8 @@ mod binary;
 mod chat;
 mod echo;
 mod handshake;
+mod hostile_clients;
+mod hostile_plugins;
 mod lifecycle;
 mod reload;
 mod support;
