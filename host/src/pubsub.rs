@@ -32,6 +32,11 @@ pub(crate) struct Broker {
     namespaces: RwLock<HashMap<Arc<str>, Topics>>,
 }
 
+/// The most publishes held in one run. Beyond this the run is delivered, so a
+/// plugin publishing in a loop makes the host hold a bounded amount (the
+/// subscribers' queues, bounded themselves, take the rest or close).
+const MAX_RUN: usize = 256;
+
 /// Consecutive publishes to one topic, not yet queued.
 struct Run {
     broker: Arc<Broker>,
@@ -158,7 +163,10 @@ impl Broker {
                 && *run.topic == *topic
             {
                 run.messages.push((msg, exclude));
-                return None;
+                if run.messages.len() < MAX_RUN {
+                    return None;
+                }
+                return held.take();
             }
             held.replace(Run {
                 broker: self.clone(),

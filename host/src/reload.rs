@@ -226,6 +226,10 @@ impl Reloader {
                 "handshake-timeout",
                 next.handshake_timeout != running.handshake_timeout,
             ),
+            (
+                "max-connections-per-ip",
+                next.max_connections_per_ip != running.max_connections_per_ip,
+            ),
             ("max-instances", next.max_instances != running.max_instances),
             ("max-memory", next.max_memory != running.max_memory),
             ("cache-dir", next.cache_dir != running.cache_dir),
@@ -238,6 +242,7 @@ impl Reloader {
         // the warning above is given once per edit, not at every reload.
         next.listen = running.listen;
         next.max_connections = running.max_connections;
+        next.max_connections_per_ip = running.max_connections_per_ip;
         next.handshake_timeout = running.handshake_timeout;
         next.max_instances = running.max_instances;
         next.max_memory = running.max_memory;

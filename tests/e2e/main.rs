@@ -2,6 +2,7 @@
 //! clients, and the real plugins built from `plugins/`.
 
 mod binary;
+mod capabilities;
 mod chat;
 mod echo;
 mod handshake;

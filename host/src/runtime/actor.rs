@@ -18,12 +18,13 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use wasmtime::Store;
-use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime::error::Context as _;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::bindings::Plugin;
 use super::bindings::berth::plugin::types::{CloseInfo, Message, Request};
-use super::host::{ConnEntry, HostState, RouteShared};
-use super::stdio::{LogTarget, Stdio};
+use super::host::{ConnEntry, HostState, Quarantine, RouteShared};
+use super::stdio::{LineBudget, LogTarget, Stdio};
 use super::timers::Timers;
 use super::{Compiled, EPOCH_TICK, RouteActor, RuntimeError};
 use crate::config::{InstanceModel, RouteConfig};
@@ -179,6 +180,7 @@ pub(super) fn spawn(
         namespace: route.namespace.as_str().into(),
         values: route.values.clone(),
         broker: broker.clone(),
+        quarantine: Quarantine::new(route.quarantine),
     });
     let count = match route.instance {
         InstanceModel::Route => 1,
@@ -259,21 +261,45 @@ impl Worker {
 
     /// Makes an instance; `key` tags its timer events (its connection, or 0).
     fn instantiate(&self, key: u64) -> wasmtime::Result<Live> {
+        let budget = LineBudget::new(self.shared.name.clone());
         let target = |stream| LogTarget {
             route: self.shared.name.clone(),
             current_conn: self.current_conn.clone(),
             stream,
+            budget: budget.clone(),
         };
-        let wasi = WasiCtxBuilder::new()
-            .stdout(target(Stdio::Stdout))
+        // No arguments, no inherited environment, no sockets, and only the
+        // folders the route grants: clocks and random numbers are all a
+        // plugin gets by default.
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(target(Stdio::Stdout))
             .stderr(target(Stdio::Stderr))
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        let grants = &self.route.grants;
+        for (name, value) in &grants.env {
+            wasi.env(name, value);
+        }
+        for dir in &grants.dirs {
+            let perms = if dir.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            wasi.preopened_dir(&dir.host, &dir.guest, perms)
+                .with_context(|| format!("cannot open granted folder {}", dir.host.display()))?;
+        }
         let timers = Timers::new(key, self.queue.clone(), self.runtime.clone());
-        let state = HostState::new(wasi, self.shared.clone(), self.current_conn.clone(), timers);
+        let state = HostState::new(
+            wasi.build(),
+            self.shared.clone(),
+            self.current_conn.clone(),
+            timers,
+            self.route.max_memory,
+        );
         let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| state.limits());
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks);
         let plugin = self.compiled.pre.instantiate(&mut store)?;
@@ -328,8 +354,21 @@ impl Worker {
                 "ran longer than call-timeout ({})",
                 humantime::format_duration(self.route.call_timeout)
             ),
-            _ => format!("{error:#}"),
+            // The cause alone: the whole chain carries a wasm backtrace of
+            // tens of frames, which goes to the debug log instead.
+            Some(trap) => trap.to_string(),
+            None => error.root_cause().to_string(),
         };
+        tracing::debug!(route = %self.route.path, conn, export, "plugin call failed: {error:?}");
+        if self.shared.quarantine.record_trap() {
+            let rule = self.shared.quarantine.rule();
+            tracing::error!(
+                route = %self.route.path,
+                "plugin quarantined: {} failed calls within {}; new connections get 503 until its file changes",
+                rule.traps,
+                humantime::format_duration(rule.window)
+            );
+        }
         match &mut self.instances {
             Instances::Shared(live) => {
                 tracing::error!(
@@ -453,6 +492,13 @@ impl Worker {
         handle: ConnHandle,
         reply: oneshot::Sender<ConnectOutcome>,
     ) {
+        if self.shared.quarantine.is_tripped() {
+            let _ = reply.send(ConnectOutcome::Reject {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: "route quarantined: its plugin failed too often; it serves again when its file changes\n".into(),
+            });
+            return;
+        }
         if !self.ready_for(conn) {
             let _ = reply.send(ConnectOutcome::Unavailable);
             return;

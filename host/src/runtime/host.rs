@@ -2,20 +2,23 @@
 //! the connections of its own route and nothing else, so a plugin can address
 //! only those; any other id is `unknown-connection`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use rustc_hash::FxHashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::berth::plugin::{host, types};
 use super::timers::Timers;
+use crate::config;
 use crate::outbox::{ConnHandle, PushError};
 use crate::pubsub::{self, Broker};
 
@@ -26,6 +29,57 @@ pub(crate) struct RouteShared {
     pub(crate) namespace: Arc<str>,
     pub(crate) values: BTreeMap<String, String>,
     pub(crate) broker: Arc<Broker>,
+    /// The route version's trap record, shared by all its workers.
+    pub(crate) quarantine: Quarantine,
+}
+
+/// Counts a route version's traps; too many within the window quarantine it.
+pub(crate) struct Quarantine {
+    rule: config::Quarantine,
+    traps: Mutex<VecDeque<Instant>>,
+    tripped: AtomicBool,
+}
+
+impl Quarantine {
+    /// A clean record under `rule`.
+    pub(crate) fn new(rule: config::Quarantine) -> Self {
+        Quarantine {
+            rule,
+            traps: Mutex::new(VecDeque::new()),
+            tripped: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes a trap; true if this one put the route in quarantine.
+    pub(crate) fn record_trap(&self) -> bool {
+        if self.rule.traps == 0 || self.is_tripped() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut traps = self.traps.lock().unwrap_or_else(|e| e.into_inner());
+        while traps
+            .front()
+            .is_some_and(|&at| now.duration_since(at) > self.rule.window)
+        {
+            traps.pop_front();
+        }
+        traps.push_back(now);
+        if traps.len() >= self.rule.traps as usize {
+            self.tripped.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Whether new connections are refused.
+    pub(crate) fn is_tripped(&self) -> bool {
+        self.tripped.load(Ordering::Relaxed)
+    }
+
+    /// The rule, for messages.
+    pub(crate) fn rule(&self) -> config::Quarantine {
+        self.rule
+    }
 }
 
 /// The longest close reason that fits in a close frame (125 bytes less the code).
@@ -70,15 +124,38 @@ pub(crate) struct HostState {
     current_conn: Arc<AtomicU64>,
     conns: FxHashMap<u64, ConnEntry>,
     timers: Timers,
+    limits: StoreLimits,
 }
 
+/// Core instances, tables and memories one plugin instance may hold: a small
+/// Rust component has a handful; language runtimes (JavaScript, Python) a few
+/// dozen. Far above that is a component built to exhaust the host.
+const MAX_INSTANCES: usize = 100;
+const MAX_TABLES: usize = 100;
+const MAX_MEMORIES: usize = 16;
+/// Elements in one table (function references, mostly).
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
 impl HostState {
+    /// A store's state for one instance of the route, whose memory may grow
+    /// to `max_memory` bytes.
     pub(crate) fn new(
         wasi: WasiCtx,
         route: Arc<RouteShared>,
         current_conn: Arc<AtomicU64>,
         timers: Timers,
+        max_memory: u64,
     ) -> Self {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
+            .table_elements(MAX_TABLE_ELEMENTS)
+            .instances(MAX_INSTANCES)
+            .tables(MAX_TABLES)
+            .memories(MAX_MEMORIES)
+            // A failed memory.grow traps at once with the reason, rather than
+            // returning -1 to a guest whose allocator then aborts with none.
+            .trap_on_grow_failure(true)
+            .build();
         HostState {
             wasi,
             table: ResourceTable::new(),
@@ -86,7 +163,13 @@ impl HostState {
             current_conn,
             conns: FxHashMap::default(),
             timers,
+            limits,
         }
+    }
+
+    /// The store's resource limits, for `Store::limiter`.
+    pub(crate) fn limits(&mut self) -> &mut StoreLimits {
+        &mut self.limits
     }
 
     /// Makes `conn` addressable by the plugin.

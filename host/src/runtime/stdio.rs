@@ -1,8 +1,9 @@
 //! Guest stdout and stderr, turned into log lines tagged with the route and the
-//! connection the plugin was called about.
+//! connection the plugin was called about, at a bounded rate per instance.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -18,16 +19,98 @@ pub(crate) enum Stdio {
     Stderr,
 }
 
+/// Lines per second a plugin instance may log, on average.
+const LINES_PER_SECOND: f64 = 100.0;
+/// Lines an instance may log at once after a quiet spell.
+const BURST: f64 = 200.0;
+
+/// An instance's allowance of log lines (stdout and stderr together): a token
+/// bucket, so a plugin printing in a loop costs the log a bounded rate, and the
+/// operator learns how much was dropped.
+pub(crate) struct LineBudget {
+    route: Arc<str>,
+    state: Mutex<Bucket>,
+}
+
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+    dropped: u64,
+}
+
+impl LineBudget {
+    /// A full allowance for one instance of `route`.
+    pub(crate) fn new(route: Arc<str>) -> Arc<LineBudget> {
+        Arc::new(LineBudget {
+            route,
+            state: Mutex::new(Bucket {
+                tokens: BURST,
+                refilled: Instant::now(),
+                dropped: 0,
+            }),
+        })
+    }
+
+    /// Whether one more line may be logged now.
+    fn take(&self) -> bool {
+        let mut bucket = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let earned = now.duration_since(bucket.refilled).as_secs_f64() * LINES_PER_SECOND;
+        bucket.tokens = (bucket.tokens + earned).min(BURST);
+        bucket.refilled = now;
+        if bucket.tokens < 1.0 {
+            bucket.dropped += 1;
+            if bucket.dropped == 1 {
+                // Said at once, so an operator is not left guessing while the
+                // plugin floods; the count follows when lines get through again.
+                tracing::warn!(
+                    target: "berth::plugin",
+                    route = %self.route,
+                    "plugin output over {LINES_PER_SECOND} lines per second; dropping lines"
+                );
+            }
+            return false;
+        }
+        bucket.tokens -= 1.0;
+        let dropped = std::mem::take(&mut bucket.dropped);
+        drop(bucket);
+        self.report_dropped(dropped);
+        true
+    }
+
+    fn report_dropped(&self, dropped: u64) {
+        if dropped > 0 {
+            tracing::warn!(
+                target: "berth::plugin",
+                route = %self.route,
+                "{dropped} lines of plugin output dropped (over {LINES_PER_SECOND} lines per second)"
+            );
+        }
+    }
+}
+
+impl Drop for LineBudget {
+    fn drop(&mut self) {
+        let dropped = self.state.get_mut().map_or(0, |b| b.dropped);
+        self.report_dropped(dropped);
+    }
+}
+
 /// Who is writing: the route, and the connection of the call in progress (0 when none).
 #[derive(Clone)]
 pub(crate) struct LogTarget {
     pub(crate) route: Arc<str>,
     pub(crate) current_conn: Arc<AtomicU64>,
     pub(crate) stream: Stdio,
+    /// Shared by the instance's stdout and stderr.
+    pub(crate) budget: Arc<LineBudget>,
 }
 
 impl LogTarget {
     fn emit(&self, line: &[u8]) {
+        if !self.budget.take() {
+            return;
+        }
         let line = String::from_utf8_lossy(line);
         let conn = self.current_conn.load(Ordering::Relaxed);
         match self.stream {

@@ -16,6 +16,9 @@
 //! - `cancel ID` answers `cancelled true|false`.
 //! - `config KEY` answers `config VALUE` or `config none`.
 //! - `print TEXT` writes TEXT to stdout (which the host logs).
+//! - `env NAME` answers `env VALUE` or `env none`; `args` answers `args N`.
+//! - `read PATH` answers `read CONTENT`, `write PATH TEXT` answers `written`;
+//!   either answers `error KIND` (the `std::io::ErrorKind`) when refused.
 //! - `spin` loops forever (the host's call deadline must stop it).
 //! - `panic` traps.
 //!
@@ -160,6 +163,29 @@ impl Guest for Testkit {
                 None => reply(conn, "config none".into()),
             },
             "print" => println!("{rest}"),
+            "env" => reply(
+                conn,
+                match std::env::var(rest) {
+                    Ok(value) => format!("env {value}"),
+                    Err(_) => "env none".into(),
+                },
+            ),
+            "args" => reply(conn, format!("args {}", std::env::args().count())),
+            "read" => reply(
+                conn,
+                match std::fs::read_to_string(rest) {
+                    Ok(text) => format!("read {text}"),
+                    Err(error) => format!("error {:?}", error.kind()),
+                },
+            ),
+            "write" => {
+                let (path, body) = rest.split_once(' ').unwrap_or((rest, ""));
+                let answer = match std::fs::write(path, body) {
+                    Ok(()) => "written".into(),
+                    Err(error) => format!("error {:?}", error.kind()),
+                };
+                reply(conn, answer);
+            }
             "spin" => loop {
                 std::hint::spin_loop();
             },
