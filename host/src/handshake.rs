@@ -20,6 +20,11 @@ pub(crate) enum Refusal {
     BadKey,
     /// The browser's Origin is not allowed on this route: 403.
     OriginDenied,
+    /// The route already has its `max-connections` open: 503. Not made by
+    /// [`check`]: the count lives with the server's connections.
+    RouteFull,
+    /// The handshake deadline passed before the plugin could be asked: 408.
+    TooSlow,
 }
 
 impl Refusal {
@@ -29,6 +34,8 @@ impl Refusal {
             Refusal::NotUpgrade | Refusal::BadVersion => StatusCode::UPGRADE_REQUIRED,
             Refusal::BadRequestLine | Refusal::BadKey => StatusCode::BAD_REQUEST,
             Refusal::OriginDenied => StatusCode::FORBIDDEN,
+            Refusal::RouteFull => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::TooSlow => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -40,6 +47,8 @@ impl Refusal {
             Refusal::BadVersion => "only WebSocket version 13 is supported",
             Refusal::BadKey => "missing or malformed Sec-WebSocket-Key",
             Refusal::OriginDenied => "origin not allowed",
+            Refusal::RouteFull => "too many connections on this route",
+            Refusal::TooSlow => "the handshake took too long",
         }
     }
 }

@@ -3,10 +3,12 @@
 //! request on a route passes the host's checks and the plugin's `on-connect`
 //! before the 101 answer. After 101 the socket becomes a session.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::hash::Hash;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,9 +18,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -37,8 +40,91 @@ pub(crate) struct App {
     pub(crate) router: Arc<Router>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// The time from a socket's connect (or, on a kept-alive socket, from its
+    /// last answer) to the 101 answer: the request head and `on-connect` both
+    /// have to fit in it.
     pub(crate) handshake_timeout: Duration,
+    /// Open WebSocket connections per route path, for `max-connections` of
+    /// routes. Counted by path rather than by route version, so that a reload
+    /// (which makes a new version, while `drain` keeps the old one's
+    /// connections open) does not reset the count and let a route hold twice
+    /// its limit.
+    route_conns: Arc<Tally<String>>,
     next_conn: AtomicU64,
+}
+
+/// Open connections counted by key (a client address, a route path), so that
+/// each key can be held to a cap. A key has an entry only while it has open
+/// connections, so the table never outgrows the connections themselves.
+pub(crate) struct Tally<K: Eq + Hash> {
+    // The std hasher, randomly seeded: client addresses are chosen by clients.
+    counts: Mutex<HashMap<K, usize>>,
+}
+
+impl<K: Eq + Hash> Default for Tally<K> {
+    fn default() -> Self {
+        Tally {
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone> Tally<K> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, usize>> {
+        // Nothing panics while holding the lock; recover the table regardless.
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one more connection for `key`, unless it already has `max`.
+    /// The count drops again when the returned slot does.
+    pub(crate) fn try_acquire(self: &Arc<Self>, key: K, max: usize) -> Option<TallySlot<K>> {
+        let mut counts = self.lock();
+        let count = counts.get(&key).copied().unwrap_or(0);
+        if count >= max {
+            return None;
+        }
+        counts.insert(key.clone(), count + 1);
+        Some(TallySlot {
+            tally: self.clone(),
+            key,
+        })
+    }
+}
+
+/// One connection counted in a [`Tally`] until this is dropped.
+pub(crate) struct TallySlot<K: Eq + Hash + Clone> {
+    tally: Arc<Tally<K>>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Clone> Drop for TallySlot<K> {
+    fn drop(&mut self) {
+        let mut counts = self.tally.lock();
+        if let Some(count) = counts.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// What an accepted socket holds for as long as it is open, as HTTP or as a
+/// WebSocket connection: its place under the server's `max-connections` and
+/// under its client address's `max-connections-per-ip`.
+pub(crate) struct Admission {
+    _permit: OwnedSemaphorePermit,
+    _peer: Option<TallySlot<IpAddr>>,
+}
+
+impl Admission {
+    /// The places a socket was admitted with.
+    pub(crate) fn new(permit: OwnedSemaphorePermit, peer: Option<TallySlot<IpAddr>>) -> Self {
+        Admission {
+            _permit: permit,
+            _peer: peer,
+        }
+    }
 }
 
 type Body = Full<Bytes>;
@@ -112,15 +198,18 @@ impl App {
             shutdown,
             tracker: TaskTracker::new(),
             handshake_timeout,
+            route_conns: Arc::default(),
             next_conn: AtomicU64::new(1),
         }
     }
 
+    /// Answers one request; an upgrade must reach its 101 by `deadline`.
     async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,
-        permit: Arc<OwnedSemaphorePermit>,
+        admission: Arc<Admission>,
+        deadline: Instant,
     ) -> Response<Body> {
         let path = req.uri().path();
         if path == "/healthz" {
@@ -133,16 +222,27 @@ impl App {
             Ok(offer) => offer,
             Err(refusal) => return refuse(refusal),
         };
+        if Instant::now() >= deadline {
+            return refuse(Refusal::TooSlow);
+        }
+        // Taken before the plugin is asked: a full route costs it nothing.
+        // Routes without a limit are counted too, so that a reload that sets
+        // one finds the connections already open.
+        let max = route.config.max_connections.unwrap_or(usize::MAX);
+        let Some(route_slot) = self.route_conns.try_acquire(route.config.path.clone(), max) else {
+            tracing::debug!(route = %route.config.path, %peer, "route connection limit reached; answering 503");
+            return refuse(Refusal::RouteFull);
+        };
 
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let request = plugin_request(&req, peer, offer.subprotocols);
         let (handle, outbox) = outbox::outbox(route.config.write_queue, &route.retired);
         let asked = route.plugin.connect(conn, request, handle);
-        let outcome = match tokio::time::timeout(self.handshake_timeout, asked).await {
+        let outcome = match tokio::time::timeout_at(deadline, asked).await {
             Ok(Some(outcome)) => outcome,
             Ok(None) => return plain(StatusCode::SERVICE_UNAVAILABLE, "route unavailable\n"),
             Err(_) => {
-                tracing::warn!(route = %route.config.path, conn, "on-connect did not answer in time");
+                tracing::warn!(route = %route.config.path, conn, "on-connect did not answer before the handshake deadline");
                 return plain(StatusCode::SERVICE_UNAVAILABLE, "route busy\n");
             }
         };
@@ -171,7 +271,8 @@ impl App {
         };
         self.tracker.spawn(
             async move {
-                let _permit = permit;
+                let _admission = admission;
+                let _route_slot = route_slot;
                 match on_upgrade.await {
                     Ok(upgraded) => {
                         tracing::debug!("connection opened");
@@ -221,14 +322,28 @@ pub(crate) async fn serve(
     app: Arc<App>,
     stream: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    admission: Admission,
 ) {
-    let permit = Arc::new(permit);
+    let admission = Arc::new(admission);
+    // When the socket began to owe us a request head: at connect, then after
+    // each answer on a kept-alive socket. hyper's header_read_timeout bounds
+    // the head from that moment (it does not restart per byte, so it also
+    // ends slow and stalled heads, and idle kept-alive sockets); the same
+    // deadline then bounds on-connect, so that connect-to-101 as a whole fits
+    // in one handshake-timeout rather than in one per stage.
+    let awaiting_since = Arc::new(Mutex::new(Instant::now()));
     let service_app = app.clone();
     let service = service_fn(move |req| {
         let app = service_app.clone();
-        let permit = permit.clone();
-        async move { Ok::<_, Infallible>(app.handle(req, peer, permit).await) }
+        let admission = admission.clone();
+        let awaiting_since = awaiting_since.clone();
+        async move {
+            let since = *awaiting_since.lock().unwrap_or_else(|e| e.into_inner());
+            let deadline = since + app.handshake_timeout;
+            let response = app.handle(req, peer, admission, deadline).await;
+            *awaiting_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -248,9 +363,56 @@ pub(crate) async fn serve(
     }
 }
 
-/// Answers a socket over the connection limit with 503 and closes it.
-pub(crate) async fn overloaded(mut stream: TcpStream) {
-    const ANSWER: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
-content-length: 21\r\nconnection: close\r\n\r\ntoo many connections\n";
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(ANSWER)).await;
+/// The answer to a socket over the server's `max-connections`.
+pub(crate) const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\nconnection: close\r\n\r\n\
+too many connections\n";
+
+/// The answer to a socket over its client address's `max-connections-per-ip`.
+pub(crate) const TOO_MANY_FROM_PEER: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+content-type: text/plain; charset=utf-8\r\ncontent-length: 39\r\nconnection: close\r\n\r\n\
+too many connections from this address\n";
+
+/// The longest a socket refused at accept is kept for its answer. Short:
+/// refused sockets are outside every limit, so a client that neither reads
+/// nor closes must not be able to pile them up.
+const REFUSAL_TIME: Duration = Duration::from_millis(250);
+
+/// Answers a socket refused at accept with `answer`, whatever it asked, and
+/// closes it; hyper never sees it.
+pub(crate) async fn refuse_socket(mut stream: TcpStream, answer: &'static [u8]) {
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
+        stream.write_all(answer).await?;
+        // Closing a socket whose request is still unread resets it, and a
+        // reset may discard the answer before the client has read it: end our
+        // side, then read until the client ends its own.
+        stream.shutdown().await?;
+        let mut scratch = [0u8; 256];
+        while stream.read(&mut scratch).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_caps_each_key_and_forgets_keys_with_nothing_open() {
+        let tally: Arc<Tally<&str>> = Arc::default();
+        let first = tally.try_acquire("a", 2).expect("room for one");
+        let _second = tally.try_acquire("a", 2).expect("room for two");
+        assert!(tally.try_acquire("a", 2).is_none(), "a third past the cap");
+        let other = tally.try_acquire("b", 2).expect("keys are counted apart");
+        drop(first);
+        let _third = tally
+            .try_acquire("a", 2)
+            .expect("a dropped slot makes room");
+        drop(other);
+        assert!(
+            !tally.lock().contains_key("b"),
+            "an empty key stayed behind"
+        );
+    }
 }

@@ -2,18 +2,18 @@
 //! accepts sockets under the connection limit, and shuts down cleanly.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Overrides};
-use crate::http::{self, App};
+use crate::http::{self, Admission, App, Tally};
 use crate::pubsub::Broker;
 use crate::reload::{LoadError, ReloadHandle, Reloader, Stopped, Trigger};
 use crate::router::Router;
@@ -57,11 +57,71 @@ pub struct ServeOptions {
     pub watch: bool,
 }
 
+/// The limits a socket is admitted under at accept. Sockets are counted
+/// here, before any HTTP, rather than at the upgrade: a client that opens
+/// sockets and never sends a request holds file descriptors and memory all
+/// the same, so that is what has to be capped.
+struct Limits {
+    /// `max-connections`: sockets open at once.
+    global: Arc<Semaphore>,
+    /// `max-connections-per-ip`: open sockets per client address, and the cap.
+    per_ip: Option<(Arc<Tally<IpAddr>>, usize)>,
+}
+
+/// Why a socket was refused at accept.
+enum Refused {
+    /// The server has `max-connections` open: 503.
+    Full,
+    /// The client's address has `max-connections-per-ip` open: 429.
+    PeerFull,
+}
+
+impl Limits {
+    /// Takes a place for a socket from `ip` under every limit, or says which
+    /// one is full. The address is checked first: one that is over its own
+    /// limit is told so, and takes nothing from everyone's.
+    fn admit(&self, ip: IpAddr) -> Result<Admission, Refused> {
+        let peer = match &self.per_ip {
+            Some((tally, max)) => Some(tally.try_acquire(ip, *max).ok_or(Refused::PeerFull)?),
+            None => None,
+        };
+        let permit = self
+            .global
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Full)?;
+        Ok(Admission::new(permit, peer))
+    }
+}
+
+/// How many connections the kernel may hold for us before we accept them.
+/// We ask for more than Linux grants (`net.core.somaxconn`, 4096 on current
+/// kernels), which then grants its maximum. The usual default of 128 is too
+/// few for a burst of connects: past it, the kernel drops the client's last
+/// handshake packet while the client already believes it is connected, and
+/// such a socket reaches us only when and if the kernel retries; until then no
+/// timeout of ours runs for it, and a client waiting for the server to speak
+/// first waits on.
+const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds `addr` and listens on it with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As TcpListener::bind does: a restart may bind while the last run's
+    // connections are still in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// A bound, loaded server that has not started accepting yet.
 pub struct Server {
     listener: TcpListener,
     app: Arc<App>,
-    limit: Arc<Semaphore>,
+    limits: Limits,
     reload: ReloadHandle,
     reload_thread: JoinHandle<Stopped>,
     plugin_dir: Option<PathBuf>,
@@ -78,13 +138,10 @@ impl Server {
 
     /// [`Server::bind`] with a config file to reload and files to watch.
     pub async fn bind_with(config: Config, options: ServeOptions) -> Result<Server, ServeError> {
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = listen(config.listen).map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let runtime = Arc::new(Runtime::new(&config)?);
         let router = Arc::new(Router::default());
         let shutdown = CancellationToken::new();
@@ -93,7 +150,12 @@ impl Server {
             config.handshake_timeout,
             shutdown.clone(),
         ));
-        let limit = Arc::new(Semaphore::new(config.max_connections));
+        let limits = Limits {
+            global: Arc::new(Semaphore::new(config.max_connections)),
+            per_ip: config
+                .max_connections_per_ip
+                .map(|max| (Arc::default(), max)),
+        };
         let plugin_dir = config.auto_routes.then(|| config.plugin_dir.clone());
         let loader = runtime.clone();
         let ServeOptions {
@@ -120,7 +182,7 @@ impl Server {
         Ok(Server {
             listener,
             app,
-            limit,
+            limits,
             reload,
             reload_thread,
             plugin_dir,
@@ -157,7 +219,7 @@ impl Server {
         let Server {
             listener,
             app,
-            limit,
+            limits,
             reload,
             reload_thread,
             plugin_dir: _,
@@ -171,13 +233,19 @@ impl Server {
                     Ok((stream, peer)) => {
                         // Small messages are the norm: never wait to coalesce them.
                         let _ = stream.set_nodelay(true);
-                        match limit.clone().try_acquire_owned() {
-                            Ok(permit) => {
-                                app.tracker.spawn(http::serve(app.clone(), stream, peer, permit));
+                        match limits.admit(peer.ip()) {
+                            Ok(admission) => {
+                                app.tracker.spawn(http::serve(app.clone(), stream, peer, admission));
                             }
-                            Err(_) => {
+                            Err(Refused::Full) => {
                                 tracing::warn!(%peer, "connection limit reached; answering 503");
-                                app.tracker.spawn(http::overloaded(stream));
+                                app.tracker.spawn(http::refuse_socket(stream, http::OVERLOADED));
+                            }
+                            Err(Refused::PeerFull) => {
+                                // Debug, not warn: the client decides how
+                                // often this happens, and could fill the log.
+                                tracing::debug!(%peer, "connection limit of the address reached; answering 429");
+                                app.tracker.spawn(http::refuse_socket(stream, http::TOO_MANY_FROM_PEER));
                             }
                         }
                     }

@@ -11,14 +11,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::task::{ArcWake, AtomicWaker, waker};
 use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, MissedTickBehavior, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -31,8 +30,6 @@ use crate::config::RouteConfig;
 use crate::outbox::Outbox;
 use crate::runtime::{CloseInfo, PluginHandle};
 
-/// How long the peer has to answer a close frame before the socket is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reports `on-close` exactly once: explicitly at the end of a session, or from
 /// `Drop` if the session never ran or was cut short.
 pub(crate) struct CloseReport {
@@ -190,6 +187,14 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Waits for `timer` to fire, or forever if there is none.
+async fn fired(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A close frame the host itself sends, and what `on-close` will be told.
 fn host_close(code: CloseCode, reason: &str) -> (CloseFrame, CloseInfo) {
     (
@@ -266,8 +271,16 @@ impl Session {
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut pong_deadline: Option<Instant> = None;
+        let close_timeout = self.route.close_timeout;
         // Set once a close frame is queued: what on-close will say, and when to give up.
         let mut closing: Option<(CloseInfo, Instant)> = None;
+        // One timer for the connection's life, moved on only when it fires:
+        // resetting it at every message would touch the timer wheel per
+        // message. Boxed, so that a route without the limit pays one pointer
+        // of session memory for it rather than a whole timer entry.
+        let idle_timeout = self.route.idle_timeout;
+        let mut idle_timer = idle_timeout.map(|idle| Box::pin(tokio::time::sleep(idle)));
+        let mut last_data = Instant::now();
         // Made once: a fresh wait per turn would lock the token's waiter list twice a message.
         let stopped = self.outbound.stop().clone().cancelled_owned();
         tokio::pin!(stopped);
@@ -286,16 +299,33 @@ impl Session {
                         host_close(CloseCode::Again, "slow consumer")
                     };
                     queue.push_back(WsMessage::Close(Some(frame)));
-                    closing = Some((info, Instant::now() + CLOSE_TIMEOUT));
+                    closing = Some((info, Instant::now() + close_timeout));
                 }
                 // Deadlines come before reads, so a client that floods the
-                // socket cannot starve them.
-                () = sleep_until(pong_deadline) => {
+                // socket cannot starve them. Once our close frame is queued
+                // only the close deadline counts: on-close reports why we
+                // closed, not a ping that went unanswered meanwhile.
+                () = sleep_until(pong_deadline), if open => {
                     tracing::debug!(conn = self.conn, "no pong in time; dropping the connection");
                     return close_info(1006, "heartbeat timeout");
                 }
                 () = sleep_until(close_deadline) => {
+                    tracing::debug!(conn = self.conn, "no close frame in answer; dropping the connection");
                     return closing.map(|(info, _)| info).expect("deadline implies closing");
+                }
+                () = fired(&mut idle_timer), if open => {
+                    let idle = idle_timeout.expect("a timer implies a timeout");
+                    let due = last_data + idle;
+                    if Instant::now() < due {
+                        if let Some(timer) = idle_timer.as_mut() {
+                            timer.as_mut().reset(due);
+                        }
+                    } else {
+                        tracing::debug!(conn = self.conn, "no data message in time; closing the connection");
+                        let (frame, info) = host_close(CloseCode::Normal, "idle timeout");
+                        queue.push_back(WsMessage::Close(Some(frame)));
+                        closing = Some((info, Instant::now() + close_timeout));
+                    }
                 }
                 turn = poll_fn(|cx| poll_outbound(&mut sink, &mut queue, &self.outbound, open, unflushed, cx)), if open || !queue.is_empty() || unflushed => match turn {
                     Ok(Turn::Taken) => {
@@ -306,7 +336,7 @@ impl Session {
                                 Some(WsMessage::Close(Some(frame))) => close_info(frame.code.into(), &frame.reason),
                                 _ => close_info(1005, ""),
                             };
-                            closing = Some((info, Instant::now() + CLOSE_TIMEOUT));
+                            closing = Some((info, Instant::now() + close_timeout));
                         }
                     }
                     Ok(Turn::Ended) => {
@@ -314,7 +344,7 @@ impl Session {
                         // instance could not be restarted).
                         let (frame, info) = host_close(CloseCode::Error, "plugin unavailable");
                         queue.push_back(WsMessage::Close(Some(frame)));
-                        closing = Some((info, Instant::now() + CLOSE_TIMEOUT));
+                        closing = Some((info, Instant::now() + close_timeout));
                     }
                     Ok(Turn::Written { flushed }) => unflushed = !flushed,
                     Err(error) => {
@@ -328,6 +358,9 @@ impl Session {
                     Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
                         // Data that arrives after our close frame is dropped (RFC 6455 5.5.1).
                         if open {
+                            if idle_timer.is_some() {
+                                last_data = Instant::now();
+                            }
                             self.plugin.message(self.conn, msg).await;
                         }
                     }
@@ -340,7 +373,7 @@ impl Session {
                             return info;
                         }
                         // tungstenite queued the echo of the client's close frame.
-                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.flush()).await;
+                        let _ = tokio::time::timeout(close_timeout, sink.flush()).await;
                         return match frame {
                             Some(frame) => close_info(frame.code.into(), &frame.reason),
                             None => close_info(1005, ""),
@@ -399,7 +432,11 @@ impl Session {
         };
         tracing::debug!(conn = self.conn, %error, "closing the connection");
         let (frame, info) = host_close(code, reason);
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(
+            self.route.close_timeout,
+            sink.send(WsMessage::Close(Some(frame))),
+        )
+        .await;
         info
     }
 }

@@ -1,2 +1,898 @@
 //! Hostile clients: malformed frames, abusive handshakes and slow readers must
 //! cost only their own connection while another route keeps answering.
+//!
+//! Most cases need a client that breaks the protocol on purpose, which no
+//! WebSocket library will do: [`RawClient`] writes the upgrade request and
+//! every frame by hand on a bare TCP socket, masking them itself (or not).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::{
+    BerthProcess, Client, TestServer, WAIT, await_on_close, config_text, connect, expect_close,
+    http_get, kit_client, recv_text, refusal, request, send_text, try_connect,
+};
+
+/// An echo route to stand by, and a testkit route to misbehave on (its
+/// `on-close` record tells what the plugin heard).
+const ROUTES: &str = r#"
+[[route]]
+path = "/echo"
+plugin = "echo.wasm"
+
+[[route]]
+path = "/kit"
+plugin = "testkit.wasm"
+"#;
+
+/// The opcode of a continuation frame (RFC 6455 section 5.2).
+const CONTINUATION: u8 = 0x0;
+/// The opcode of a text frame.
+const TEXT: u8 = 0x1;
+/// The opcode of a close frame.
+const CLOSE: u8 = 0x8;
+/// The opcode of a ping frame.
+const PING: u8 = 0x9;
+
+/// The masking key of every masked frame these tests write.
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// The head of a frame: FIN, the three RSV bits (`rsv`, high bit first),
+/// the opcode, and `len` in the shortest length encoding, masked by `mask`.
+fn head(fin: bool, rsv: u8, opcode: u8, len: u64, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | (rsv << 4) | opcode];
+    let masked = if mask.is_some() { 0x80 } else { 0 };
+    match len {
+        0..=125 => out.push(masked | len as u8),
+        126..=0xffff => {
+            out.push(masked | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(masked | 127);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    if let Some(key) = mask {
+        out.extend_from_slice(&key);
+    }
+    out
+}
+
+/// A whole frame with `payload`, masked with `mask` if given.
+fn frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = head(fin, rsv, opcode, payload.len() as u64, mask);
+    match mask {
+        Some(key) => out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4])),
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
+/// A well-formed final client frame.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    frame(true, 0, opcode, payload, Some(MASK))
+}
+
+/// A frame as the server sent it.
+#[derive(Debug)]
+struct ServerFrame {
+    /// The low four bits of the first byte.
+    opcode: u8,
+    /// The payload (server frames are never masked).
+    payload: Vec<u8>,
+}
+
+/// A WebSocket client on a bare TCP socket that writes what it is told to,
+/// valid or not.
+struct RawClient {
+    reader: OwnedReadHalf,
+    /// Taken by a test that writes from another task.
+    writer: Option<OwnedWriteHalf>,
+    /// Bytes read but not yet taken as a frame.
+    buffer: Vec<u8>,
+}
+
+/// The upgrade request for `path`, with the RFC 6455 sample key.
+fn upgrade_request(addr: SocketAddr, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+impl RawClient {
+    /// Upgrades a new socket to `path`; fails the test unless it gets 101.
+    async fn connect(addr: SocketAddr, path: &str) -> RawClient {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (reader, writer) = stream.into_split();
+        let mut client = RawClient {
+            reader,
+            writer: Some(writer),
+            buffer: Vec::new(),
+        };
+        client
+            .write(upgrade_request(addr, path).as_bytes())
+            .await
+            .expect("request written");
+        let end = loop {
+            if let Some(end) = client.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            assert!(client.fill().await, "the socket ended before an answer");
+        };
+        // Whatever follows the head is already WebSocket frames.
+        let head: Vec<u8> = client.buffer.drain(..end).collect();
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101 "), "not upgraded: {head}");
+        client
+    }
+
+    /// Writes raw bytes, within the test's bounded wait.
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let writer = self.writer.as_mut().expect("the writer was not taken");
+        tokio::time::timeout(WAIT, writer.write_all(bytes))
+            .await
+            .expect("the server takes the bytes in time")
+    }
+
+    /// Reads more into the buffer; false once the socket has ended (closed or reset).
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(WAIT, self.reader.read(&mut chunk))
+            .await
+            .expect("the server answers or closes in time")
+        {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buffer.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// The next frame the server sent, or `None` once the socket has ended.
+    async fn next_frame(&mut self) -> Option<ServerFrame> {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buffer) {
+                self.buffer.drain(..used);
+                return Some(frame);
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    /// Sends a masked text message.
+    async fn send_text(&mut self, text: &str) {
+        self.write(&client_frame(TEXT, text.as_bytes()))
+            .await
+            .expect("send");
+    }
+
+    /// The next text message, skipping the server's pings.
+    async fn recv_text(&mut self) -> String {
+        loop {
+            let frame = self.next_frame().await.expect("a text message");
+            match frame.opcode {
+                TEXT => return String::from_utf8(frame.payload).expect("UTF-8 text"),
+                PING => {}
+                other => panic!("expected text, got opcode {other}: {frame:?}"),
+            }
+        }
+    }
+
+    /// The testkit's id for this connection.
+    async fn whoami(&mut self) -> String {
+        self.send_text("whoami").await;
+        self.recv_text().await.replace("id ", "")
+    }
+
+    /// Reads up to the server's close frame and returns its code and reason.
+    async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            let frame = self
+                .next_frame()
+                .await
+                .expect("a close frame before the socket ends");
+            if frame.opcode == CLOSE {
+                assert!(frame.payload.len() >= 2, "close without a code: {frame:?}");
+                let code = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
+                let reason = String::from_utf8(frame.payload[2..].to_vec()).expect("UTF-8");
+                return (code, reason);
+            }
+        }
+    }
+
+    /// Waits (bounded) until the server ends the socket, ignoring what it sends.
+    async fn expect_end(&mut self) {
+        while self.fill().await {
+            self.buffer.clear();
+        }
+    }
+}
+
+/// Parses one unmasked server frame at the start of `bytes`, with the number
+/// of bytes it took; `None` if it is not all there yet.
+fn parse_server_frame(bytes: &[u8]) -> Option<(ServerFrame, usize)> {
+    let (&first, &second) = (bytes.first()?, bytes.get(1)?);
+    assert_eq!(second & 0x80, 0, "the server masked a frame");
+    let (len, at) = match second & 0x7f {
+        126 => (
+            u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?) as usize,
+            4,
+        ),
+        127 => (
+            u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?) as usize,
+            10,
+        ),
+        len => (len as usize, 2),
+    };
+    let payload = bytes.get(at..at + len)?.to_vec();
+    let frame = ServerFrame {
+        opcode: first & 0x0f,
+        payload,
+    };
+    Some((frame, at + len))
+}
+
+/// Sends `text` and expects it back.
+async fn echoes(client: &mut Client, text: &str) {
+    send_text(client, text).await;
+    assert_eq!(recv_text(client).await, text);
+}
+
+/// The echo route still answers: on the connection that stood by, and on a new one.
+async fn echo_still_answers(echo_url: &str, bystander: &mut Client) {
+    echoes(bystander, "still here").await;
+    let mut fresh = connect(echo_url).await;
+    echoes(&mut fresh, "and new ones too").await;
+}
+
+/// Opens a connection on the testkit route, misbehaves with `offence` (raw
+/// bytes, written in one go), and checks the close code the client receives,
+/// that the socket then ends, that `on-close` reports the same code, and that
+/// the echo route answers throughout.
+async fn offence_closes_with(offence: &[u8], code: u16) {
+    let server = TestServer::start(ROUTES).await;
+    let echo = server.url("/echo");
+    let mut bystander = connect(&echo).await;
+    echoes(&mut bystander, "before").await;
+
+    let mut raw = RawClient::connect(server.addr, "/kit").await;
+    let id = raw.whoami().await;
+    raw.write(offence).await.expect("offence written");
+    echoes(&mut bystander, "during").await;
+    let (got, reason) = raw.expect_close().await;
+    assert_eq!(got, code, "closed with {got} {reason:?}");
+    raw.expect_end().await;
+    await_on_close(&server.url("/kit"), &id, code).await;
+
+    echo_still_answers(&echo, &mut bystander).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unmasked_frame_closes_with_1002() {
+    offence_closes_with(&frame(true, 0, TEXT, b"no mask", None), 1002).await;
+}
+
+#[tokio::test]
+async fn reserved_bits_close_with_1002() {
+    // RSV1 is the permessage-deflate bit, which berth never negotiates.
+    offence_closes_with(&frame(true, 0b100, TEXT, b"deflated?", Some(MASK)), 1002).await;
+}
+
+#[tokio::test]
+async fn a_frame_header_claiming_2_to_the_60_bytes_closes_with_1009() {
+    // The head alone: a server that believed it would wait, or allocate, forever.
+    offence_closes_with(&head(true, 0, TEXT, 1 << 60, Some(MASK)), 1009).await;
+}
+
+#[tokio::test]
+async fn a_126_byte_ping_closes_with_1002() {
+    offence_closes_with(&client_frame(PING, &[b'p'; 126]), 1002).await;
+}
+
+#[tokio::test]
+async fn close_code_1005_on_the_wire_closes_with_1002() {
+    // 1005 means "no code was sent" and must never appear in a close frame.
+    offence_closes_with(&client_frame(CLOSE, &1005u16.to_be_bytes()), 1002).await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_split_across_fragments_closes_with_1007() {
+    // The first fragment ends in the first two bytes of a three-byte
+    // character, valid so far; the second breaks it.
+    let mut offence = frame(false, 0, TEXT, b"price: 3 \xe2\x82", Some(MASK));
+    offence.extend(frame(true, 0, CONTINUATION, b"( oops", Some(MASK)));
+    offence_closes_with(&offence, 1007).await;
+}
+
+#[tokio::test]
+async fn endless_continuation_fragments_close_with_1009() {
+    let server = TestServer::start(ROUTES).await;
+    let echo = server.url("/echo");
+    let mut bystander = connect(&echo).await;
+    let mut raw = RawClient::connect(server.addr, "/kit").await;
+    let id = raw.whoami().await;
+
+    // Fragments of 1 KiB for as long as the server takes them: the message
+    // never ends, and passes max-message-size (64 KiB) after 64 of them.
+    let mut writer = raw.writer.take().expect("writer");
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    let flood = tokio::spawn(async move {
+        let first = frame(false, 0, TEXT, &[b'x'; 1024], Some(MASK));
+        let fragment = frame(false, 0, CONTINUATION, &[b'x'; 1024], Some(MASK));
+        let mut next = first;
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if writer.write_all(&next).await.is_err() {
+                return;
+            }
+            counter.fetch_add(1, Ordering::Relaxed);
+            next.clone_from(&fragment);
+        }
+        panic!("the server took fragments for {WAIT:?} without closing");
+    });
+    echoes(&mut bystander, "during").await;
+
+    let (code, reason) = raw.expect_close().await;
+    assert_eq!(code, 1009, "closed with {code} {reason:?}");
+    raw.expect_end().await;
+    // The writer stops at its first refused write, or is stopped here.
+    let _ = tokio::time::timeout(WAIT, flood).await;
+    assert!(sent.load(Ordering::Relaxed) > 64, "closed before the limit");
+    await_on_close(&server.url("/kit"), &id, 1009).await;
+    echo_still_answers(&echo, &mut bystander).await;
+    server.stop().await;
+}
+
+/// How one slowloris socket misbehaves: each stalls its handshake another way.
+#[derive(Clone, Copy, Debug)]
+enum Slowloris {
+    /// Connects and sends nothing.
+    Silent,
+    /// Sends half of an upgrade request's head, then nothing.
+    HalfHead,
+    /// Sends an upgrade request's head one byte at a time, 4 bytes a second:
+    /// it would take the whole head about 40 seconds.
+    Dribble,
+    /// Sends a whole head announcing a large body, then dribbles the body.
+    DribbledBody,
+}
+
+/// Runs one slowloris socket until the server ends it; returns what the
+/// server sent. Fails if the server keeps it open for the whole bounded wait.
+async fn slowloris(addr: SocketAddr, kind: Slowloris, opened: Arc<AtomicUsize>) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    opened.fetch_add(1, Ordering::Relaxed);
+    let head = upgrade_request(addr, "/echo").into_bytes();
+    let mut dribble: &[u8] = match kind {
+        Slowloris::Silent => &[],
+        Slowloris::HalfHead => {
+            let _ = stream.write_all(&head[..head.len() / 2]).await;
+            &[]
+        }
+        Slowloris::Dribble => &head,
+        Slowloris::DribbledBody => {
+            let head =
+                format!("POST /healthz HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100000\r\n\r\n");
+            let _ = stream.write_all(head.as_bytes()).await;
+            &[b'b'; 100]
+        }
+    };
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let deadline = Instant::now() + WAIT;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            read = stream.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => return answer,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            },
+            _ = tick.tick(), if !dribble.is_empty() => {
+                if stream.write_all(&dribble[..1]).await.is_err() {
+                    return answer;
+                }
+                dribble = &dribble[1..];
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                panic!("a {kind:?} socket was still open after {WAIT:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_thousand_slowloris_handshakes_are_closed_by_the_deadline() {
+    let server = TestServer::start(&format!("handshake-timeout = \"1s\"\n{ROUTES}")).await;
+    let echo = server.url("/echo");
+    let mut bystander = connect(&echo).await;
+    let opened = Arc::new(AtomicUsize::new(0));
+    let kinds = [
+        Slowloris::Silent,
+        Slowloris::HalfHead,
+        Slowloris::Dribble,
+        Slowloris::DribbledBody,
+    ];
+    let sockets: Vec<_> = (0..1000)
+        .map(|i| {
+            let kind = kinds[i % kinds.len()];
+            (
+                kind,
+                tokio::spawn(slowloris(server.addr, kind, opened.clone())),
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while opened.load(Ordering::Relaxed) < sockets.len() {
+        assert!(Instant::now() < deadline, "the sockets did not all connect");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Meanwhile, handshakes that do finish are served.
+    echo_still_answers(&echo, &mut bystander).await;
+    for (kind, socket) in sockets {
+        let answer = socket.await.expect("the slowloris task does not panic");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            !answer.contains(" 101 "),
+            "a {kind:?} socket was upgraded: {answer}"
+        );
+    }
+    echo_still_answers(&echo, &mut bystander).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_kept_alive_socket_that_goes_quiet_is_closed_by_the_deadline() {
+    let server = TestServer::start(&format!("handshake-timeout = \"1s\"\n{ROUTES}")).await;
+    let echo = server.url("/echo");
+    let mut bystander = connect(&echo).await;
+    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    // Two requests on the one socket: it is kept alive between them.
+    for _ in 0..2 {
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !answer.ends_with(b"\r\n\r\nok\n") {
+            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
+                .await
+                .expect("answered in time")
+                .expect("read");
+            assert!(n > 0, "closed before answering: {answer:?}");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    }
+    echoes(&mut bystander, "during").await;
+    // Then it idles, and the server ends it rather than wait for a third.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "an idle kept-alive socket stayed open");
+    assert!(rest.is_empty(), "unasked-for bytes: {rest:?}");
+    echo_still_answers(&echo, &mut bystander).await;
+    server.stop().await;
+}
+
+/// A server process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}
+
+/// Starts the real `berth` binary with `routes`; its config lives in `dir`.
+fn berth_process(dir: &tempfile::TempDir, routes: &str) -> BerthProcess {
+    let path = dir.path().join("berth.toml");
+    std::fs::write(&path, config_text(routes)).expect("config written");
+    BerthProcess::start(&["--config", path.to_str().expect("UTF-8 path")])
+}
+
+/// The bytes of garbage handshake number `n`: each kind of wrong that a
+/// scanner, a confused client or an attacker sends.
+fn garbage(addr: SocketAddr, n: usize) -> Vec<u8> {
+    // xorshift: varied bytes without a dependency.
+    let mut state = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut noise = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    };
+    match n % 6 {
+        0 => {
+            let len = 1 + n % 2000;
+            noise(len)
+        }
+        1 => b"GET /echo HTTP/1.1\r\nthis is not a header\r\n\r\n".to_vec(),
+        2 => {
+            let mut head = format!("GET /echo HTTP/1.1\r\nHost: {addr}\r\nX-Junk: ").into_bytes();
+            head.extend(std::iter::repeat_n(b'j', 64 * 1024));
+            head.extend_from_slice(b"\r\n\r\n");
+            head
+        }
+        // The start of a TLS ClientHello: https on the WebSocket port.
+        3 => {
+            let mut hello = vec![
+                0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+            ];
+            hello.extend(noise(200));
+            hello
+        }
+        4 => format!(
+            "GET /echo HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: not-a-key\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .into_bytes(),
+        // A valid upgrade followed at once by frames of noise.
+        _ => {
+            let mut bytes = upgrade_request(addr, "/echo").into_bytes();
+            bytes.extend(noise(500));
+            bytes
+        }
+    }
+}
+
+/// Sends garbage handshakes `from..to`, `concurrency` at a time; each must be
+/// answered or closed by the server within the bounded wait.
+async fn garbage_handshakes(addr: SocketAddr, from: usize, to: usize, concurrency: usize) {
+    futures_util::stream::iter(from..to)
+        .for_each_concurrent(concurrency, |n| async move {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            // The server may answer and close before all of it is written.
+            let _ = stream.write_all(&garbage(addr, n)).await;
+            let _ = stream.shutdown().await;
+            let mut sink = Vec::new();
+            let ended = tokio::time::timeout(WAIT, stream.read_to_end(&mut sink)).await;
+            assert!(
+                ended.is_ok(),
+                "garbage handshake {n} was neither answered nor closed"
+            );
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn ten_thousand_garbage_handshakes_leave_memory_bounded() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let berth = berth_process(&dir, ROUTES);
+    let echo = berth.url("/echo");
+    let mut bystander = connect(&echo).await;
+    // A first round brings the allocator's arenas and hyper's buffers to their
+    // working size, so that what is measured after is what stays behind.
+    garbage_handshakes(berth.addr, 0, 1000, 50).await;
+    let before = rss_kib(berth.child.id());
+
+    let flood = tokio::spawn(garbage_handshakes(berth.addr, 1000, 11_000, 50));
+    loop {
+        echoes(&mut bystander, "during").await;
+        if flood.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    flood.await.expect("every garbage handshake ended");
+    let after = rss_kib(berth.child.id());
+    println!("resident memory: {before} KiB before, {after} KiB after");
+    assert!(
+        after.saturating_sub(before) < 32 * 1024,
+        "resident memory grew from {before} KiB to {after} KiB"
+    );
+    echo_still_answers(&echo, &mut bystander).await;
+}
+
+/// How many `on-close` calls the testkit at `url` has seen for `conn`.
+async fn on_close_count(url: &str, conn: &str) -> usize {
+    let mut observer = connect(url).await;
+    send_text(&mut observer, "closes").await;
+    let seen = recv_text(&mut observer).await;
+    let prefix = format!("{conn}:");
+    seen.split(' ').filter(|c| c.starts_with(&prefix)).count()
+}
+
+#[tokio::test]
+async fn a_peer_that_never_answers_our_close_is_dropped_after_close_timeout() {
+    // Longer than the default (2s), so that the wait below shows the route's own.
+    let routes = r#"
+[[route]]
+path = "/echo"
+plugin = "echo.wasm"
+
+[[route]]
+path = "/kit"
+plugin = "testkit.wasm"
+close-timeout = "3s"
+"#;
+    let server = TestServer::start(routes).await;
+    let echo = server.url("/echo");
+    let kit = server.url("/kit");
+    let mut bystander = connect(&echo).await;
+    let mut raw = RawClient::connect(server.addr, "/kit").await;
+    let id = raw.whoami().await;
+
+    let asked = Instant::now();
+    raw.send_text("close 4000 going away").await;
+    let (code, reason) = raw.expect_close().await;
+    assert_eq!((code, reason.as_str()), (4000, "going away"));
+    // The raw client never answers; the server must give up on it.
+    echoes(&mut bystander, "during").await;
+    raw.expect_end().await;
+    // Only a lower bound: the server may take longer on a busy machine, never less.
+    assert!(
+        asked.elapsed() >= Duration::from_secs(3),
+        "dropped after {:?}, before close-timeout",
+        asked.elapsed()
+    );
+    await_on_close(&kit, &id, 4000).await;
+    assert_eq!(
+        on_close_count(&kit, &id).await,
+        1,
+        "on-close ran more than once"
+    );
+    echo_still_answers(&echo, &mut bystander).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_without_data_messages_for_idle_timeout_is_closed_with_1000() {
+    // Long, so that a client sending every 100 ms is never near it even on a
+    // stalled machine.
+    let routes = r#"
+[[route]]
+path = "/echo"
+plugin = "echo.wasm"
+
+[[route]]
+path = "/kit"
+plugin = "testkit.wasm"
+idle-timeout = "5s"
+"#;
+    let server = TestServer::start(routes).await;
+    let echo = server.url("/echo");
+    let kit = server.url("/kit");
+    let mut bystander = connect(&echo).await;
+
+    // Silent after its first message.
+    let silent = async {
+        let (mut client, id) = kit_client(&kit).await;
+        let frame = expect_close(&mut client).await;
+        assert_eq!(frame.code, CloseCode::Normal);
+        assert_eq!(frame.reason.as_str(), "idle timeout");
+        id
+    };
+    // Pings every 100 ms, but never a data message: pings are not activity.
+    let pinging = async {
+        let mut raw = RawClient::connect(server.addr, "/kit").await;
+        let id = raw.whoami().await;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let deadline = Instant::now() + WAIT;
+        let (code, reason) = loop {
+            tokio::select! {
+                frame = raw.next_frame() => {
+                    let frame = frame.expect("a close frame before the socket ends");
+                    if frame.opcode == CLOSE {
+                        let code = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
+                        break (code, String::from_utf8_lossy(&frame.payload[2..]).into_owned());
+                    }
+                }
+                _ = tick.tick() => raw.write(&client_frame(PING, b"hi")).await.expect("ping"),
+                () = tokio::time::sleep_until(deadline) => panic!("a pinging client was never closed"),
+            }
+        };
+        assert_eq!((code, reason.as_str()), (1000, "idle timeout"));
+        id
+    };
+    // Sends a message every 100 ms for longer than the timeout: never idle.
+    let active = async {
+        let (mut client, _) = kit_client(&kit).await;
+        let until = Instant::now() + Duration::from_secs(7);
+        while Instant::now() < until {
+            send_text(&mut client, "whoami").await;
+            assert!(recv_text(&mut client).await.starts_with("id "));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Then it goes quiet, and is closed like the others.
+        assert_eq!(expect_close(&mut client).await.code, CloseCode::Normal);
+    };
+    let during = async {
+        echoes(&mut bystander, "during").await;
+    };
+    let (silent_id, pinging_id, (), ()) = tokio::join!(silent, pinging, active, during);
+    await_on_close(&kit, &silent_id, 1000).await;
+    await_on_close(&kit, &pinging_id, 1000).await;
+    echo_still_answers(&echo, &mut bystander).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_route_at_max_connections_refuses_one_more_with_503() {
+    let routes = r#"
+[[route]]
+path = "/echo"
+plugin = "echo.wasm"
+
+[[route]]
+path = "/limited"
+plugin = "echo.wasm"
+max-connections = 2
+"#;
+    let server = TestServer::start(routes).await;
+    let echo = server.url("/echo");
+    let limited = server.url("/limited");
+    let mut bystander = connect(&echo).await;
+    let mut first = connect(&limited).await;
+    let mut second = connect(&limited).await;
+
+    let refused = try_connect(request(&limited, &[])).await.err();
+    assert_eq!(
+        refused,
+        Some((503, "too many connections on this route\n".to_string()))
+    );
+    // The route's own connections and the other route are unaffected.
+    echoes(&mut first, "first").await;
+    echoes(&mut second, "second").await;
+    echo_still_answers(&echo, &mut bystander).await;
+
+    // A connection that leaves makes room for one more.
+    first.close(None).await.expect("close");
+    let mut admitted = None;
+    for _ in 0..200 {
+        if let Ok((client, _)) = try_connect(request(&limited, &[])).await {
+            admitted = Some(client);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut third = admitted.expect("the freed place was never given out");
+    echoes(&mut third, "third").await;
+    assert_eq!(refusal(request(&limited, &[])).await, Some(503));
+    echo_still_answers(&echo, &mut bystander).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_address_over_max_connections_per_ip_is_refused_with_429_at_accept() {
+    // A server of its own: every test connects from 127.0.0.1. A long
+    // handshake-timeout keeps the idle sockets below open for the whole test.
+    let server = TestServer::start(&format!(
+        "max-connections-per-ip = 3\nhandshake-timeout = \"60s\"\n{ROUTES}"
+    ))
+    .await;
+    let echo = server.url("/echo");
+    let mut bystander = connect(&echo).await;
+    // Sockets count from the accept, before they send anything.
+    let idle = TcpStream::connect(server.addr).await.expect("connect");
+    let _idle_too = TcpStream::connect(server.addr).await.expect("connect");
+
+    let (status, answer) = http_get(server.addr, "/healthz", &[]).await;
+    assert_eq!(status, 429, "{answer}");
+    assert!(
+        answer.ends_with("too many connections from this address\n"),
+        "{answer}"
+    );
+    assert_eq!(refusal(request(&echo, &[])).await, Some(429));
+    echoes(&mut bystander, "during").await;
+
+    // An idle socket that goes makes room for one more.
+    drop(idle);
+    let mut freed = false;
+    for _ in 0..200 {
+        if http_get(server.addr, "/healthz", &[]).await.0 == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "a closed socket's place was never given back");
+    echo_still_answers(&echo, &mut bystander).await;
+    server.stop().await;
+}
+
+/// Connects with a tiny receive buffer, so that a client that stops reading
+/// backs up into the server quickly.
+async fn connect_small_window(url: &str, addr: SocketAddr) -> Client {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("buffer size");
+    let stream = socket.connect(addr).await.expect("connect");
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    client
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_under_a_flood_is_closed_and_memory_stays_bounded() {
+    // topics.rs checks that the other subscribers get every message in order;
+    // this is about what the stalled one costs the server process.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let berth = berth_process(&dir, ROUTES);
+    let echo = berth.url("/echo");
+    let kit = berth.url("/kit");
+    let mut bystander = connect(&echo).await;
+
+    let mut stalled = connect_small_window(&kit, berth.addr).await;
+    send_text(&mut stalled, "whoami").await;
+    let stalled_id = recv_text(&mut stalled).await.replace("id ", "");
+    send_text(&mut stalled, "subscribe feed").await;
+    assert_eq!(recv_text(&mut stalled).await, "subscribed");
+
+    // A subscriber that keeps reading, and reports how far it got.
+    let mut reader = connect(&kit).await;
+    send_text(&mut reader, "subscribe feed").await;
+    assert_eq!(recv_text(&mut reader).await, "subscribed");
+    let received = Arc::new(AtomicUsize::new(0));
+    let progress = received.clone();
+    const BURST: usize = 64;
+    const BURSTS: usize = 400;
+    let reading = tokio::spawn(async move {
+        for expected in 0..BURST * BURSTS {
+            let text = recv_text(&mut reader).await;
+            let number = text.split('|').next().unwrap_or_default();
+            assert_eq!(number, expected.to_string(), "lost or out of order");
+            progress.store(expected + 1, Ordering::Relaxed);
+        }
+        reader
+    });
+    let before = rss_kib(berth.child.id());
+
+    // 400 bursts of 64 messages of 4 KiB: 100 MiB for each subscriber. The
+    // publisher keeps at most four bursts ahead of the reader, which is well
+    // inside the reader's write-queue (1024): only the stalled one overflows.
+    let mut publisher = connect(&kit).await;
+    for burst in 0..BURSTS {
+        let deadline = Instant::now() + WAIT;
+        while received.load(Ordering::Relaxed) + 4 * BURST < burst * BURST {
+            assert!(
+                Instant::now() < deadline,
+                "the reader stopped getting messages"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let command = format!("publish-many feed {} {BURST} 4096", burst * BURST);
+        send_text(&mut publisher, &command).await;
+        assert_eq!(recv_text(&mut publisher).await, "published");
+        if burst % 100 == 0 {
+            echoes(&mut bystander, "during").await;
+        }
+    }
+    let mut reader = tokio::time::timeout(WAIT, reading)
+        .await
+        .expect("the reader got everything in time")
+        .expect("the reader saw every message in order");
+    let after = rss_kib(berth.child.id());
+    println!("resident memory: {before} KiB before, {after} KiB after");
+    assert!(
+        after.saturating_sub(before) < 48 * 1024,
+        "resident memory grew from {before} KiB to {after} KiB"
+    );
+
+    await_on_close(&kit, &stalled_id, 1013).await;
+    // The reader was never closed: it still answers.
+    send_text(&mut reader, "whoami").await;
+    assert!(recv_text(&mut reader).await.starts_with("id "));
+    echo_still_answers(&echo, &mut bystander).await;
+    drop(stalled);
+}
