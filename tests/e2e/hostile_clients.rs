@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{
-    BerthProcess, Client, TestServer, WAIT, await_on_close, config_text, connect, expect_close,
-    http_get, kit_client, recv_text, refusal, request, send_text, try_connect,
+    BerthProcess, Client, TestServer, WAIT, await_on_close, config_text, connect,
+    connect_small_window, expect_close, http_get, kit_client, recv_text, refusal, request,
+    rss_bytes, send_text, try_connect,
 };
 
 /// An echo route to stand by, and a testkit route to misbehave on (its
@@ -488,16 +489,6 @@ async fn a_kept_alive_socket_that_goes_quiet_is_closed_by_the_deadline() {
     server.stop().await;
 }
 
-/// A server process's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
-}
-
 /// Starts the real `berth` binary with `routes`; its config lives in `dir`.
 fn berth_process(dir: &tempfile::TempDir, routes: &str) -> BerthProcess {
     let path = dir.path().join("berth.toml");
@@ -582,7 +573,7 @@ async fn ten_thousand_garbage_handshakes_leave_memory_bounded() {
     // A first round brings the allocator's arenas and hyper's buffers to their
     // working size, so that what is measured after is what stays behind.
     garbage_handshakes(berth.addr, 0, 1000, 50).await;
-    let before = rss_kib(berth.child.id());
+    let before = rss_bytes(berth.child.id()) / 1024;
 
     let flood = tokio::spawn(garbage_handshakes(berth.addr, 1000, 11_000, 50));
     loop {
@@ -593,7 +584,7 @@ async fn ten_thousand_garbage_handshakes_leave_memory_bounded() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     flood.await.expect("every garbage handshake ended");
-    let after = rss_kib(berth.child.id());
+    let after = rss_bytes(berth.child.id()) / 1024;
     println!("resident memory: {before} KiB before, {after} KiB after");
     assert!(
         after.saturating_sub(before) < 32 * 1024,
@@ -809,20 +800,6 @@ async fn an_address_over_max_connections_per_ip_is_refused_with_429_at_accept() 
     server.stop().await;
 }
 
-/// Connects with a tiny receive buffer, so that a client that stops reading
-/// backs up into the server quickly.
-async fn connect_small_window(url: &str, addr: SocketAddr) -> Client {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("buffer size");
-    let stream = socket.connect(addr).await.expect("connect");
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    let (client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-    client
-}
-
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_under_a_flood_is_closed_and_memory_stays_bounded() {
     // topics.rs checks that the other subscribers get every message in order;
@@ -856,7 +833,7 @@ async fn a_subscriber_that_stops_reading_under_a_flood_is_closed_and_memory_stay
         }
         reader
     });
-    let before = rss_kib(berth.child.id());
+    let before = rss_bytes(berth.child.id()) / 1024;
 
     // 400 bursts of 64 messages of 4 KiB: 100 MiB for each subscriber. The
     // publisher keeps at most four bursts ahead of the reader, which is well
@@ -882,7 +859,7 @@ async fn a_subscriber_that_stops_reading_under_a_flood_is_closed_and_memory_stay
         .await
         .expect("the reader got everything in time")
         .expect("the reader saw every message in order");
-    let after = rss_kib(berth.child.id());
+    let after = rss_bytes(berth.child.id()) / 1024;
     println!("resident memory: {before} KiB before, {after} KiB after");
     assert!(
         after.saturating_sub(before) < 48 * 1024,

@@ -12,15 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{
-    BerthProcess, Client, WAIT, connect, plugin_bytes, recv, recv_text, request, send_text,
-    try_connect, with_nonce,
+    BerthProcess, Client, WAIT, connect, connect_small_window, plugin_bytes, recv, recv_text,
+    request, rss_bytes, send_text, try_connect, with_nonce,
 };
 
 /// The hostile plugin in both instance models, beside echo. Quarantine is off
@@ -401,24 +400,6 @@ fn most_allocated(said: &[String]) -> u64 {
         .unwrap_or(0)
 }
 
-/// The resident memory of process `pid`, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| {
-            value
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|kib| kib * 1024)
-        .expect("VmRSS in the process status")
-}
-
 #[tokio::test]
 async fn allocation_ends_in_a_trap_at_the_routes_memory_cap_in_both_models() {
     let site = Site::new();
@@ -566,20 +547,6 @@ async fn a_plugin_cannot_send_to_or_close_another_routes_connection() {
     let (_, frame) = texts_until_close(&mut neighbour).await;
     assert_eq!(u16::from(frame.code), 4000);
     watch.finish().await;
-}
-
-/// Connects with a tiny receive buffer, so that a client that stops reading
-/// backs up into the server quickly.
-async fn connect_small_window(url: &str, addr: std::net::SocketAddr) -> Client {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(addr).await.unwrap();
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    let (client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-    client
 }
 
 /// The sequence number a flood message starts with.

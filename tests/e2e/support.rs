@@ -381,3 +381,28 @@ pub fn with_nonce(component: &[u8], nonce: u64) -> Vec<u8> {
     out.extend_from_slice(&body);
     out
 }
+
+/// Connects with a tiny receive buffer, so that a client that stops reading
+/// backs up into the server quickly.
+pub async fn connect_small_window(url: &str, addr: SocketAddr) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("buffer size");
+    let stream = socket.connect(addr).await.expect("connect");
+    let stream = MaybeTlsStream::Plain(stream);
+    let (client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
+        .await
+        .expect("handshake in time")
+        .expect("handshake");
+    client
+}
+
+/// The resident memory of process `pid`, in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"))
+}

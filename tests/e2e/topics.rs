@@ -3,11 +3,10 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::net::TcpSocket;
 
 use crate::support::{
-    Client, TestServer, WAIT, await_on_close, connect, json_field, recv_text, refusal, request,
-    send_text, try_connect,
+    Client, TestServer, WAIT, await_on_close, connect, connect_small_window, json_field, recv_text,
+    refusal, request, send_text, try_connect,
 };
 
 /// The testkit in both instance models, plus namespaced routes.
@@ -282,20 +281,6 @@ async fn echo_works_in_the_connection_model_and_config_values_reach_the_plugin()
     let mut plain = connect(&server.url("/kit")).await;
     assert_eq!(ask(&mut plain, "config greeting").await, "config none");
     server.stop().await;
-}
-
-/// Connects with a tiny receive buffer, so that a client that stops reading
-/// backs up into the server quickly.
-async fn connect_small_window(url: &str, addr: std::net::SocketAddr) -> Client {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = socket.connect(addr).await.unwrap();
-    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
-    let (client, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
-        .await
-        .expect("handshake in time")
-        .expect("handshake");
-    client
 }
 
 #[tokio::test]
