@@ -213,8 +213,8 @@ pub enum InstanceModel {
 /// A validated configuration, ready to serve.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// The address to listen on.
-    pub listen: SocketAddr,
+    /// The sockets to listen on (at least one), each plain or TLS.
+    pub listeners: Vec<ListenerConfig>,
     /// The most connections (HTTP or WebSocket) open at once; more get 503.
     pub max_connections: usize,
     /// The most connections one client IP address may have open at once;
@@ -239,11 +239,48 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// One socket berth listens on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// The address and port.
+    pub address: SocketAddr,
+    /// The certificate and key for wss://, or `None` for plain ws://.
+    pub tls: Option<TlsFiles>,
+    /// Whether every connection starts with a PROXY protocol (v1 or v2)
+    /// header naming the real client (a TCP load balancer in front).
+    pub proxy_protocol: bool,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` headers are believed (HTTP
+    /// load balancers in front); from anyone else those headers are ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl ListenerConfig {
+    /// A plain ws:// listener on `address` with no proxy in front.
+    pub fn plain(address: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            address,
+            tls: None,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// PEM files for a TLS listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
 /// Command-line settings that win over the config file, at startup and again
 /// at every config reload.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
-    /// The address to listen on (`--listen`).
+    /// The one plain address to listen on instead of the configured
+    /// listeners (`--listen`).
     pub listen: Option<SocketAddr>,
     /// Where compiled plugins are cached (`--cache-dir`).
     pub cache_dir: Option<PathBuf>,
@@ -253,7 +290,7 @@ impl Overrides {
     /// Writes these settings over `config`.
     pub fn apply(&self, config: &mut Config) {
         if let Some(listen) = self.listen {
-            config.listen = listen;
+            config.listeners = vec![ListenerConfig::plain(listen)];
         }
         if let Some(dir) = &self.cache_dir {
             config.cache_dir = (!dir.as_os_str().is_empty()).then(|| dir.clone());
@@ -316,7 +353,9 @@ fn parse_size(text: &str) -> Option<u64> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawConfig {
-    listen: Option<SocketAddr>,
+    listen: Option<Spanned<SocketAddr>>,
+    #[serde(default, rename = "listener")]
+    listeners: Vec<RawListener>,
     plugin_dir: Option<PathBuf>,
     #[serde(default)]
     auto_routes: bool,
@@ -361,6 +400,18 @@ struct RawRoute {
     env: BTreeMap<String, String>,
     #[serde(default, rename = "dir")]
     dirs: Vec<RawDir>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawListener {
+    address: Spanned<SocketAddr>,
+    tls_cert: Option<Spanned<PathBuf>>,
+    tls_key: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    proxy_protocol: bool,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -476,16 +527,15 @@ impl Config {
             Some(dir) => Some(base.join(dir)),
             None => default_cache_dir(),
         };
+        let listeners = listeners(&source, base, raw.listen, raw.listeners)?;
         Ok(Config {
+            listeners,
             max_instances,
             max_memory,
             plugin_dir,
             auto_routes: raw.auto_routes,
             auto_route_origins: OriginPolicy::List(Vec::new()),
             cache_dir,
-            listen: raw
-                .listen
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
             max_connections,
             max_connections_per_ip,
             handshake_timeout,
@@ -539,6 +589,74 @@ pub(crate) fn user_dir(xdg_var: &str, home_relative: &str) -> Option<PathBuf> {
             .map(PathBuf::from)
     };
     var(xdg_var).or_else(|| var("HOME").map(|home| home.join(home_relative)))
+}
+
+/// The listeners: `[[listener]]` tables, or the single plain `listen`
+/// address (the default when there is neither).
+fn listeners(
+    source: &Source,
+    base: &Path,
+    listen: Option<Spanned<SocketAddr>>,
+    raw: Vec<RawListener>,
+) -> Result<Vec<ListenerConfig>, ConfigError> {
+    if let Some(listen) = &listen
+        && !raw.is_empty()
+    {
+        return Err(source.error(
+            listen.span(),
+            "use either listen or [[listener]] tables, not both",
+        ));
+    }
+    if raw.is_empty() {
+        let address = listen.map_or_else(
+            || DEFAULT_LISTEN.parse().expect("a valid default"),
+            Spanned::into_inner,
+        );
+        return Ok(vec![ListenerConfig::plain(address)]);
+    }
+    let mut listeners: Vec<ListenerConfig> = Vec::with_capacity(raw.len());
+    for listener in raw {
+        let span = listener.address.span();
+        let address = listener.address.into_inner();
+        // Port 0 asks the system for any free port: several may.
+        if address.port() != 0 && listeners.iter().any(|l| l.address == address) {
+            return Err(source.error(span, format!("{address} is listed twice")));
+        }
+        let tls = match (listener.tls_cert, listener.tls_key) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: base.join(cert.into_inner()),
+                key: base.join(key.into_inner()),
+            }),
+            (Some(one), None) | (None, Some(one)) => {
+                return Err(
+                    source.error(one.span(), "a TLS listener needs both tls-cert and tls-key")
+                );
+            }
+        };
+        let mut trusted_proxies = Vec::with_capacity(listener.trusted_proxies.len());
+        for proxy in listener.trusted_proxies {
+            let span = proxy.span();
+            let text = proxy.into_inner();
+            let net = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    source.error(
+                        span,
+                        format!("{text:?} is not an IP address or CIDR block like \"10.0.0.0/8\""),
+                    )
+                })?;
+            trusted_proxies.push(net);
+        }
+        listeners.push(ListenerConfig {
+            address,
+            tls,
+            proxy_protocol: listener.proxy_protocol,
+            trusted_proxies,
+        });
+    }
+    Ok(listeners)
 }
 
 /// Paths the host answers itself, which no route may take.
@@ -774,7 +892,8 @@ mod tests {
     #[test]
     fn empty_file_gives_defaults() {
         let config = parse("").unwrap();
-        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.listeners[0].address.to_string(), DEFAULT_LISTEN);
         assert!(config.routes.is_empty());
         assert_eq!(config.max_connections, defaults::MAX_CONNECTIONS);
     }

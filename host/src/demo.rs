@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::config::{Config, OriginPolicy, PluginSource, RouteConfig, defaults};
+use crate::config::{Config, ListenerConfig, OriginPolicy, PluginSource, RouteConfig, defaults};
 
 macro_rules! plugin {
     ($name:literal) => {
@@ -28,7 +28,7 @@ fn route(path: &str, plugin: PluginSource) -> RouteConfig {
 /// `listen`, and every `NAME.wasm` dropped into `plugin_dir` at `/NAME`.
 pub fn config(listen: SocketAddr, plugin_dir: PathBuf) -> Config {
     Config {
-        listen,
+        listeners: vec![ListenerConfig::plain(listen)],
         plugin_dir,
         auto_routes: true,
         auto_route_origins: OriginPolicy::Any,

@@ -18,8 +18,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use ipnet::IpNet;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
@@ -31,6 +31,7 @@ use tracing::Instrument;
 
 use crate::handshake::{self, Refusal};
 use crate::outbox;
+use crate::proxy;
 use crate::router::Router;
 use crate::runtime::{CloseInfo, ConnectOutcome, Request as PluginRequest};
 use crate::session::{self, CloseReport, Stops};
@@ -157,6 +158,16 @@ fn refuse(refusal: Refusal) -> Response<Body> {
                 HeaderValue::from_static("13"),
             );
         }
+        // RFC 9110 section 15.5.6: a 405 lists the methods the target allows.
+        Refusal::MethodNotAllowed => {
+            headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        // An HTTP/1.0 client that asked to keep the socket (`Connection:
+        // keep-alive, Upgrade`) would otherwise wait on it for an upgrade
+        // that cannot come: end it after the answer.
+        Refusal::OldHttp => {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         _ => {}
     }
     response
@@ -210,6 +221,7 @@ impl App {
         peer: SocketAddr,
         admission: Arc<Admission>,
         deadline: Instant,
+        forwarded: Option<TallySlot<IpAddr>>,
     ) -> Response<Body> {
         let path = req.uri().path();
         if path == "/healthz" {
@@ -272,6 +284,7 @@ impl App {
         self.tracker.spawn(
             async move {
                 let _admission = admission;
+                let _forwarded = forwarded;
                 let _route_slot = route_slot;
                 match on_upgrade.await {
                     Ok(upgraded) => {
@@ -317,13 +330,32 @@ impl App {
     }
 }
 
+/// What the listener knows of a socket it hands to HTTP.
+pub(crate) struct Accepted {
+    /// The client: the socket's peer, or the one its PROXY header named.
+    pub(crate) peer: SocketAddr,
+    /// The socket's places under the connection limits.
+    pub(crate) admission: Admission,
+    /// When it was accepted: the handshake deadline counts from here.
+    pub(crate) since: Instant,
+    /// Peers whose forwarding headers name the client.
+    pub(crate) trusted_proxies: Arc<[IpNet]>,
+    /// `max-connections-per-ip`, applied per request to forwarded clients.
+    pub(crate) per_ip: Option<(Arc<Tally<IpAddr>>, usize)>,
+}
+
 /// Serves one accepted socket until it closes or upgrades.
-pub(crate) async fn serve(
-    app: Arc<App>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    admission: Admission,
-) {
+pub(crate) async fn serve<S>(app: Arc<App>, stream: S, accepted: Accepted)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let Accepted {
+        peer,
+        admission,
+        since,
+        trusted_proxies,
+        per_ip,
+    } = accepted;
     let admission = Arc::new(admission);
     // When the socket began to owe us a request head: at connect, then after
     // each answer on a kept-alive socket. hyper's header_read_timeout bounds
@@ -331,36 +363,109 @@ pub(crate) async fn serve(
     // ends slow and stalled heads, and idle kept-alive sockets); the same
     // deadline then bounds on-connect, so that connect-to-101 as a whole fits
     // in one handshake-timeout rather than in one per stage.
-    let awaiting_since = Arc::new(Mutex::new(Instant::now()));
+    let awaiting_since = Arc::new(Mutex::new(since));
     let service_app = app.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |req: Request<Incoming>| {
         let app = service_app.clone();
         let admission = admission.clone();
         let awaiting_since = awaiting_since.clone();
-        async move {
+        // Behind a trusted proxy the client is the one it forwards for, and
+        // that client, not the proxy, is what the per-address limit counts.
+        let client = proxy::client_addr(req.headers(), peer, &trusted_proxies);
+        let forwarded = match &per_ip {
+            Some((tally, max)) if client != peer => match tally.try_acquire(client.ip(), *max) {
+                Some(slot) => Some(slot),
+                None => {
+                    let response = plain(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "too many connections from this address\n",
+                    );
+                    return futures_util::future::Either::Left(std::future::ready(Ok(response)));
+                }
+            },
+            _ => None,
+        };
+        futures_util::future::Either::Right(async move {
             let since = *awaiting_since.lock().unwrap_or_else(|e| e.into_inner());
             let deadline = since + app.handshake_timeout;
-            let response = app.handle(req, peer, admission, deadline).await;
+            let response = app
+                .handle(req, client, admission, deadline, forwarded)
+                .await;
             *awaiting_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             Ok::<_, Infallible>(response)
-        }
+        })
     });
-    let connection = http1::Builder::new()
+    // Not pinned in place: once it ends without an upgrade, the socket is
+    // taken back out of it to be closed gently.
+    let mut connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(app.handshake_timeout)
+        // A head over MAX_HEAD, or with more than hyper's 100 header lines, is
+        // answered 431 (a larger one would otherwise grow hyper's read buffer
+        // to about 400 KiB before it gave up).
+        .max_header_size(MAX_HEAD)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
-    tokio::pin!(connection);
     let result = tokio::select! {
-        result = connection.as_mut() => result,
+        result = &mut connection => result,
         () = app.shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
+            // Not through an import: tokio::select! brings its own `Pin`
+            // into this scope, which would leave ours unused.
+            std::pin::Pin::new(&mut connection).graceful_shutdown();
+            (&mut connection).await
         }
     };
     if let Err(error) = result {
         tracing::debug!(%peer, %error, "HTTP connection ended with an error");
     }
+    // `None` once upgraded: the socket then belongs to the session. The rest
+    // of `parts` (the service, which holds the socket's admission) lives to
+    // the end of the block, so a lingering socket still counts.
+    if let Some(parts) = connection.into_parts() {
+        linger(parts.io.into_inner()).await;
+    }
+}
+
+/// The largest request head (request line and headers) berth reads: 16 KiB,
+/// twice what common proxies allow by default and far above what browsers
+/// send, cookies included. A larger one is answered 431.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// The longest a socket is kept after its HTTP answers are done and our side
+/// is shut, for the client to read them and end its own side.
+const LINGER_TIME: Duration = Duration::from_secs(1);
+
+/// The most bytes read and discarded from a client in [`LINGER_TIME`].
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Closes a socket that ends as HTTP, after its last answer, without losing
+/// that answer. Closing a socket with unread input (the rest of a head over
+/// the size limit, a request body never read, pipelined requests after a
+/// `Connection: close`) makes the kernel send a reset, and a client that gets
+/// the reset before it has read the answer (at once, on some systems) never
+/// sees the answer: it sees "connection reset" instead of 431. So our side is
+/// shut first, which ends the answer with a FIN, and what the client still
+/// sends is read and dropped until it ends its side, for a bounded time and
+/// number of bytes.
+async fn linger<S>(mut stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        // hyper may have shut it already; that is no reason not to drain.
+        let _ = stream.shutdown().await;
+        let mut scratch = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        loop {
+            match stream.read(&mut scratch).await? {
+                0 => break,
+                n if n >= left => break,
+                n => left -= n,
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 /// The answer to a socket over the server's `max-connections`.
@@ -380,7 +485,10 @@ const REFUSAL_TIME: Duration = Duration::from_millis(250);
 
 /// Answers a socket refused at accept with `answer`, whatever it asked, and
 /// closes it; hyper never sees it.
-pub(crate) async fn refuse_socket(mut stream: TcpStream, answer: &'static [u8]) {
+pub(crate) async fn refuse_socket<S>(mut stream: S, answer: &'static [u8])
+where
+    S: AsyncWrite + AsyncRead + Unpin,
+{
     let _ = tokio::time::timeout(REFUSAL_TIME, async {
         stream.write_all(answer).await?;
         // Closing a socket whose request is still unread resets it, and a

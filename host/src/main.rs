@@ -104,8 +104,17 @@ async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let addr = server.local_addr();
     let routes = server.routes();
     let mut banner = format!("berth {} listening on {addr}\n", env!("CARGO_PKG_VERSION"));
+    for (other, tls) in server.local_addrs().into_iter().skip(1) {
+        let scheme = if tls { "wss" } else { "ws" };
+        banner.push_str(&format!("  also listening on {other} ({scheme}://)\n"));
+    }
+    let scheme = if server.local_addrs()[0].1 {
+        "wss"
+    } else {
+        "ws"
+    };
     for (path, plugin) in &routes {
-        banner.push_str(&format!("  ws://{addr}{path}  ->  {plugin}\n"));
+        banner.push_str(&format!("  {scheme}://{addr}{path}  ->  {plugin}\n"));
     }
     if routes.is_empty() {
         banner.push_str("  (no routes yet)\n");

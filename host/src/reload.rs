@@ -217,7 +217,10 @@ impl Reloader {
         self.overrides.apply(&mut next);
         let running = &self.config;
         for (name, changed) in [
-            ("listen", next.listen != running.listen),
+            (
+                "listen and [[listener]]",
+                next.listeners != running.listeners,
+            ),
             (
                 "max-connections",
                 next.max_connections != running.max_connections,
@@ -240,7 +243,7 @@ impl Reloader {
         }
         // Settings that need a restart keep their running values, so that
         // the warning above is given once per edit, not at every reload.
-        next.listen = running.listen;
+        next.listeners = running.listeners.clone();
         next.max_connections = running.max_connections;
         next.max_connections_per_ip = running.max_connections_per_ip;
         next.handshake_timeout = running.handshake_timeout;

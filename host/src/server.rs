@@ -1,19 +1,19 @@
-//! The listener: binds the port, has the reload thread load every route,
-//! accepts sockets under the connection limit, and shuts down cleanly.
+//! The server: binds its listeners, has the reload thread load every route,
+//! accepts until told to stop, and shuts down cleanly.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Overrides};
-use crate::http::{self, Admission, App, Tally};
+use crate::http::App;
+use crate::listener::{Bound, Limits, ListenError};
 use crate::pubsub::Broker;
 use crate::reload::{LoadError, ReloadHandle, Reloader, Stopped, Trigger};
 use crate::router::Router;
@@ -27,14 +27,9 @@ const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Why the server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The listen address could not be bound (in use, not permitted...).
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address asked for.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
+    /// A listener could not be set up (its address, its certificate).
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     /// The plugin engine could not be set up.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -57,71 +52,11 @@ pub struct ServeOptions {
     pub watch: bool,
 }
 
-/// The limits a socket is admitted under at accept. Sockets are counted
-/// here, before any HTTP, rather than at the upgrade: a client that opens
-/// sockets and never sends a request holds file descriptors and memory all
-/// the same, so that is what has to be capped.
-struct Limits {
-    /// `max-connections`: sockets open at once.
-    global: Arc<Semaphore>,
-    /// `max-connections-per-ip`: open sockets per client address, and the cap.
-    per_ip: Option<(Arc<Tally<IpAddr>>, usize)>,
-}
-
-/// Why a socket was refused at accept.
-enum Refused {
-    /// The server has `max-connections` open: 503.
-    Full,
-    /// The client's address has `max-connections-per-ip` open: 429.
-    PeerFull,
-}
-
-impl Limits {
-    /// Takes a place for a socket from `ip` under every limit, or says which
-    /// one is full. The address is checked first: one that is over its own
-    /// limit is told so, and takes nothing from everyone's.
-    fn admit(&self, ip: IpAddr) -> Result<Admission, Refused> {
-        let peer = match &self.per_ip {
-            Some((tally, max)) => Some(tally.try_acquire(ip, *max).ok_or(Refused::PeerFull)?),
-            None => None,
-        };
-        let permit = self
-            .global
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refused::Full)?;
-        Ok(Admission::new(permit, peer))
-    }
-}
-
-/// How many connections the kernel may hold for us before we accept them.
-/// We ask for more than Linux grants (`net.core.somaxconn`, 4096 on current
-/// kernels), which then grants its maximum. The usual default of 128 is too
-/// few for a burst of connects: past it, the kernel drops the client's last
-/// handshake packet while the client already believes it is connected, and
-/// such a socket reaches us only when and if the kernel retries; until then no
-/// timeout of ours runs for it, and a client waiting for the server to speak
-/// first waits on.
-const LISTEN_BACKLOG: u32 = 65_535;
-
-/// Binds `addr` and listens on it with [`LISTEN_BACKLOG`].
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    // As TcpListener::bind does: a restart may bind while the last run's
-    // connections are still in TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
-}
-
 /// A bound, loaded server that has not started accepting yet.
 pub struct Server {
-    listener: TcpListener,
+    listeners: Vec<Bound>,
     app: Arc<App>,
-    limits: Limits,
+    limits: Arc<Limits>,
     reload: ReloadHandle,
     reload_thread: JoinHandle<Stopped>,
     plugin_dir: Option<PathBuf>,
@@ -138,10 +73,11 @@ impl Server {
 
     /// [`Server::bind`] with a config file to reload and files to watch.
     pub async fn bind_with(config: Config, options: ServeOptions) -> Result<Server, ServeError> {
-        let listener = listen(config.listen).map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+        let listeners = config
+            .listeners
+            .iter()
+            .map(Bound::bind)
+            .collect::<Result<Vec<_>, _>>()?;
         let runtime = Arc::new(Runtime::new(&config)?);
         let router = Arc::new(Router::default());
         let shutdown = CancellationToken::new();
@@ -150,12 +86,12 @@ impl Server {
             config.handshake_timeout,
             shutdown.clone(),
         ));
-        let limits = Limits {
+        let limits = Arc::new(Limits {
             global: Arc::new(Semaphore::new(config.max_connections)),
             per_ip: config
                 .max_connections_per_ip
                 .map(|max| (Arc::default(), max)),
-        };
+        });
         let plugin_dir = config.auto_routes.then(|| config.plugin_dir.clone());
         let loader = runtime.clone();
         let ServeOptions {
@@ -180,7 +116,7 @@ impl Server {
         .expect("plugin loading does not panic")?;
         let (reload, reload_thread) = reloader.spawn(watch).map_err(ServeError::Thread)?;
         Ok(Server {
-            listener,
+            listeners,
             app,
             limits,
             reload,
@@ -190,11 +126,17 @@ impl Server {
         })
     }
 
-    /// The address actually bound (useful with port 0).
+    /// The first listener's address as bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.listeners[0].local_addr()
+    }
+
+    /// Every listener's address as bound, and whether it speaks wss://.
+    pub fn local_addrs(&self) -> Vec<(SocketAddr, bool)> {
+        self.listeners
+            .iter()
+            .map(|l| (l.local_addr(), l.is_tls()))
+            .collect()
     }
 
     /// The routes served now, as (path, plugin) pairs in path order.
@@ -217,7 +159,7 @@ impl Server {
     /// connection with 1001, lets the plugins see each `on-close`, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
-            listener,
+            listeners,
             app,
             limits,
             reload,
@@ -225,40 +167,15 @@ impl Server {
             plugin_dir: _,
             runtime,
         } = self;
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        // Small messages are the norm: never wait to coalesce them.
-                        let _ = stream.set_nodelay(true);
-                        match limits.admit(peer.ip()) {
-                            Ok(admission) => {
-                                app.tracker.spawn(http::serve(app.clone(), stream, peer, admission));
-                            }
-                            Err(Refused::Full) => {
-                                tracing::warn!(%peer, "connection limit reached; answering 503");
-                                app.tracker.spawn(http::refuse_socket(stream, http::OVERLOADED));
-                            }
-                            Err(Refused::PeerFull) => {
-                                // Debug, not warn: the client decides how
-                                // often this happens, and could fill the log.
-                                tracing::debug!(%peer, "connection limit of the address reached; answering 429");
-                                app.tracker.spawn(http::refuse_socket(stream, http::TOO_MANY_FROM_PEER));
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        // Out of file descriptors, most likely: back off
-                        // rather than spin, and keep serving.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
+        let stop_accepting = CancellationToken::new();
+        let mut accepting = tokio::task::JoinSet::new();
+        for listener in listeners {
+            accepting.spawn(listener.run(app.clone(), limits.clone(), stop_accepting.clone()));
         }
-        drop(listener);
+        shutdown.await;
+        stop_accepting.cancel();
+        // The listening sockets close here, before the connections are told.
+        while accepting.join_next().await.is_some() {}
         tracing::info!("shutting down");
         app.shutdown.cancel();
         app.tracker.close();

@@ -1,6 +1,7 @@
 //! Testkit: a plugin the end-to-end tests drive with text commands, one per message.
 //!
-//! - `whoami` answers `id N`.
+//! - `whoami` answers `id N`; `addr` answers `addr IP:PORT`, the client address
+//!   its upgrade request came from.
 //! - `closes` answers every `on-close` seen so far, as `conn:code` separated by spaces.
 //! - `send ID TEXT` sends TEXT to connection ID and answers `sent` or `error KIND`.
 //! - `close CODE REASON` closes the sender's own connection.
@@ -43,6 +44,8 @@ thread_local! {
     static CLOSES: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     /// Messages this instance has received (per connection in the connection model).
     static MESSAGES: Cell<u64> = const { Cell::new(0) };
+    /// The client address each connection's request came from.
+    static ADDRESSES: RefCell<HashMap<ConnectionId, String>> = RefCell::new(HashMap::new());
     /// Which connection asked for each timer token, to tell it when it fires.
     static TIMER_OWNERS: RefCell<HashMap<u64, ConnectionId>> = RefCell::new(HashMap::new());
 }
@@ -68,7 +71,8 @@ fn outcome(result: Result<(), ConnError>, ok: &str) -> String {
 }
 
 impl Guest for Testkit {
-    fn on_connect(_conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
+    fn on_connect(conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
+        ADDRESSES.with_borrow_mut(|a| a.insert(conn, req.remote_addr.clone()));
         let rejected = req
             .query
             .as_deref()
@@ -94,6 +98,10 @@ impl Guest for Testkit {
         match command {
             "closes" => reply(conn, CLOSES.with_borrow(|closes| closes.join(" "))),
             "whoami" => reply(conn, format!("id {conn}")),
+            "addr" => {
+                let addr = ADDRESSES.with_borrow(|a| a.get(&conn).cloned()).unwrap_or_default();
+                reply(conn, format!("addr {addr}"));
+            }
             "send" => {
                 let (target, body) = rest.split_once(' ').unwrap_or((rest, ""));
                 let answer = match target.parse() {
@@ -208,6 +216,7 @@ impl Guest for Testkit {
             info.code, info.reason
         );
         CLOSES.with_borrow_mut(|closes| closes.push(format!("{conn}:{}", info.code)));
+        ADDRESSES.with_borrow_mut(|a| a.remove(&conn));
     }
 }
 
