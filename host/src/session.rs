@@ -141,7 +141,7 @@ enum Turn {
     /// The outbound queue has ended: nobody can write to it any more.
     Ended,
     /// Wrote the taken messages, and flushed them unless more were waiting.
-    Written { flushed: bool },
+    Written,
 }
 
 /// The outbound side of a session: takes the outbound queue whole when the
@@ -154,7 +154,7 @@ fn poll_outbound<S>(
     queue: &mut VecDeque<WsMessage>,
     outbox: &Outbox,
     open: bool,
-    unflushed: bool,
+    unflushed: &mut bool,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Turn, WsError>>
 where
@@ -164,7 +164,7 @@ where
         match outbox.poll_take(cx, queue) {
             Poll::Ready(true) => return Poll::Ready(Ok(Turn::Taken)),
             Poll::Ready(false) => return Poll::Ready(Ok(Turn::Ended)),
-            Poll::Pending if !unflushed => return Poll::Pending,
+            Poll::Pending if !*unflushed => return Poll::Pending,
             Poll::Pending => {}
         }
     }
@@ -172,12 +172,16 @@ where
         ready!(sink.poll_ready_unpin(cx))?;
         let msg = queue.pop_front().expect("checked non-empty");
         Pin::new(&mut *sink).start_send(msg)?;
+        // Remembered across a `Pending` flush below: the next wake-up must
+        // go on flushing even when the outbound queue is empty.
+        *unflushed = true;
     }
     if open && !outbox.is_empty() {
-        return Poll::Ready(Ok(Turn::Written { flushed: false }));
+        return Poll::Ready(Ok(Turn::Written));
     }
     ready!(sink.poll_flush_unpin(cx))?;
-    Poll::Ready(Ok(Turn::Written { flushed: true }))
+    *unflushed = false;
+    Poll::Ready(Ok(Turn::Written))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -327,7 +331,7 @@ impl Session {
                         closing = Some((info, Instant::now() + close_timeout));
                     }
                 }
-                turn = poll_fn(|cx| poll_outbound(&mut sink, &mut queue, &self.outbound, open, unflushed, cx)), if open || !queue.is_empty() || unflushed => match turn {
+                turn = poll_fn(|cx| poll_outbound(&mut sink, &mut queue, &self.outbound, open, &mut unflushed, cx)), if open || !queue.is_empty() || unflushed => match turn {
                     Ok(Turn::Taken) => {
                         // A close asked for by the plugin ends what is written.
                         if let Some(at) = queue.iter().position(WsMessage::is_close) {
@@ -346,7 +350,7 @@ impl Session {
                         queue.push_back(WsMessage::Close(Some(frame)));
                         closing = Some((info, Instant::now() + close_timeout));
                     }
-                    Ok(Turn::Written { flushed }) => unflushed = !flushed,
+                    Ok(Turn::Written) => {}
                     Err(error) => {
                         return match closing {
                             Some((info, _)) => info,
@@ -380,7 +384,7 @@ impl Session {
                         };
                     }
                     Some(Ok(WsMessage::Frame(_))) => {}
-                    Some(Err(error)) => return self.fail(&mut sink, closing, error).await,
+                    Some(Err(error)) => return self.fail(&mut sink, &mut queue, closing, error).await,
                     None => {
                         return match closing {
                             Some((info, _)) => info,
@@ -406,6 +410,7 @@ impl Session {
     async fn fail<S>(
         &self,
         sink: &mut SplitSink<WebSocketStream<S>, WsMessage>,
+        queue: &mut VecDeque<WsMessage>,
         closing: Option<(CloseInfo, Instant)>,
         error: WsError,
     ) -> CloseInfo
@@ -432,10 +437,23 @@ impl Session {
         };
         tracing::debug!(conn = self.conn, %error, "closing the connection");
         let (frame, info) = host_close(code, reason);
-        let _ = tokio::time::timeout(
-            self.route.close_timeout,
-            sink.send(WsMessage::Close(Some(frame))),
-        )
+        let _ = tokio::time::timeout(self.route.close_timeout, async {
+            // What the client sent before the bad frame is the plugin's still:
+            // let it answer, and send those answers before the close frame.
+            self.plugin.settled(self.conn).await;
+            poll_fn(|cx| {
+                let _ = self.outbound.poll_take(cx, queue);
+                Poll::Ready(())
+            })
+            .await;
+            if let Some(at) = queue.iter().position(WsMessage::is_close) {
+                queue.truncate(at);
+            }
+            for msg in queue.drain(..) {
+                sink.feed(msg).await?;
+            }
+            sink.send(WsMessage::Close(Some(frame))).await
+        })
         .await;
         info
     }

@@ -70,6 +70,10 @@ pub(crate) enum Event {
         conn: u64,
         info: CloseInfo,
     },
+    /// Answered once the worker has handled every event queued before it.
+    Settled {
+        reply: oneshot::Sender<()>,
+    },
     /// Timer `timer` of instance `key` is due.
     Timer {
         key: u64,
@@ -110,6 +114,20 @@ impl PluginHandle {
     /// Delivers a data message; waits while the worker's queue is full.
     pub(crate) async fn message(&self, conn: u64, msg: WsMessage) {
         let _ = self.worker(conn).send(Event::Message { conn, msg }).await;
+    }
+
+    /// Waits until the worker has handled every event sent before for `conn`,
+    /// so that the plugin's answers to them are in the connection's outbox.
+    pub(crate) async fn settled(&self, conn: u64) {
+        let (reply, done) = oneshot::channel();
+        if self
+            .worker(conn)
+            .send(Event::Settled { reply })
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
+        }
     }
 
     /// Reports the end of an accepted connection.
@@ -436,6 +454,11 @@ impl Worker {
                 });
             }
             Event::Close { conn, info } => self.close(conn, info),
+            Event::Settled { reply } => {
+                // Publishes held in this batch belong before the answer too.
+                pubsub::deliver_held();
+                let _ = reply.send(());
+            }
             Event::Timer { key, timer } => {
                 let Some(token) = self
                     .live(key)
