@@ -99,7 +99,9 @@ impl Guest for Testkit {
             "closes" => reply(conn, CLOSES.with_borrow(|closes| closes.join(" "))),
             "whoami" => reply(conn, format!("id {conn}")),
             "addr" => {
-                let addr = ADDRESSES.with_borrow(|a| a.get(&conn).cloned()).unwrap_or_default();
+                let addr = ADDRESSES
+                    .with_borrow(|a| a.get(&conn).cloned())
+                    .unwrap_or_default();
                 reply(conn, format!("addr {addr}"));
             }
             "send" => {
