@@ -1,10 +1,12 @@
 //! berth: a WebSocket port listener whose message handlers are sandboxed
 //! WebAssembly components.
 //!
-//! Data flows one way: [`server`] accepts sockets, `http` answers plain requests
-//! and checks upgrades (`handshake`), `session` runs each connection, the
-//! [`runtime`] calls the route's plugin, and the plugin's host calls feed the
-//! sessions' outbound queues.
+//! Data flows one way: [`listener`] accepts sockets (PROXY header, limits,
+//! TLS), `http` answers plain requests and checks upgrades (`handshake`),
+//! `session` runs each connection, the [`runtime`] calls the route's plugin,
+//! and the plugin's host calls feed the sessions' outbound queues. Beside that
+//! flow, [`reload`] builds route versions and publishes the routing table
+//! (`router`) that `http` reads; [`server`] starts and stops it all.
 
 #![warn(missing_docs)]
 
