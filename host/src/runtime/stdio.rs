@@ -35,18 +35,29 @@ pub(crate) struct LineBudget {
 struct Bucket {
     tokens: f64,
     refilled: Instant,
+    /// Lines dropped and not yet reported.
     dropped: u64,
+    /// Whether the operator has been told lines are being dropped.
+    told: bool,
+    reported: Instant,
 }
+
+/// How often, at most, the count of dropped lines is logged: the notices must
+/// not become a flood of their own.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl LineBudget {
     /// A full allowance for one instance of `route`.
     pub(crate) fn new(route: Arc<str>) -> Arc<LineBudget> {
+        let now = Instant::now();
         Arc::new(LineBudget {
             route,
             state: Mutex::new(Bucket {
                 tokens: BURST,
-                refilled: Instant::now(),
+                refilled: now,
                 dropped: 0,
+                told: false,
+                reported: now,
             }),
         })
     }
@@ -60,9 +71,10 @@ impl LineBudget {
         bucket.refilled = now;
         if bucket.tokens < 1.0 {
             bucket.dropped += 1;
-            if bucket.dropped == 1 {
+            if !bucket.told {
                 // Said at once, so an operator is not left guessing while the
-                // plugin floods; the count follows when lines get through again.
+                // plugin floods; the count follows, at most once a second.
+                bucket.told = true;
                 tracing::warn!(
                     target: "berth::plugin",
                     route = %self.route,
@@ -72,9 +84,13 @@ impl LineBudget {
             return false;
         }
         bucket.tokens -= 1.0;
-        let dropped = std::mem::take(&mut bucket.dropped);
-        drop(bucket);
-        self.report_dropped(dropped);
+        if bucket.dropped > 0 && now.duration_since(bucket.reported) >= REPORT_EVERY {
+            let dropped = std::mem::take(&mut bucket.dropped);
+            bucket.told = false;
+            bucket.reported = now;
+            drop(bucket);
+            self.report_dropped(dropped);
+        }
         true
     }
 
@@ -192,5 +208,25 @@ impl OutputStream for LineWriter {
 
     fn check_write(&mut self) -> StreamResult<usize> {
         Ok(64 * 1024)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_gets_the_burst_and_then_no_more_than_the_rate() {
+        let budget = LineBudget::new("/r".into());
+        let started = Instant::now();
+        let passed = (0..10_000).filter(|_| budget.take()).count() as f64;
+        // However slow the machine, no more than the burst plus what the
+        // elapsed time earned gets through.
+        let earned = started.elapsed().as_secs_f64() * LINES_PER_SECOND;
+        assert!(passed >= BURST, "{passed}");
+        assert!(
+            passed <= BURST + earned + 1.0,
+            "{passed} after {earned} earned"
+        );
     }
 }
