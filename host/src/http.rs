@@ -447,12 +447,21 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// shut first, which ends the answer with a FIN, and what the client still
 /// sends is read and dropped until it ends its side, for a bounded time and
 /// number of bytes.
-async fn linger<S>(mut stream: S)
+async fn linger<S>(stream: S)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = tokio::time::timeout(LINGER_TIME, async {
-        // hyper may have shut it already; that is no reason not to drain.
+    shut_and_drain(stream, LINGER_TIME).await;
+}
+
+/// Shuts our side of `stream` (hyper may have done so already; that is no
+/// reason not to drain), then reads and drops what the client still sends
+/// until it ends its side, for at most `time` and [`LINGER_BYTES`].
+async fn shut_and_drain<S>(mut stream: S, time: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(time, async {
         let _ = stream.shutdown().await;
         let mut scratch = [0u8; 4096];
         let mut left = LINGER_BYTES;
@@ -489,17 +498,15 @@ pub(crate) async fn refuse_socket<S>(mut stream: S, answer: &'static [u8])
 where
     S: AsyncWrite + AsyncRead + Unpin,
 {
-    let _ = tokio::time::timeout(REFUSAL_TIME, async {
-        stream.write_all(answer).await?;
-        // Closing a socket whose request is still unread resets it, and a
-        // reset may discard the answer before the client has read it: end our
-        // side, then read until the client ends its own.
-        stream.shutdown().await?;
-        let mut scratch = [0u8; 256];
-        while stream.read(&mut scratch).await? > 0 {}
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
+    let started = Instant::now();
+    if tokio::time::timeout(REFUSAL_TIME, stream.write_all(answer))
+        .await
+        .is_ok_and(|written| written.is_ok())
+    {
+        // As for any socket that ends as HTTP (see `linger`): a reset must
+        // not discard the answer.
+        shut_and_drain(stream, REFUSAL_TIME.saturating_sub(started.elapsed())).await;
+    }
 }
 
 #[cfg(test)]

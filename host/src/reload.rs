@@ -308,21 +308,25 @@ impl Reloader {
     }
 
     /// The content hash of a plugin, hashing the file again only when its
-    /// stamp has changed.
-    fn hash_of(&mut self, source: &PluginSource) -> std::io::Result<blake3::Hash> {
+    /// stamp has changed; with the bytes, when it had to read them, so that a
+    /// load that follows does not read the file a second time.
+    fn hash_of(
+        &mut self,
+        source: &PluginSource,
+    ) -> std::io::Result<(blake3::Hash, Option<Vec<u8>>)> {
         match source {
-            PluginSource::Embedded { bytes, .. } => Ok(blake3::hash(bytes)),
+            PluginSource::Embedded { bytes, .. } => Ok((blake3::hash(bytes), None)),
             PluginSource::File(file) => {
                 let stamp = Stamp::of(&std::fs::metadata(file)?);
                 if let Some((known, hash)) = self.hashes.get(file)
                     && *known == stamp
                 {
-                    return Ok(*hash);
+                    return Ok((*hash, None));
                 }
                 let (bytes, stamp) = read_stable(file)?;
                 let hash = blake3::hash(&bytes);
                 self.hashes.insert(file.clone(), (stamp, hash));
-                Ok(hash)
+                Ok((hash, Some(bytes)))
             }
         }
     }
@@ -336,8 +340,8 @@ impl Reloader {
         let mut next = Table::new();
         for (index, route) in wanted.iter().cloned().enumerate() {
             let current = self.table.get(&route.path).cloned();
-            let hash = match self.hash_of(&route.plugin) {
-                Ok(hash) => hash,
+            let (hash, read) = match self.hash_of(&route.plugin) {
+                Ok(found) => found,
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                     if let PluginSource::File(file) = &route.plugin {
                         self.hashes.remove(file);
@@ -374,7 +378,7 @@ impl Reloader {
                 }
                 continue;
             }
-            match self.load(&route) {
+            match self.load(&route, hash, read) {
                 Ok(version) => {
                     self.failed.remove(&route.path);
                     next.insert(route.path.clone(), Arc::new(version));
@@ -424,35 +428,43 @@ impl Reloader {
     /// Makes a new version of `route`: reads its plugin, compiles it (or
     /// reuses or loads it), starts its workers. On failure, returns the error
     /// and the hash of the bytes that failed.
-    fn load(&mut self, route: &RouteConfig) -> Result<Route, (LoadError, blake3::Hash)> {
+    fn load(
+        &mut self,
+        route: &RouteConfig,
+        hash: blake3::Hash,
+        read: Option<Vec<u8>>,
+    ) -> Result<Route, (LoadError, blake3::Hash)> {
         let started = Instant::now();
         let name = route.plugin.display_name();
-        let bytes: Cow<[u8]> = match &route.plugin {
-            PluginSource::Embedded { bytes, .. } => Cow::Borrowed(bytes),
-            PluginSource::File(file) => match read_stable(file) {
-                Ok((bytes, stamp)) => {
-                    let hash = blake3::hash(&bytes);
-                    self.hashes.insert(file.clone(), (stamp, hash));
-                    Cow::Owned(bytes)
-                }
-                Err(source) => {
-                    let error = LoadError::Read { file: name, source };
-                    return Err((error, blake3::hash(b"")));
-                }
-            },
-        };
-        let hash = blake3::hash(&bytes);
-        let fail = |error: RuntimeError| (LoadError::Runtime(error), hash);
-        let (compiled, origin) = match self.compiled.get(&hash).and_then(Weak::upgrade) {
-            Some(compiled) => (compiled, "memory"),
+        let (compiled, origin, hash) = match self.compiled.get(&hash).and_then(Weak::upgrade) {
+            Some(compiled) => (compiled, "memory", hash),
             None => {
+                let (bytes, hash): (Cow<[u8]>, _) = match (read, &route.plugin) {
+                    (Some(bytes), _) => (Cow::Owned(bytes), hash),
+                    (None, PluginSource::Embedded { bytes, .. }) => (Cow::Borrowed(*bytes), hash),
+                    // Hashed earlier from an unchanged stamp: read it now,
+                    // and hash what was read, which is what will run.
+                    (None, PluginSource::File(file)) => match read_stable(file) {
+                        Ok((bytes, stamp)) => {
+                            let hash = blake3::hash(&bytes);
+                            self.hashes.insert(file.clone(), (stamp, hash));
+                            (Cow::Owned(bytes), hash)
+                        }
+                        Err(source) => {
+                            let error = LoadError::Read { file: name, source };
+                            return Err((error, hash));
+                        }
+                    },
+                };
+                let fail = |error: RuntimeError| (LoadError::Runtime(error), hash);
                 let (compiled, origin) =
                     self.runtime.compile(&name, &bytes, &hash).map_err(fail)?;
                 let compiled = Arc::new(compiled);
                 self.compiled.insert(hash, Arc::downgrade(&compiled));
-                (compiled, Origin::as_str(origin))
+                (compiled, Origin::as_str(origin), hash)
             }
         };
+        let fail = |error: RuntimeError| (LoadError::Runtime(error), hash);
         let compiled_in = started.elapsed();
         let config = Arc::new(route.clone());
         let actor = self
