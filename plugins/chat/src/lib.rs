@@ -7,14 +7,10 @@
 //! - `{"type":"join","id":N}` and `{"type":"leave","id":N,"code":C,"reason":"..."}`,
 //! - `{"type":"message","from":N,"text":"..."}`.
 
-wit_bindgen::generate!({ path: "../../wit", world: "berth:plugin/plugin" });
-
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use berth::plugin::host;
-use berth::plugin::types::{Accept, CloseInfo, ConnectionId, Message, Reject, Request};
-use exports::berth::plugin::handler::Guest;
+use berth_plugin::{Accept, CloseInfo, ConnectionId, Message, Plugin, Reject, Request, host};
 
 thread_local! {
     // One instance serves the whole route, so who is in which room lives here.
@@ -39,12 +35,8 @@ fn push_json_string(out: &mut String, s: &str) {
 }
 
 /// The room named by `?room=NAME`: 1 to 64 of A-Z, a-z, 0-9, '-' and '_'.
-fn room_of(query: Option<&str>) -> Result<String, Reject> {
-    let name = query
-        .unwrap_or_default()
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("room="))
-        .unwrap_or("lobby");
+fn room_of(req: &Request) -> Result<String, Reject> {
+    let name = req.query_param("room").unwrap_or("lobby");
     let valid = (1..=64).contains(&name.len())
         && name
             .bytes()
@@ -52,10 +44,10 @@ fn room_of(query: Option<&str>) -> Result<String, Reject> {
     if valid {
         Ok(name.to_string())
     } else {
-        Err(Reject {
-            status: 400,
-            reason: "room names are 1-64 of A-Z, a-z, 0-9, '-' and '_'".into(),
-        })
+        Err(Reject::new(
+            400,
+            "room names are 1-64 of A-Z, a-z, 0-9, '-' and '_'",
+        ))
     }
 }
 
@@ -69,9 +61,9 @@ fn room_of_conn(conn: ConnectionId) -> Option<String> {
 
 struct Chat;
 
-impl Guest for Chat {
+impl Plugin for Chat {
     fn on_connect(conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
-        let room = room_of(req.query.as_deref())?;
+        let room = room_of(&req)?;
         let members = ROOMS.with_borrow(|rooms| {
             rooms
                 .iter()
@@ -83,22 +75,22 @@ impl Guest for Chat {
         let mut welcome = format!(r#"{{"type":"welcome","id":{conn},"room":"#);
         push_json_string(&mut welcome, &room);
         welcome.push_str(&format!(r#","members":[{members}]}}"#));
-        let _ = host::send(conn, &Message::Text(welcome));
-        let join = Message::Text(format!(r#"{{"type":"join","id":{conn}}}"#));
+        let _ = host::send(conn, &Message::text(welcome));
+        let join = Message::text(format!(r#"{{"type":"join","id":{conn}}}"#));
         host::publish(&topic(&room), &join, None);
         let _ = host::subscribe(conn, &topic(&room));
         ROOMS.with_borrow_mut(|rooms| rooms.insert(conn, room));
-        Ok(Accept { subprotocol: None })
+        Ok(Accept::new())
     }
 
     fn on_message(conn: ConnectionId, msg: Message) {
-        let (Message::Text(text), Some(room)) = (msg, room_of_conn(conn)) else {
+        let (Some(text), Some(room)) = (msg.as_text(), room_of_conn(conn)) else {
             return;
         };
         let mut out = format!(r#"{{"type":"message","from":{conn},"text":"#);
-        push_json_string(&mut out, &text);
+        push_json_string(&mut out, text);
         out.push('}');
-        host::publish(&topic(&room), &Message::Text(out), Some(conn));
+        host::publish(&topic(&room), &Message::text(out), Some(conn));
     }
 
     fn on_close(conn: ConnectionId, info: CloseInfo) {
@@ -112,10 +104,8 @@ impl Guest for Chat {
         push_json_string(&mut out, &info.reason);
         out.push('}');
         // The host ended the connection's subscription before this call.
-        host::publish(&topic(&room), &Message::Text(out), None);
+        host::publish(&topic(&room), &Message::text(out), None);
     }
-
-    fn on_timer(_token: u64) {}
 }
 
-export!(Chat);
+berth_plugin::export!(Chat);

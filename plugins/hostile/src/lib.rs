@@ -38,16 +38,14 @@
 //!   separated by spaces (how a test learns that the host closed a client
 //!   that no longer reads, with what code).
 
-wit_bindgen::generate!({ path: "../../wit", world: "berth:plugin/plugin" });
-
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::hint::black_box;
 use std::io::Write;
 
-use berth::plugin::host;
-use berth::plugin::types::{Accept, CloseInfo, ConnError, ConnectionId, Message, Reject, Request};
-use exports::berth::plugin::handler::Guest;
+use berth_plugin::{
+    Accept, CloseInfo, ConnError, ConnectionId, Message, Plugin, Reject, Request, host,
+};
 
 /// The plugin's export implementation.
 struct Hostile;
@@ -72,24 +70,14 @@ thread_local! {
 /// Sends `text` to `conn`. A refusal is ignored: the test that sent the
 /// command notices the missing answer.
 fn reply(conn: ConnectionId, text: String) {
-    let _ = host::send(conn, &Message::Text(text));
-}
-
-/// The WIT name of `err`, as the tests expect to read it.
-fn error_name(err: ConnError) -> &'static str {
-    match err {
-        ConnError::UnknownConnection => "unknown-connection",
-        ConnError::Closing => "closing",
-        ConnError::QueueFull => "queue-full",
-        ConnError::InvalidCode => "invalid-code",
-    }
+    let _ = host::send(conn, &Message::text(text));
 }
 
 /// `ok` for success, else the error's name.
 fn outcome(result: Result<(), ConnError>, ok: &str) -> String {
     match result {
         Ok(()) => ok.to_string(),
-        Err(err) => error_name(err).to_string(),
+        Err(err) => err.name().to_string(),
     }
 }
 
@@ -169,24 +157,23 @@ fn publish_flood(topic: &str, count: u64, size: usize) -> u64 {
         FLOODED.set(seq + 1);
         let mut body = format!("{seq}|");
         body.extend(std::iter::repeat_n('.', size.saturating_sub(body.len())));
-        reached += u64::from(host::publish(topic, &Message::Text(body), None));
+        reached += u64::from(host::publish(topic, &Message::text(body), None));
     }
     reached
 }
 
-impl Guest for Hostile {
+impl Plugin for Hostile {
     fn on_connect(_conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
-        let query = req.query.unwrap_or_default();
-        if query.split('&').any(|pair| pair == "spin=connect") {
+        if req.query_params().any(|pair| pair == ("spin", "connect")) {
             spin();
         }
-        Ok(Accept { subprotocol: None })
+        Ok(Accept::new())
     }
 
     fn on_message(conn: ConnectionId, msg: Message) {
         MESSAGES.set(MESSAGES.get() + 1);
-        let Message::Text(text) = msg else { return };
-        let (command, rest) = text.split_once(' ').unwrap_or((&text, ""));
+        let Some(text) = msg.as_text() else { return };
+        let (command, rest) = text.split_once(' ').unwrap_or((text, ""));
         match command {
             "ping" => reply(conn, "pong".into()),
             "count" => reply(conn, format!("count {}", MESSAGES.get())),
@@ -214,9 +201,7 @@ impl Guest for Hostile {
             }
             "send" => {
                 let answer = match rest.parse() {
-                    Ok(target) => {
-                        outcome(host::send(target, &Message::Text("hostile".into())), "ok")
-                    }
+                    Ok(target) => outcome(host::send(target, &Message::text("hostile")), "ok"),
                     Err(_) => "bad-id".into(),
                 };
                 reply(conn, answer);
@@ -253,4 +238,4 @@ impl Guest for Hostile {
     }
 }
 
-export!(Hostile);
+berth_plugin::export!(Hostile);

@@ -28,14 +28,12 @@
 //! `on-connect` accepts the first offered subprotocol, and refuses with the status in
 //! `?reject=STATUS` when the query has one.
 
-wit_bindgen::generate!({ path: "../../wit", world: "berth:plugin/plugin" });
-
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use berth::plugin::host;
-use berth::plugin::types::{Accept, CloseInfo, ConnError, ConnectionId, Message, Reject, Request};
-use exports::berth::plugin::handler::Guest;
+use berth_plugin::{
+    Accept, CloseInfo, ConnError, ConnectionId, Message, Plugin, Reject, Request, host,
+};
 
 struct Testkit;
 
@@ -50,41 +48,25 @@ thread_local! {
     static TIMER_OWNERS: RefCell<HashMap<u64, ConnectionId>> = RefCell::new(HashMap::new());
 }
 
-fn error_name(err: ConnError) -> &'static str {
-    match err {
-        ConnError::UnknownConnection => "unknown-connection",
-        ConnError::Closing => "closing",
-        ConnError::QueueFull => "queue-full",
-        ConnError::InvalidCode => "invalid-code",
-    }
-}
-
 fn reply(conn: ConnectionId, text: String) {
-    let _ = host::send(conn, &Message::Text(text));
+    let _ = host::send(conn, &Message::text(text));
 }
 
 fn outcome(result: Result<(), ConnError>, ok: &str) -> String {
     match result {
         Ok(()) => ok.to_string(),
-        Err(err) => format!("error {}", error_name(err)),
+        Err(err) => format!("error {}", err.name()),
     }
 }
 
-impl Guest for Testkit {
+impl Plugin for Testkit {
     fn on_connect(conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
         ADDRESSES.with_borrow_mut(|a| a.insert(conn, req.remote_addr.clone()));
         let rejected = req
-            .query
-            .as_deref()
-            .unwrap_or_default()
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("reject="))
+            .query_param("reject")
             .and_then(|status| status.parse().ok());
         match rejected {
-            Some(status) => Err(Reject {
-                status,
-                reason: "rejected on request".into(),
-            }),
+            Some(status) => Err(Reject::new(status, "rejected on request")),
             None => Ok(Accept {
                 subprotocol: req.subprotocols.first().cloned(),
             }),
@@ -93,8 +75,8 @@ impl Guest for Testkit {
 
     fn on_message(conn: ConnectionId, msg: Message) {
         MESSAGES.set(MESSAGES.get() + 1);
-        let Message::Text(text) = msg else { return };
-        let (command, rest) = text.split_once(' ').unwrap_or((&text, ""));
+        let Some(text) = msg.as_text() else { return };
+        let (command, rest) = text.split_once(' ').unwrap_or((text, ""));
         match command {
             "closes" => reply(conn, CLOSES.with_borrow(|closes| closes.join(" "))),
             "whoami" => reply(conn, format!("id {conn}")),
@@ -107,7 +89,7 @@ impl Guest for Testkit {
             "send" => {
                 let (target, body) = rest.split_once(' ').unwrap_or((rest, ""));
                 let answer = match target.parse() {
-                    Ok(target) => outcome(host::send(target, &Message::Text(body.into())), "sent"),
+                    Ok(target) => outcome(host::send(target, &Message::text(body)), "sent"),
                     Err(_) => "error bad-id".into(),
                 };
                 reply(conn, answer);
@@ -122,7 +104,7 @@ impl Guest for Testkit {
             "flood" => {
                 let mut args = rest.split(' ').map(|n| n.parse::<usize>().unwrap_or(0));
                 let (count, size) = (args.next().unwrap_or(0), args.next().unwrap_or(0));
-                let payload = Message::Binary(vec![b'f'; size]);
+                let payload = Message::binary(vec![b'f'; size]);
                 for _ in 0..count {
                     if host::send(conn, &payload).is_err() {
                         break;
@@ -133,7 +115,7 @@ impl Guest for Testkit {
             "unsubscribe" => reply(conn, outcome(host::unsubscribe(conn, rest), "unsubscribed")),
             "publish" => {
                 let (topic, body) = rest.split_once(' ').unwrap_or((rest, ""));
-                let count = host::publish(topic, &Message::Text(body.into()), None);
+                let count = host::publish(topic, &Message::text(body), None);
                 reply(conn, format!("published {count}"));
             }
             "publish-many" => {
@@ -149,7 +131,7 @@ impl Guest for Testkit {
                     let mut body = i.to_string();
                     body.push('|');
                     body.extend(std::iter::repeat_n('.', size.saturating_sub(body.len())));
-                    host::publish(topic, &Message::Text(body), None);
+                    host::publish(topic, &Message::text(body), None);
                 }
                 reply(conn, "published".into());
             }
@@ -209,7 +191,7 @@ impl Guest for Testkit {
         if let Some(conn) = TIMER_OWNERS.with_borrow(|owners| owners.get(&token).copied()) {
             reply(conn, tick.clone());
         }
-        host::publish("ticks", &Message::Text(tick), None);
+        host::publish("ticks", &Message::text(tick), None);
     }
 
     fn on_close(conn: ConnectionId, info: CloseInfo) {
@@ -222,4 +204,4 @@ impl Guest for Testkit {
     }
 }
 
-export!(Testkit);
+berth_plugin::export!(Testkit);

@@ -4,15 +4,11 @@
 //! every subscriber. Updates are JSON:
 //! `{"type":"price","symbol":"ACME","price":101.25,"time":1700000000000}`.
 
-wit_bindgen::generate!({ path: "../../wit", world: "berth:plugin/plugin" });
-
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use berth::plugin::host;
-use berth::plugin::types::{Accept, CloseInfo, ConnectionId, Message, Reject, Request};
-use exports::berth::plugin::handler::Guest;
+use berth_plugin::{CloseInfo, ConnectionId, Message, Plugin, TimerId, host};
 
 /// How often prices move; well under the 200 ms a dashboard expects.
 const TICK_MS: u32 = 100;
@@ -23,7 +19,7 @@ struct Feed {
     prices: BTreeMap<String, (i64, u32)>,
     /// What each connection watches.
     watching: HashMap<ConnectionId, BTreeSet<String>>,
-    timer: Option<u64>,
+    timer: Option<TimerId>,
     rng: u64,
 }
 
@@ -80,7 +76,7 @@ fn update(symbol: &str, cents: i64) -> Message {
     let time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    Message::Text(format!(
+    Message::text(format!(
         r#"{{"type":"price","symbol":"{symbol}","price":{}.{:02},"time":{time}}}"#,
         cents / 100,
         cents % 100
@@ -97,17 +93,13 @@ fn valid_symbol(symbol: &str) -> bool {
 
 struct Ticker;
 
-impl Guest for Ticker {
-    fn on_connect(_conn: ConnectionId, _req: Request) -> Result<Accept, Reject> {
-        Ok(Accept { subprotocol: None })
-    }
-
+impl Plugin for Ticker {
     fn on_message(conn: ConnectionId, msg: Message) {
-        let Message::Text(text) = msg else { return };
+        let Some(text) = msg.as_text() else { return };
         if let Some(symbol) = text.strip_prefix("subscribe:") {
             if !valid_symbol(symbol) {
                 let error = r#"{"type":"error","reason":"symbols are 1-12 of A-Z and 0-9"}"#;
-                let _ = host::send(conn, &Message::Text(error.into()));
+                let _ = host::send(conn, &Message::text(error));
                 return;
             }
             if host::subscribe(conn, symbol).is_ok() {
@@ -155,4 +147,4 @@ impl Guest for Ticker {
     }
 }
 
-export!(Ticker);
+berth_plugin::export!(Ticker);

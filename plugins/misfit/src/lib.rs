@@ -1,0 +1,18 @@
+//! A test fixture for `berth check`: a real component whose handler has two
+//! functions of the wrong type and lacks two others.
+
+wit_bindgen::generate!({ path: "wit", world: "misfit" });
+
+use exports::berth::plugin::handler::Guest;
+
+struct Misfit;
+
+impl Guest for Misfit {
+    fn on_connect(_req: String) -> bool {
+        true
+    }
+
+    fn on_message(_conn: u64, _msg: String) {}
+}
+
+export!(Misfit);
