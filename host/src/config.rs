@@ -237,6 +237,9 @@ pub struct Config {
     pub auto_route_origins: OriginPolicy,
     /// Where compiled plugins are cached, or `None` to compile every time.
     pub cache_dir: Option<PathBuf>,
+    /// Whether `/` answers a browser with the demo's chat page (the demo
+    /// only: a config file's server answers what its routes say).
+    pub demo_page: bool,
 }
 
 /// One socket berth listens on.
@@ -536,6 +539,7 @@ impl Config {
             auto_routes: raw.auto_routes,
             auto_route_origins: OriginPolicy::List(Vec::new()),
             cache_dir,
+            demo_page: false,
             max_connections,
             max_connections_per_ip,
             handshake_timeout,

@@ -33,6 +33,7 @@ pub fn config(listen: SocketAddr, plugin_dir: PathBuf) -> Config {
         auto_routes: true,
         auto_route_origins: OriginPolicy::Any,
         cache_dir: crate::config::default_cache_dir(),
+        demo_page: true,
         max_connections: defaults::MAX_CONNECTIONS,
         max_connections_per_ip: None,
         handshake_timeout: defaults::HANDSHAKE_TIMEOUT,

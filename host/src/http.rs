@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -52,6 +52,32 @@ pub(crate) struct App {
     /// its limit.
     route_conns: Arc<Tally<String>>,
     next_conn: AtomicU64,
+    /// Whether `/` answers a browser with the demo page.
+    demo_page: bool,
+}
+
+/// The demo's chat page, one self-contained file (sources in `examples/demo`).
+const DEMO_PAGE: &str = include_str!("../../examples/demo/index.html");
+
+/// The demo page: it may run only its own inline script and style and open
+/// WebSockets, nothing else (no other origin's scripts, frames or forms).
+fn demo_page() -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from_static(DEMO_PAGE.as_bytes())));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src ws: wss:; img-src data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
 }
 
 /// Open connections counted by key (a client address, a route path), so that
@@ -202,9 +228,11 @@ impl App {
     pub(crate) fn new(
         router: Arc<Router>,
         handshake_timeout: Duration,
+        demo_page: bool,
         shutdown: CancellationToken,
     ) -> Self {
         App {
+            demo_page,
             router,
             shutdown,
             tracker: TaskTracker::new(),
@@ -212,6 +240,11 @@ impl App {
             route_conns: Arc::default(),
             next_conn: AtomicU64::new(1),
         }
+    }
+
+    /// Whether `/` serves the demo page.
+    pub(crate) fn serves_demo_page(&self) -> bool {
+        self.demo_page
     }
 
     /// Answers one request; an upgrade must reach its 101 by `deadline`.
@@ -226,6 +259,14 @@ impl App {
         let path = req.uri().path();
         if path == "/healthz" {
             return plain(StatusCode::OK, "ok\n");
+        }
+        if path == "/"
+            && self.demo_page
+            && matches!(*req.method(), Method::GET | Method::HEAD)
+            && !req.headers().contains_key(header::UPGRADE)
+            && self.router.get(path).is_none()
+        {
+            return demo_page();
         }
         let Some(route) = self.router.get(path) else {
             return plain(StatusCode::NOT_FOUND, "no route at this path\n");

@@ -104,6 +104,11 @@ async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let addr = server.local_addr();
     let routes = server.routes();
     let mut banner = format!("berth {} listening on {addr}\n", env!("CARGO_PKG_VERSION"));
+    if server.serves_demo_page() {
+        banner.push_str(&format!(
+            "  open http://{addr}/ in a browser for the chat demo\n"
+        ));
+    }
     for (other, tls) in server.local_addrs().into_iter().skip(1) {
         let scheme = if tls { "wss" } else { "ws" };
         banner.push_str(&format!("  also listening on {other} ({scheme}://)\n"));

@@ -84,6 +84,7 @@ impl Server {
         let app = Arc::new(App::new(
             router.clone(),
             config.handshake_timeout,
+            config.demo_page,
             shutdown.clone(),
         ));
         let limits = Arc::new(Limits {
@@ -148,6 +149,11 @@ impl Server {
     /// routes are on.
     pub fn drop_in_folder(&self) -> Option<&std::path::Path> {
         self.plugin_dir.as_deref()
+    }
+
+    /// Whether `/` serves the demo's chat page to browsers.
+    pub fn serves_demo_page(&self) -> bool {
+        self.app.serves_demo_page()
     }
 
     /// A handle that makes the server re-read its config and plugin files.
