@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod config;
 pub mod demo;
 mod handshake;
@@ -21,6 +22,7 @@ mod pubsub;
 pub mod reload;
 mod router;
 pub mod runtime;
+pub mod scaffold;
 pub mod server;
 mod session;
 mod watch;

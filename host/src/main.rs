@@ -2,7 +2,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -42,6 +42,26 @@ enum Command {
         #[arg(long)]
         no_watch: bool,
     },
+    /// Check that a plugin implements berth's world and list what it imports.
+    /// Exits 0 when it fits, 1 when it does not, 2 when the file is not a component.
+    Check {
+        /// The plugin file (.wasm).
+        file: PathBuf,
+        /// Where compiled plugins are cached (default: ~/.cache/berth).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Write a new plugin project that builds with one command.
+    New {
+        /// The plugin's name: lower-case letters, digits and '-'.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+        /// The folder to create the project in (default: ./NAME).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,24 +81,30 @@ fn main() -> ExitCode {
         .with_max_level(tracing_log::log::LevelFilter::Debug)
         .init()
         .expect("the first logger");
-    let cli = Cli::parse();
-    match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let outcome = match Cli::parse().command {
+        Command::Serve {
+            config,
+            listen,
+            plugin_dir,
+            cache_dir,
+            no_watch,
+        } => run(config, listen, plugin_dir, cache_dir, no_watch).map(|()| ExitCode::SUCCESS),
+        Command::Check { file, cache_dir } => Ok(check(&file, cache_dir)),
+        Command::New { name, lang, dir } => new(&name, lang, dir).map(|()| ExitCode::SUCCESS),
+    };
+    outcome.unwrap_or_else(|error| {
+        eprintln!("error: {error:#}");
+        ExitCode::FAILURE
+    })
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Serve {
-        config: config_file,
-        listen,
-        plugin_dir,
-        cache_dir,
-        no_watch,
-    } = cli.command;
+fn run(
+    config_file: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    plugin_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    no_watch: bool,
+) -> anyhow::Result<()> {
     let overrides = Overrides { listen, cache_dir };
     let mut config = match &config_file {
         Some(path) => Config::load(path)?,
@@ -151,6 +177,113 @@ async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     });
     server.run(shutdown_signal()).await;
     Ok(())
+}
+
+/// `berth check`: prints the verdict and what the plugin imports; the exit
+/// code is 0 when it fits, 1 when it does not, 2 when it is not a component.
+fn check(file: &Path, cache_dir: Option<PathBuf>) -> ExitCode {
+    let shown = file.display();
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            eprintln!("{shown}: cannot read: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut report = match berth::check::check(&bytes) {
+        Ok(report) => report,
+        Err(error) => {
+            println!("{shown}: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if report.fits() {
+        // The decoded types say it fits; linking it as `serve` would is the
+        // final word (a WASI function newer than this berth's, say).
+        let cache_dir = cache_dir.or_else(berth::config::default_cache_dir);
+        if let Err(error) = berth::runtime::link_check(&shown.to_string(), &bytes, cache_dir) {
+            report.problems.push(error.to_string());
+        }
+    }
+    let mut out = String::new();
+    if report.fits() {
+        out.push_str(&format!("{shown}: fits {}\n", berth::check::WORLD));
+    } else {
+        out.push_str(&format!("{shown}: does not fit {}\n", berth::check::WORLD));
+        for problem in &report.problems {
+            out.push_str(&format!("  - {problem}\n"));
+        }
+    }
+    out.push_str("It asks the host for:\n");
+    out.push_str(&describe(&report.imports));
+    out.push_str("It offers:\n");
+    out.push_str(&describe(&report.exports));
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    if report.fits() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// One line per capability, with the interfaces that ask for it: an operator
+/// reads "files" once, not once per WASI interface that deals in files.
+/// berth's own interfaces also name the functions used.
+fn describe(items: &[berth::check::Item]) -> String {
+    let mut lines: Vec<(String, Vec<&str>)> = Vec::new();
+    for item in items {
+        let mut what = item.meaning.unwrap_or("not provided by berth").to_string();
+        if item.name.starts_with("berth:") && !item.functions.is_empty() {
+            what = format!("{what}: {}", item.functions.join(", "));
+        }
+        match lines.iter_mut().find(|(line, _)| *line == what) {
+            Some((_, names)) => names.push(&item.name),
+            None => lines.push((what, vec![&item.name])),
+        }
+    }
+    if lines.is_empty() {
+        return "  (nothing)\n".to_string();
+    }
+    lines
+        .iter()
+        .map(|(what, names)| format!("  {what}\n      {}\n", names.join(", ")))
+        .collect()
+}
+
+/// `berth new`: writes the project and says how to build it.
+fn new(name: &str, lang: Lang, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let project = berth::scaffold::write(name, lang.into(), &dir)?;
+    let mut out = format!("wrote {} ({}):\n", dir.display(), project.lang);
+    for file in &project.files {
+        out.push_str(&format!("  {}\n", file.display()));
+    }
+    out.push_str(&format!(
+        "build it:\n  cd {} && {}\ncheck it (in that folder):\n  berth check {}\n",
+        dir.display(),
+        project.build_command,
+        project.output.display()
+    ));
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    Ok(())
+}
+
+/// The languages `berth new` writes projects in.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Lang {
+    Rust,
+    Js,
+    Python,
+}
+
+impl From<Lang> for berth::scaffold::Lang {
+    fn from(lang: Lang) -> Self {
+        match lang {
+            Lang::Rust => berth::scaffold::Lang::Rust,
+            Lang::Js => berth::scaffold::Lang::JavaScript,
+            Lang::Python => berth::scaffold::Lang::Python,
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -2,15 +2,16 @@
 //! clients, and the real plugins built from `plugins/`.
 
 mod binary;
+mod browser;
 mod capabilities;
-mod chat;
-mod echo;
 mod handshake;
 mod hostile_clients;
 mod hostile_plugins;
 mod http_conformance;
+mod languages;
 mod lifecycle;
 mod listeners;
 mod reload;
 mod support;
+mod tooling;
 mod topics;

@@ -406,3 +406,56 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map(|kib| kib * 1024)
         .unwrap_or_else(|| panic!("no VmRSS in {status}"))
 }
+
+/// The path of the `lang` plugin `name` (`lang` is `js` or `python`: a folder
+/// of `plugins/`). The first call for a language runs `plugins/LANG/build`,
+/// which caches by source hash, and compiles each output into berth's compile
+/// cache, so that servers started by parallel tests load it rather than each
+/// compiling megabytes of interpreter at the same time.
+pub fn guest_plugin(lang: &'static str, name: &str) -> std::path::PathBuf {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+    use std::sync::{Arc, Mutex, OnceLock};
+    /// Each language's output folder, made once however many tests ask at once.
+    type Built = Mutex<HashMap<&'static str, Arc<OnceLock<PathBuf>>>>;
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    let slot = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(lang)
+        .or_default()
+        .clone();
+    let dir = slot.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("guests")
+            .join(lang);
+        let script = root.join("plugins").join(lang).join("build");
+        let output = std::process::Command::new(&script)
+            .arg(&out)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        assert!(
+            output.status.success(),
+            "{} failed:\n{}{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for entry in std::fs::read_dir(&out).expect("the build wrote its folder") {
+            let path = entry.expect("a listing entry").path();
+            if path.extension().is_some_and(|e| e == "wasm") {
+                let bytes = std::fs::read(&path).expect("a built plugin");
+                berth::runtime::link_check(
+                    &path.display().to_string(),
+                    &bytes,
+                    berth::config::default_cache_dir(),
+                )
+                .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()));
+            }
+        }
+        out
+    });
+    dir.join(format!("{name}.wasm"))
+}

@@ -47,10 +47,6 @@ plugin = "counter.wasm"
 instance = "connection"
 
 [[route]]
-path = "/chat"
-plugin = "chat.wasm"
-
-[[route]]
 path = "/echo-conn"
 plugin = "echo.wasm"
 instance = "connection"
@@ -232,7 +228,7 @@ async fn in_the_connection_model_timers_see_their_connections_state_and_end_with
 }
 
 #[tokio::test]
-async fn counter_counts_per_connection_and_chat_rooms_are_isolated() {
+async fn counter_counts_per_connection() {
     let server = TestServer::start(ROUTES).await;
     let mut a = connect(&server.url("/counter")).await;
     let mut b = connect(&server.url("/counter")).await;
@@ -244,23 +240,6 @@ async fn counter_counts_per_connection_and_chat_rooms_are_isolated() {
     }
     assert_eq!(ask(&mut a, "x").await, "4");
 
-    let mut red = connect(&server.url("/chat?room=red")).await;
-    assert_eq!(json_field(&recv_text(&mut red).await, "room"), "\"red\"");
-    let mut blue = connect(&server.url("/chat?room=blue")).await;
-    recv_text(&mut blue).await;
-    let mut red2 = connect(&server.url("/chat?room=red")).await;
-    recv_text(&mut red2).await;
-    assert_eq!(json_field(&recv_text(&mut red).await, "type"), "\"join\"");
-    send_text(&mut red, "only for red").await;
-    assert!(recv_text(&mut red2).await.contains("only for red"));
-    send_text(&mut blue, "only for blue").await;
-    send_text(&mut red, "second for red").await;
-    // Blue's message was sent first, yet red2 hears only its own room.
-    assert!(recv_text(&mut red2).await.contains("second for red"));
-    assert_eq!(
-        refusal(request(&server.url("/chat?room=no%20spaces"), &[],)).await,
-        Some(400)
-    );
     server.stop().await;
 }
 

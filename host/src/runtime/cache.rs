@@ -24,7 +24,7 @@ const CHECKSUM_LEN: usize = blake3::OUT_LEN;
 
 /// Where a component came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Origin {
+pub enum Origin {
     /// The compiler made it (and the cache now holds it, if there is one).
     Compiled,
     /// It was loaded from the cache.

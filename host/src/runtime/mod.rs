@@ -18,6 +18,8 @@ mod queue;
 mod stdio;
 mod timers;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -31,7 +33,7 @@ pub(crate) use actor::{ConnectOutcome, PluginHandle};
 pub(crate) use bindings::berth::plugin::types::{CloseInfo, Request};
 use bindings::{Plugin, PluginPre};
 use cache::CompileCache;
-pub(crate) use cache::Origin;
+pub use cache::Origin;
 use host::HostState;
 
 use crate::config::{Config, RouteConfig};
@@ -221,6 +223,22 @@ impl Runtime {
     ) -> Result<RouteActor, RuntimeError> {
         actor::spawn(&self.engine, runtime, broker, route, plugin)
     }
+}
+
+/// Compiles `bytes` (or loads them from the compile cache in `cache_dir`) and
+/// links them against berth's host exactly as serving would, without running
+/// anything: the final word on whether berth can serve a plugin. It also leaves
+/// the compiled code in the cache, so the first `serve` of the file is quick.
+pub fn link_check(
+    name: &str,
+    bytes: &[u8],
+    cache_dir: Option<PathBuf>,
+) -> Result<Origin, RuntimeError> {
+    let mut config = crate::demo::config(SocketAddr::from(([127, 0, 0, 1], 0)), PathBuf::new());
+    config.cache_dir = cache_dir;
+    let runtime = Runtime::new(&config)?;
+    let (_, origin) = runtime.compile(name, bytes, &blake3::hash(bytes))?;
+    Ok(origin)
 }
 
 /// An error and its causes on one line: wasmtime's messages can span several

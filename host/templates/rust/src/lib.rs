@@ -1,0 +1,25 @@
+//! {{name}}: a berth plugin. It greets each connection and echoes its messages.
+//!
+//! berth calls these functions as connections come and go; each has a default
+//! that does nothing, so implement only what the plugin needs. The `host`
+//! module holds what a plugin can ask of berth: send, close, topics, timers,
+//! config values and log lines.
+
+use berth_plugin::{Accept, ConnectionId, Message, Plugin, Reject, Request, host};
+
+struct {{type}};
+
+impl Plugin for {{type}} {
+    fn on_connect(conn: ConnectionId, _req: Request) -> Result<Accept, Reject> {
+        // Sent now, delivered right after the handshake completes.
+        let _ = host::send(conn, &Message::text("hello from {{name}}"));
+        Ok(Accept::new())
+    }
+
+    fn on_message(conn: ConnectionId, msg: Message) {
+        // A failed send means the client is gone or too slow; berth closes it.
+        let _ = host::send(conn, &msg);
+    }
+}
+
+berth_plugin::export!({{type}});

@@ -1,0 +1,206 @@
+//! `berth check` and `berth new` as a plugin author runs them: the real binary,
+//! real components, and for `berth new` the real toolchains of each language.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::support::{BerthProcess, connect, guest_plugin, recv_text, send_text};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// Runs `berth ARGS` and returns its exit code and stdout (stderr appended).
+fn berth(args: &[&str]) -> (i32, String) {
+    let output = Command::new(BERTH)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("berth runs");
+    (output.status.code().expect("an exit code"), text(&output))
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn built(name: &str) -> String {
+    Path::new(berth::demo::BUILT_PLUGIN_DIR)
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn check_accepts_plugins_that_fit_in_every_language_and_lists_what_they_ask_for() {
+    let plugins = [
+        built("echo.wasm"),
+        guest_plugin("js", "echo").display().to_string(),
+        guest_plugin("python", "echo").display().to_string(),
+    ];
+    for plugin in plugins {
+        let (code, out) = berth(&["check", &plugin]);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("fits berth:plugin/plugin@0.2.0"), "{out}");
+        assert!(out.contains("berth:plugin/host@0.2.0"), "{out}");
+        assert!(out.contains("berth:plugin/handler@0.2.0"), "{out}");
+        assert!(
+            out.contains("on-connect, on-message, on-close, on-timer"),
+            "{out}"
+        );
+    }
+    // A plugin that asks for files says so in words an operator can act on.
+    let (code, out) = berth(&["check", &built("testkit.wasm")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("wasi:filesystem/preopens") && out.contains("[[route.dir]]"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_lists_every_missing_export_and_wrong_type() {
+    let (code, out) = berth(&["check", &built("misfit.wasm")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("does not fit berth:plugin/plugin@0.2.0"),
+        "{out}"
+    );
+    for missing in ["on-close", "on-timer"] {
+        assert!(
+            out.contains(&format!("does not export `{missing}`")),
+            "{missing}: {out}"
+        );
+    }
+    for wrong in ["on-connect", "on-message"] {
+        assert!(
+            out.contains(&format!("`{wrong}` has the wrong type")),
+            "{wrong}: {out}"
+        );
+    }
+    assert!(
+        out.contains("func(conn: u64, msg: variant { text(string), binary(list<u8>) })"),
+        "berth's side is spelled out: {out}"
+    );
+}
+
+#[test]
+fn check_says_when_a_file_is_not_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = std::fs::read(built("echo.wasm")).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let random: Vec<u8> = (0..4096)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "module.wasm",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "core WebAssembly module",
+        ),
+        ("random.wasm", random, "not WebAssembly"),
+        (
+            "truncated.wasm",
+            echo[..echo.len() / 2].to_vec(),
+            "not a valid component",
+        ),
+        ("empty.wasm", Vec::new(), "not WebAssembly"),
+    ];
+    for (name, bytes, says) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let (code, out) = berth(&["check", &path.display().to_string()]);
+        assert_eq!(code, 2, "{name}: {out}");
+        assert!(out.contains(says), "{name}: {out}");
+    }
+    let (code, out) = berth(&[
+        "check",
+        &dir.path().join("absent.wasm").display().to_string(),
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("cannot read"), "{out}");
+}
+
+/// `berth new NAME --lang LANG`, then the build command it prints, then
+/// `berth check` on the output, then the plugin served and spoken to.
+async fn new_project_builds_fits_and_serves(lang: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("hello-berth");
+    let (code, out) = berth(&[
+        "new",
+        "hello-berth",
+        "--lang",
+        lang,
+        "--dir",
+        &project.display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let build = out
+        .lines()
+        .skip_while(|line| *line != "build it:")
+        .nth(1)
+        .and_then(|line| line.split_once(" && "))
+        .map(|(_, command)| command.to_string())
+        .unwrap_or_else(|| panic!("a build command in {out}"));
+    let check = out
+        .lines()
+        .skip_while(|line| !line.starts_with("check it"))
+        .nth(1)
+        .and_then(|line| line.trim().strip_prefix("berth check "))
+        .map(|output| project.join(output).display().to_string())
+        .unwrap_or_else(|| panic!("a check command in {out}"));
+
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(&build).current_dir(&project);
+    // This test runs under cargo; the project's own build must not inherit
+    // cargo's settings for this crate (its target dir above all).
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME")
+            || key == "RUSTFLAGS"
+            || key.starts_with("RUSTC_")
+        {
+            command.env_remove(key);
+        }
+    }
+    let output = command.output().expect("the build command runs");
+    assert!(output.status.success(), "{build}:\n{}", text(&output));
+
+    let (code, out) = berth(&["check", &check]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("fits berth:plugin/plugin@0.2.0"), "{out}");
+
+    let wasm = Path::new(&check);
+    let folder = wasm.parent().unwrap().display().to_string();
+    let route = format!("/{}", wasm.file_stem().unwrap().to_string_lossy());
+    let server = BerthProcess::start(&["--listen", "127.0.0.1:0", "--plugin-dir", &folder]);
+    server
+        .wait_log(&["plugin loaded", &format!("route={route}")])
+        .await;
+    let mut client = connect(&server.url(&route)).await;
+    assert_eq!(recv_text(&mut client).await, "hello from hello-berth");
+    send_text(&mut client, "ping").await;
+    assert_eq!(recv_text(&mut client).await, "ping");
+}
+
+#[tokio::test]
+async fn new_rust_project_builds_fits_and_serves() {
+    new_project_builds_fits_and_serves("rust").await;
+}
+
+#[tokio::test]
+async fn new_js_project_builds_fits_and_serves() {
+    new_project_builds_fits_and_serves("js").await;
+}
+
+#[tokio::test]
+async fn new_python_project_builds_fits_and_serves() {
+    new_project_builds_fits_and_serves("python").await;
+}
