@@ -11,12 +11,17 @@
 //! 5. connect rate, and the time berth takes to make a connection's instance;
 //! 6. hot reload: from a plugin file renamed into berth's plugin folder to the
 //!    new version's first reply, compiled or from the compile cache, beside a
-//!    restart (10 versions per case).
+//!    restart (10 versions per case);
+//! 7. languages: the echo plugin in Rust, JavaScript and Python on one berth:
+//!    memory and open time per connection-model instance, and server CPU time
+//!    and round trip per message in the route model, 16 B and 64 KiB, text
+//!    and binary, beside Rust's.
 //!
 //! `cargo bench --bench suite -- --smoke` (or `BERTH_BENCH_SMOKE=1`) runs every
 //! scenario once with tiny counts: it proves each completes, not how fast.
-//! Scenario names as arguments (`echo pipelined fanout idle connect reload`)
-//! run only those (with `--smoke` too: tiny counts for just those);
+//! Scenario names as arguments (`echo pipelined fanout idle connect reload
+//! languages`) run only those (with `--smoke` too: tiny counts for just
+//! those);
 //! `BERTH_BENCH_IDLE=N` sets the number of idle connections.
 //!
 //! Traffic stays on loopback; every loop is bounded in count and time.
@@ -26,6 +31,7 @@ mod connect;
 mod echo;
 mod fanout;
 mod idle;
+mod languages;
 mod reload;
 mod report;
 mod servers;
@@ -41,7 +47,15 @@ use servers::{Server, has_taskset};
 pub const LIMIT: Duration = Duration::from_secs(60);
 
 /// The scenarios, by the names that select them on the command line.
-const SCENARIOS: [&str; 6] = ["echo", "pipelined", "fanout", "idle", "connect", "reload"];
+const SCENARIOS: [&str; 7] = [
+    "echo",
+    "pipelined",
+    "fanout",
+    "idle",
+    "connect",
+    "reload",
+    "languages",
+];
 
 /// How much each scenario does.
 pub struct Plan {
@@ -75,6 +89,14 @@ pub struct Plan {
     pub connectors: usize,
     /// Scenario 6: plugin versions per case (even: consecutive ones alternate).
     pub reload_rounds: usize,
+    /// Scenario 7: connection-model instances opened per language.
+    pub language_instances: usize,
+    /// Scenario 7: round trips of each 16 B payload, at least.
+    pub language_small: usize,
+    /// Scenario 7: round trips of each 64 KiB payload, at least.
+    pub language_large: usize,
+    /// Scenario 7: the shortest run of one payload, long beside /proc's CPU ticks.
+    pub language_min_time: Duration,
 }
 
 impl Plan {
@@ -99,6 +121,10 @@ impl Plan {
                 connects: 50,
                 connectors: 16,
                 reload_rounds: 2,
+                language_instances: 5,
+                language_small: 20,
+                language_large: 5,
+                language_min_time: Duration::ZERO,
             };
         }
         Plan {
@@ -120,6 +146,11 @@ impl Plan {
             connects: 6000,
             connectors: 16,
             reload_rounds: 10,
+            language_instances: 50,
+            language_small: 2000,
+            language_large: 200,
+            // 0.5 s of server CPU or so: /proc's 10 ms ticks matter little.
+            language_min_time: Duration::from_secs(1),
         }
     }
 }
@@ -378,6 +409,9 @@ instance = "connection"
     }
     if wants("reload") {
         reload::scenario(&bench, &mut summary).await;
+    }
+    if wants("languages") {
+        languages::scenario(&bench).await;
     }
     summary.print();
 
