@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use tracing::level_filters::LevelFilter;
 
 /// The address berth listens on when neither the config nor the command line names one.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -240,6 +241,11 @@ pub struct Config {
     /// Whether `/` answers a browser with the demo's chat page (the demo
     /// only: a config file's server answers what its routes say).
     pub demo_page: bool,
+    /// A separate plain HTTP address that serves `/metrics` and `/healthz`;
+    /// when set, the public listeners do not serve `/metrics`.
+    pub admin_listen: Option<SocketAddr>,
+    /// How much is logged when `RUST_LOG` is not set.
+    pub log_level: LevelFilter,
 }
 
 /// One socket berth listens on.
@@ -363,6 +369,8 @@ struct RawConfig {
     #[serde(default)]
     auto_routes: bool,
     cache_dir: Option<PathBuf>,
+    admin_listen: Option<Spanned<SocketAddr>>,
+    log_level: Option<Spanned<String>>,
     max_connections: Option<Spanned<usize>>,
     max_connections_per_ip: Option<Spanned<usize>>,
     handshake_timeout: Option<Spanned<HumanDuration>>,
@@ -531,6 +539,27 @@ impl Config {
             None => default_cache_dir(),
         };
         let listeners = listeners(&source, base, raw.listen, raw.listeners)?;
+        if let Some(admin) = &raw.admin_listen
+            && admin.get_ref().port() != 0
+            && listeners.iter().any(|l| l.address == *admin.get_ref())
+        {
+            return Err(source.error(
+                admin.span(),
+                "admin-listen must be an address of its own, not one of the listeners",
+            ));
+        }
+        let log_level = match raw.log_level {
+            None => LevelFilter::INFO,
+            Some(level) => parse_level(level.get_ref()).ok_or_else(|| {
+                source.error(
+                    level.span(),
+                    format!(
+                        "log-level {:?} must be one of \"error\", \"warn\", \"info\", \"debug\", \"trace\" or \"off\"",
+                        level.get_ref()
+                    ),
+                )
+            })?,
+        };
         Ok(Config {
             listeners,
             max_instances,
@@ -540,6 +569,8 @@ impl Config {
             auto_route_origins: OriginPolicy::List(Vec::new()),
             cache_dir,
             demo_page: false,
+            admin_listen: raw.admin_listen.map(Spanned::into_inner),
+            log_level,
             max_connections,
             max_connections_per_ip,
             handshake_timeout,
@@ -551,6 +582,19 @@ impl Config {
     pub fn route(&self, path: &str) -> Option<&RouteConfig> {
         self.routes.iter().find(|r| r.path == path)
     }
+}
+
+/// A log level by its name, as `RUST_LOG` spells it (any case).
+fn parse_level(name: &str) -> Option<LevelFilter> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "off" => LevelFilter::OFF,
+        "error" => LevelFilter::ERROR,
+        "warn" => LevelFilter::WARN,
+        "info" => LevelFilter::INFO,
+        "debug" => LevelFilter::DEBUG,
+        "trace" => LevelFilter::TRACE,
+        _ => return None,
+    })
 }
 
 fn positive(
@@ -664,7 +708,7 @@ fn listeners(
 }
 
 /// Paths the host answers itself, which no route may take.
-pub const RESERVED_PATHS: &[&str] = &["/healthz"];
+pub const RESERVED_PATHS: &[&str] = &["/healthz", "/metrics"];
 
 /// The route path a drop-in plugin file is served at (`chat.wasm` -> `/chat`),
 /// or `None` for files that are not plugins: dotfiles, temporary files that
@@ -888,6 +932,7 @@ mod tests {
             "/p/chat.WASM",
             "/p/sp ace.wasm",
             "/p/healthz.wasm",
+            "/p/metrics.wasm",
         ] {
             assert_eq!(path(ignored), None, "{ignored}");
         }
@@ -900,5 +945,20 @@ mod tests {
         assert_eq!(config.listeners[0].address.to_string(), DEFAULT_LISTEN);
         assert!(config.routes.is_empty());
         assert_eq!(config.max_connections, defaults::MAX_CONNECTIONS);
+        assert_eq!(config.admin_listen, None);
+        assert_eq!(config.log_level, LevelFilter::INFO);
+    }
+
+    #[test]
+    fn admin_listen_and_log_level() {
+        let config = parse("admin-listen = \"127.0.0.1:9100\"\nlog-level = \"Debug\"\n").unwrap();
+        assert_eq!(config.admin_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(config.log_level, LevelFilter::DEBUG);
+        let err = parse("log-level = \"loud\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("berth.toml:1:13:"), "{err}");
+        let err = parse("[[route]]\npath = \"/metrics\"\nplugin = \"x.wasm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("answered by berth itself"), "{err}");
     }
 }

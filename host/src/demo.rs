@@ -34,6 +34,8 @@ pub fn config(listen: SocketAddr, plugin_dir: PathBuf) -> Config {
         auto_route_origins: OriginPolicy::Any,
         cache_dir: crate::config::default_cache_dir(),
         demo_page: true,
+        admin_listen: None,
+        log_level: tracing::level_filters::LevelFilter::INFO,
         max_connections: defaults::MAX_CONNECTIONS,
         max_connections_per_ip: None,
         handshake_timeout: defaults::HANDSHAKE_TIMEOUT,

@@ -1,7 +1,9 @@
 //! HTTP/1.1 around the upgrade: every accepted socket is served by hyper, so
-//! plain requests get real answers (`/healthz`, 404, 426), and an upgrade
-//! request on a route passes the host's checks and the plugin's `on-connect`
-//! before the 101 answer. After 101 the socket becomes a session.
+//! plain requests get real answers (`/healthz`, `/metrics`, 404, 426), and an
+//! upgrade request on a route passes the host's checks and the plugin's
+//! `on-connect` before the 101 answer. After 101 the socket becomes a session.
+//! Every way an upgrade is turned down is counted by reason. The admin
+//! listener's sockets are served here too, with `/metrics` and `/healthz` only.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -30,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::handshake::{self, Refusal};
+use crate::metrics::{self, Metrics, Rejection};
 use crate::outbox;
 use crate::proxy;
 use crate::router::Router;
@@ -54,6 +57,10 @@ pub(crate) struct App {
     next_conn: AtomicU64,
     /// Whether `/` answers a browser with the demo page.
     demo_page: bool,
+    /// The server's metrics.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Whether the public listeners answer `/metrics` (no admin listener).
+    public_metrics: bool,
 }
 
 /// The demo's chat page, one self-contained file (sources in `examples/demo`).
@@ -166,6 +173,16 @@ fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     response
 }
 
+/// The metrics, in the text format their `Content-Type` names.
+fn metrics_answer(metrics: &Metrics) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(metrics::CONTENT_TYPE),
+    );
+    response
+}
+
 fn refuse(refusal: Refusal) -> Response<Body> {
     let mut response = plain(refusal.status(), format!("{}\n", refusal.reason()));
     let headers = response.headers_mut();
@@ -225,11 +242,14 @@ fn plugin_request<B>(
 
 impl App {
     /// State for a server whose routes `router` holds; `shutdown` stops it.
+    /// `/metrics` is answered on the public listeners if `public_metrics`.
     pub(crate) fn new(
         router: Arc<Router>,
         handshake_timeout: Duration,
         demo_page: bool,
         shutdown: CancellationToken,
+        metrics: Arc<Metrics>,
+        public_metrics: bool,
     ) -> Self {
         App {
             demo_page,
@@ -239,12 +259,31 @@ impl App {
             handshake_timeout,
             route_conns: Arc::default(),
             next_conn: AtomicU64::new(1),
+            metrics,
+            public_metrics,
         }
     }
 
     /// Whether `/` serves the demo page.
     pub(crate) fn serves_demo_page(&self) -> bool {
         self.demo_page
+    }
+
+    /// Counts a refusal by the host's checks and answers it.
+    fn refused(&self, refusal: Refusal) -> Response<Body> {
+        self.metrics.rejected(refusal.into());
+        refuse(refusal)
+    }
+
+    /// Counts a request turned down for `reason` and answers `status`.
+    fn turned_down(
+        &self,
+        reason: Rejection,
+        status: StatusCode,
+        text: impl Into<Bytes>,
+    ) -> Response<Body> {
+        self.metrics.rejected(reason);
+        plain(status, text)
     }
 
     /// Answers one request; an upgrade must reach its 101 by `deadline`.
@@ -268,15 +307,22 @@ impl App {
         {
             return demo_page();
         }
+        if path == "/metrics" && self.public_metrics {
+            return metrics_answer(&self.metrics);
+        }
         let Some(route) = self.router.get(path) else {
-            return plain(StatusCode::NOT_FOUND, "no route at this path\n");
+            return self.turned_down(
+                Rejection::NoRoute,
+                StatusCode::NOT_FOUND,
+                "no route at this path\n",
+            );
         };
         let offer = match handshake::check(&req, &route.config) {
             Ok(offer) => offer,
-            Err(refusal) => return refuse(refusal),
+            Err(refusal) => return self.refused(refusal),
         };
         if Instant::now() >= deadline {
-            return refuse(Refusal::TooSlow);
+            return self.refused(Refusal::TooSlow);
         }
         // Taken before the plugin is asked: a full route costs it nothing.
         // Routes without a limit are counted too, so that a reload that sets
@@ -284,7 +330,7 @@ impl App {
         let max = route.config.max_connections.unwrap_or(usize::MAX);
         let Some(route_slot) = self.route_conns.try_acquire(route.config.path.clone(), max) else {
             tracing::debug!(route = %route.config.path, %peer, "route connection limit reached; answering 503");
-            return refuse(Refusal::RouteFull);
+            return self.refused(Refusal::RouteFull);
         };
 
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -293,22 +339,46 @@ impl App {
         let asked = route.plugin.connect(conn, request, handle);
         let outcome = match tokio::time::timeout_at(deadline, asked).await {
             Ok(Some(outcome)) => outcome,
-            Ok(None) => return plain(StatusCode::SERVICE_UNAVAILABLE, "route unavailable\n"),
+            Ok(None) => {
+                return self.turned_down(
+                    Rejection::NoInstance,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "route unavailable\n",
+                );
+            }
             Err(_) => {
-                tracing::warn!(route = %route.config.path, conn, "on-connect did not answer before the handshake deadline");
-                return plain(StatusCode::SERVICE_UNAVAILABLE, "route busy\n");
+                tracing::warn!(route = %route.config.path, conn, %peer, "on-connect did not answer before the handshake deadline");
+                return self.turned_down(
+                    Rejection::PluginTimeout,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "route busy\n",
+                );
             }
         };
         let subprotocol = match outcome {
             ConnectOutcome::Accept { subprotocol } => subprotocol,
-            ConnectOutcome::Reject { status, reason } => return plain(status, reason),
+            ConnectOutcome::Reject { status, reason } => {
+                return self.turned_down(Rejection::PluginReject, status, reason);
+            }
             ConnectOutcome::Failed => {
-                return plain(StatusCode::INTERNAL_SERVER_ERROR, "plugin failed\n");
+                return self.turned_down(
+                    Rejection::PluginFailed,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "plugin failed\n",
+                );
             }
             ConnectOutcome::Unavailable => {
-                return plain(
+                return self.turned_down(
+                    Rejection::NoInstance,
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no plugin instance available\n",
+                );
+            }
+            ConnectOutcome::Quarantined => {
+                return self.turned_down(
+                    Rejection::Quarantined,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "route quarantined: its plugin failed too often; it serves again when its file changes\n",
                 );
             }
         };
@@ -316,8 +386,11 @@ impl App {
         let on_upgrade = hyper::upgrade::on(&mut req);
         let report = CloseReport::new(conn, route.plugin.clone());
         // Debug level: entering an enabled span on every poll of the session
-        // cost 2.5% of the server's CPU in the pipelined echo profile.
-        let span = tracing::debug_span!("conn", id = conn, route = %route.config.path, %peer);
+        // cost 2.5% of the server's CPU in the pipelined echo profile. So that
+        // a connection's events say whose they are at any level (and in JSON
+        // logs, where an event carries only its own fields when the span is
+        // off), each of them names `conn` and `route` itself.
+        let span = tracing::debug_span!("conn", conn, route = %route.config.path, %peer);
         let stops = Stops {
             shutdown: self.shutdown.clone(),
             retired: route.retired.clone(),
@@ -329,7 +402,8 @@ impl App {
                 let _route_slot = route_slot;
                 match on_upgrade.await {
                     Ok(upgraded) => {
-                        tracing::debug!("connection opened");
+                        let _open = route.metrics.opened();
+                        tracing::debug!(conn, route = %route.config.path, %peer, "connection opened");
                         let io = TokioIo::new(upgraded);
                         let ws = WebSocketStream::from_raw_socket(
                             io,
@@ -338,10 +412,11 @@ impl App {
                         )
                         .await;
                         let config = route.config.clone();
-                        session::run(ws, conn, config, outbox, stops, report).await;
+                        let metrics = route.metrics.clone();
+                        session::run(ws, conn, config, outbox, stops, report, metrics).await;
                     }
                     Err(error) => {
-                        tracing::debug!(%error, "upgrade failed");
+                        tracing::debug!(conn, route = %route.config.path, %peer, %error, "upgrade failed");
                         report
                             .report(CloseInfo {
                                 code: 1006,
@@ -417,7 +492,8 @@ where
             Some((tally, max)) if client != peer => match tally.try_acquire(client.ip(), *max) {
                 Some(slot) => Some(slot),
                 None => {
-                    let response = plain(
+                    let response = app.turned_down(
+                        Rejection::PeerFull,
                         StatusCode::TOO_MANY_REQUESTS,
                         "too many connections from this address\n",
                     );
@@ -457,6 +533,14 @@ where
         }
     };
     if let Err(error) = result {
+        // hyper answered these itself (431, 400) or closed the socket.
+        if error.is_parse_too_large() {
+            app.metrics.rejected(Rejection::HeadTooLarge);
+        } else if error.is_parse() {
+            app.metrics.rejected(Rejection::BadRequest);
+        } else if error.is_timeout() {
+            app.metrics.rejected(Rejection::HeadTimeout);
+        }
         tracing::debug!(%peer, %error, "HTTP connection ended with an error");
     }
     // `None` once upgraded: the socket then belongs to the session. The rest
@@ -464,6 +548,39 @@ where
     // the end of the block, so a lingering socket still counts.
     if let Some(parts) = connection.into_parts() {
         linger(parts.io.into_inner()).await;
+    }
+}
+
+/// Serves one socket of the admin listener until it closes: `/metrics` and
+/// `/healthz`, 404 for anything else. Nothing here is counted as a
+/// rejection: the admin address is the operator's, not the clients'.
+pub(crate) async fn serve_admin<S>(app: Arc<App>, stream: S)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let service_app = app.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let response = match req.uri().path() {
+            "/metrics" => metrics_answer(&service_app.metrics),
+            "/healthz" => plain(StatusCode::OK, "ok\n"),
+            _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+        };
+        std::future::ready(Ok::<_, Infallible>(response))
+    });
+    let mut connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(app.handshake_timeout)
+        .max_header_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(stream), service);
+    let result = tokio::select! {
+        result = &mut connection => result,
+        () = app.shutdown.cancelled() => {
+            std::pin::Pin::new(&mut connection).graceful_shutdown();
+            (&mut connection).await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "admin HTTP connection ended with an error");
     }
 }
 

@@ -7,6 +7,8 @@
 //! and the plugin's host calls feed the sessions' outbound queues. Beside that
 //! flow, [`reload`] builds route versions and publishes the routing table
 //! (`router`) that `http` reads; [`server`] starts and stops it all.
+//! `metrics` owns the Prometheus registry; each of those modules counts with
+//! handles it hands out, resolved once per route version.
 
 #![warn(missing_docs)]
 
@@ -16,6 +18,7 @@ pub mod demo;
 mod handshake;
 mod http;
 pub mod listener;
+mod metrics;
 mod outbox;
 mod proxy;
 mod pubsub;

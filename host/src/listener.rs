@@ -3,7 +3,12 @@
 //! socket goes the same way: the PROXY header (on listeners behind a TCP
 //! proxy), admission under the connection limits, the TLS handshake (on
 //! wss:// listeners), then HTTP. All of it, up to the 101 answer, fits in one
-//! `handshake-timeout` counted from accept.
+//! `handshake-timeout` counted from accept. Sockets turned away on the way
+//! are counted by reason.
+//!
+//! The admin listener (`admin-listen`) is apart from all that: plain HTTP for
+//! the operator's `/metrics` and `/healthz`, under no client limit but a small
+//! cap of its own.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -24,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ListenerConfig, TlsFiles};
 use crate::http::{self, Admission, App, Tally};
+use crate::metrics::Rejection;
 use crate::proxy;
 
 /// How many connections the kernel may hold for us before we accept them.
@@ -35,6 +41,11 @@ use crate::proxy;
 /// timeout of ours runs for it, and a client waiting for the server to speak
 /// first waits on.
 const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Sockets the admin listener serves at once; more are closed at accept. A
+/// scraper and a health check use one or two; the cap keeps a client that
+/// reaches the admin address from holding many.
+const ADMIN_SOCKETS: usize = 64;
 
 /// Why a listener could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -193,8 +204,14 @@ impl Socket {
         }
         match tokio::time::timeout_at(self.deadline(), proxy::read_header(stream, peer)).await {
             Ok(Ok((stream, client))) => self.admitted(stream, client).await,
-            Ok(Err(error)) => tracing::debug!(%peer, %error, "dropped: no valid PROXY header"),
-            Err(_) => tracing::debug!(%peer, "dropped: no PROXY header in time"),
+            Ok(Err(error)) => {
+                self.app.metrics.rejected(Rejection::ProxyHeader);
+                tracing::debug!(%peer, %error, "dropped: no valid PROXY header");
+            }
+            Err(_) => {
+                self.app.metrics.rejected(Rejection::ProxyHeader);
+                tracing::debug!(%peer, "dropped: no PROXY header in time");
+            }
         }
     }
 
@@ -210,10 +227,12 @@ impl Socket {
         let admission = match self.limits.admit(ip) {
             Ok(admission) => admission,
             Err(Refused::Full) => {
+                self.app.metrics.rejected(Rejection::ServerFull);
                 tracing::warn!(%client, "connection limit reached; answering 503");
                 return http::refuse_socket(stream, http::OVERLOADED).await;
             }
             Err(Refused::PeerFull) => {
+                self.app.metrics.rejected(Rejection::PeerFull);
                 // Debug, not warn: the client decides how often this
                 // happens, and could fill the log.
                 tracing::debug!(%client, "connection limit of the address reached; answering 429");
@@ -225,8 +244,14 @@ impl Socket {
         };
         match tokio::time::timeout_at(self.deadline(), acceptor.accept(stream)).await {
             Ok(Ok(tls)) => self.http(tls, client, admission).await,
-            Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%client, "TLS handshake not done in time"),
+            Ok(Err(error)) => {
+                self.app.metrics.rejected(Rejection::Tls);
+                tracing::debug!(%client, %error, "TLS handshake failed");
+            }
+            Err(_) => {
+                self.app.metrics.rejected(Rejection::Tls);
+                tracing::debug!(%client, "TLS handshake not done in time");
+            }
         }
     }
 
@@ -242,6 +267,55 @@ impl Socket {
             per_ip: self.limits.per_ip.clone(),
         };
         http::serve(self.app, stream, context).await;
+    }
+}
+
+/// The admin listener, bound and ready to accept.
+pub(crate) struct AdminListener {
+    tcp: TcpListener,
+}
+
+impl AdminListener {
+    /// Binds `addr`.
+    pub(crate) fn bind(addr: SocketAddr) -> Result<AdminListener, ListenError> {
+        let tcp = listen(addr).map_err(|source| ListenError::Bind { addr, source })?;
+        Ok(AdminListener { tcp })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.tcp
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Accepts sockets until `stop`, each served in a task of the app's tracker.
+    pub(crate) async fn run(self, app: Arc<App>, stop: CancellationToken) {
+        let room = Arc::new(Semaphore::new(ADMIN_SOCKETS));
+        loop {
+            let accepted = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = self.tcp.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(permit) = room.clone().try_acquire_owned() else {
+                        tracing::debug!(%peer, "admin listener busy; closing the socket");
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let app = app.clone();
+                    app.tracker.clone().spawn(async move {
+                        let _permit = permit;
+                        http::serve_admin(app, stream).await;
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
 }
 

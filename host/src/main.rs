@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use berth::config::Overrides;
 use berth::{Config, ServeOptions, Server};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
+use tracing::level_filters::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 /// berth: a WebSocket port listener whose handlers are WebAssembly components.
@@ -41,6 +42,9 @@ enum Command {
         /// Do not watch plugin files and the config file; reload only on SIGHUP.
         #[arg(long)]
         no_watch: bool,
+        /// How log lines are written to stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
     },
     /// Check that a plugin implements berth's world and list what it imports.
     /// Exits 0 when it fits, 1 when it does not, 2 when the file is not a component.
@@ -64,15 +68,96 @@ enum Command {
     },
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// One readable line per event, as a terminal shows it.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 fn main() -> ExitCode {
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .finish();
-    tracing::subscriber::set_global_default(subscriber).expect("the first subscriber");
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { log_format, .. } => serve_command(cli, log_format),
+        Command::Check { file, cache_dir } => {
+            // Only problems are worth a log line here; the report is the output.
+            init_logging(LogFormat::Human, LevelFilter::WARN);
+            check(&file, cache_dir)
+        }
+        Command::New { name, lang, dir } => {
+            init_logging(LogFormat::Human, LevelFilter::WARN);
+            new(&name, lang, dir).map_or_else(
+                |error| {
+                    eprintln!("error: {error:#}");
+                    ExitCode::FAILURE
+                },
+                |()| ExitCode::SUCCESS,
+            )
+        }
+    }
+}
+
+/// `berth serve`: the config, then logging as it asks, then the server.
+fn serve_command(cli: Cli, log_format: LogFormat) -> ExitCode {
+    // The config names the log level, so it is read before logging starts;
+    // an error reading it is logged like any other, in the chosen format.
+    let prepared = prepare(cli);
+    let level = prepared
+        .as_ref()
+        .map_or(LevelFilter::INFO, |(config, _)| config.log_level);
+    init_logging(log_format, level);
+    match prepared.and_then(|(config, options)| run(config, options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if log_format == LogFormat::Json && tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!("{error:#}");
+            } else {
+                eprintln!("error: {error:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sets up logging to stderr in `format`: at the level `RUST_LOG` asks for
+/// when it is set, else at `level` (the config's `log-level`).
+fn init_logging(format: LogFormat, level: LevelFilter) {
+    let from_config = || {
+        EnvFilter::builder()
+            .with_default_directive(level.into())
+            .parse_lossy("")
+    };
+    let mut bad_env = None;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|error| {
+            bad_env = Some(format!(
+                "RUST_LOG={spec:?} is not valid ({error}); logging at {level} instead"
+            ));
+            from_config()
+        }),
+        _ => from_config(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => {
+            let subscriber = builder.with_ansi(std::io::stderr().is_terminal()).finish();
+            tracing::subscriber::set_global_default(subscriber).expect("the first subscriber");
+        }
+        LogFormat::Json => {
+            // The connection span (debug level) is the only span: its fields
+            // once under "span" are enough, without a list of one.
+            let subscriber = builder
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("the first subscriber");
+        }
+    }
     // Dependencies that log through the `log` crate reach the same output, but
     // only up to debug: tungstenite logs several trace lines per frame, and
     // with any trace directive in RUST_LOG (berth's own included) forwarding
@@ -81,30 +166,24 @@ fn main() -> ExitCode {
         .with_max_level(tracing_log::log::LevelFilter::Debug)
         .init()
         .expect("the first logger");
-    let outcome = match Cli::parse().command {
-        Command::Serve {
-            config,
-            listen,
-            plugin_dir,
-            cache_dir,
-            no_watch,
-        } => run(config, listen, plugin_dir, cache_dir, no_watch).map(|()| ExitCode::SUCCESS),
-        Command::Check { file, cache_dir } => Ok(check(&file, cache_dir)),
-        Command::New { name, lang, dir } => new(&name, lang, dir).map(|()| ExitCode::SUCCESS),
-    };
-    outcome.unwrap_or_else(|error| {
-        eprintln!("error: {error:#}");
-        ExitCode::FAILURE
-    })
+    if let Some(warning) = bad_env {
+        tracing::warn!("{warning}");
+    }
 }
 
-fn run(
-    config_file: Option<PathBuf>,
-    listen: Option<SocketAddr>,
-    plugin_dir: Option<PathBuf>,
-    cache_dir: Option<PathBuf>,
-    no_watch: bool,
-) -> anyhow::Result<()> {
+/// Reads the config (or makes the demo's) and the options to serve it with.
+fn prepare(cli: Cli) -> anyhow::Result<(Config, ServeOptions)> {
+    let Command::Serve {
+        config: config_file,
+        listen,
+        plugin_dir,
+        cache_dir,
+        no_watch,
+        log_format: _,
+    } = cli.command
+    else {
+        unreachable!("prepare is called for serve only");
+    };
     let overrides = Overrides { listen, cache_dir };
     let mut config = match &config_file {
         Some(path) => Config::load(path)?,
@@ -121,6 +200,10 @@ fn run(
         overrides,
         watch: !no_watch,
     };
+    Ok((config, options))
+}
+
+fn run(config: Config, options: ServeOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(serve(config, options))
 }
@@ -158,7 +241,9 @@ async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
                 .display()
         ));
     }
-    banner.push_str(&format!("  health: http://{addr}/healthz\n"));
+    let admin = server.admin_addr().unwrap_or(addr);
+    banner.push_str(&format!("  health: http://{admin}/healthz\n"));
+    banner.push_str(&format!("  metrics: http://{admin}/metrics\n"));
     // A closed stdout (say, piped into `head`) must not take the server down.
     let mut stdout = std::io::stdout().lock();
     let _ = stdout

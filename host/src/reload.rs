@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{
     Config, ConfigError, Overrides, PluginSource, ReloadPolicy, RouteConfig, auto_route_path,
 };
+use crate::metrics::{Metrics, Reload};
 use crate::pubsub::Broker;
 use crate::router::{Route, Router, Table};
 use crate::runtime::{Compiled, Origin, Runtime, RuntimeError};
@@ -100,6 +101,7 @@ pub enum LoadError {
 /// The reload thread's state.
 pub(crate) struct Reloader {
     runtime: Arc<Runtime>,
+    metrics: Arc<Metrics>,
     broker: Arc<Broker>,
     router: Arc<Router>,
     shutdown: CancellationToken,
@@ -131,6 +133,7 @@ impl Reloader {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         runtime: Arc<Runtime>,
+        metrics: Arc<Metrics>,
         broker: Arc<Broker>,
         router: Arc<Router>,
         shutdown: CancellationToken,
@@ -140,6 +143,7 @@ impl Reloader {
     ) -> Result<Reloader, LoadError> {
         let mut reloader = Reloader {
             runtime,
+            metrics,
             broker,
             router,
             shutdown,
@@ -211,6 +215,7 @@ impl Reloader {
             Err(error) => {
                 let error: &ConfigError = &error;
                 tracing::error!("config not reloaded: {error}; the running config stays");
+                self.metrics.reloaded(Reload::Failed, 1);
                 return;
             }
         };
@@ -236,6 +241,8 @@ impl Reloader {
             ("max-instances", next.max_instances != running.max_instances),
             ("max-memory", next.max_memory != running.max_memory),
             ("cache-dir", next.cache_dir != running.cache_dir),
+            ("admin-listen", next.admin_listen != running.admin_listen),
+            ("log-level", next.log_level != running.log_level),
         ] {
             if changed {
                 tracing::warn!(file = %file.display(), "{name} changed: it takes effect at the next restart");
@@ -250,6 +257,8 @@ impl Reloader {
         next.max_instances = running.max_instances;
         next.max_memory = running.max_memory;
         next.cache_dir = running.cache_dir.clone();
+        next.admin_listen = running.admin_listen;
+        next.log_level = running.log_level;
         tracing::info!(file = %file.display(), "config reloaded");
         self.config = next;
         self.rewatch();
@@ -332,12 +341,14 @@ impl Reloader {
     }
 
     /// Brings the table in line with what the config and the folder ask for,
-    /// then publishes it. With `strict`, the first configured route that cannot
-    /// load is an error (startup).
+    /// then publishes it. With `strict` (startup), the first configured route
+    /// that cannot load is an error, and loads are not counted as reloads.
     fn reconcile(&mut self, strict: bool) -> Result<(), LoadError> {
         let configured = self.config.routes.len();
         let wanted = self.wanted();
         let mut next = Table::new();
+        // Counted once the table is out: a version counts when it serves.
+        let (mut loaded, mut failures) = (0, 0);
         for (index, route) in wanted.iter().cloned().enumerate() {
             let current = self.table.get(&route.path).cloned();
             let (hash, read) = match self.hash_of(&route.plugin) {
@@ -380,6 +391,7 @@ impl Reloader {
             }
             match self.load(&route, hash, read) {
                 Ok(version) => {
+                    loaded += 1;
                     self.failed.remove(&route.path);
                     next.insert(route.path.clone(), Arc::new(version));
                 }
@@ -394,6 +406,7 @@ impl Reloader {
                     if strict && index < configured {
                         return Err(error);
                     }
+                    failures += 1;
                     self.failed
                         .insert(route.path.clone(), (hash, route.clone()));
                     if let Some(current) = current {
@@ -406,6 +419,10 @@ impl Reloader {
             .retain(|path, _| wanted.iter().any(|r| &r.path == path));
         let old = std::mem::replace(&mut self.table, next.clone());
         self.router.publish(next);
+        if !strict {
+            self.metrics.reloaded(Reload::Ok, loaded);
+            self.metrics.reloaded(Reload::Failed, failures);
+        }
         for (path, version) in old {
             let replaced = match self.table.get(&path) {
                 Some(now) if Arc::ptr_eq(now, &version) => continue,
@@ -467,9 +484,16 @@ impl Reloader {
         let fail = |error: RuntimeError| (LoadError::Runtime(error), hash);
         let compiled_in = started.elapsed();
         let config = Arc::new(route.clone());
+        let metrics = Arc::new(self.metrics.route(&route.path));
         let actor = self
             .runtime
-            .spawn_route(&self.tokio, &self.broker, config.clone(), compiled)
+            .spawn_route(
+                &self.tokio,
+                &self.broker,
+                config.clone(),
+                compiled,
+                metrics.clone(),
+            )
             .map_err(fail)?;
         self.threads.extend(actor.threads);
         tracing::info!(
@@ -487,6 +511,7 @@ impl Reloader {
             plugin: actor.handle,
             retired: self.shutdown.child_token(),
             plugin_hash: hash,
+            metrics,
         })
     }
 }

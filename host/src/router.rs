@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RouteConfig;
+use crate::metrics::RouteMetrics;
 use crate::runtime::PluginHandle;
 
 /// One version of a route, ready to serve.
@@ -25,6 +26,8 @@ pub(crate) struct Route {
     pub(crate) retired: CancellationToken,
     /// The content hash of the plugin this version runs.
     pub(crate) plugin_hash: blake3::Hash,
+    /// The route's metric handles, shared with its workers.
+    pub(crate) metrics: Arc<RouteMetrics>,
 }
 
 /// Routes by exact path.

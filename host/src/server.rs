@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Overrides};
 use crate::http::App;
-use crate::listener::{Bound, Limits, ListenError};
+use crate::listener::{AdminListener, Bound, Limits, ListenError};
+use crate::metrics::Metrics;
 use crate::pubsub::Broker;
 use crate::reload::{LoadError, ReloadHandle, Reloader, Stopped, Trigger};
 use crate::router::Router;
@@ -55,6 +56,7 @@ pub struct ServeOptions {
 /// A bound, loaded server that has not started accepting yet.
 pub struct Server {
     listeners: Vec<Bound>,
+    admin: Option<AdminListener>,
     app: Arc<App>,
     limits: Arc<Limits>,
     reload: ReloadHandle,
@@ -78,6 +80,8 @@ impl Server {
             .iter()
             .map(Bound::bind)
             .collect::<Result<Vec<_>, _>>()?;
+        let admin = config.admin_listen.map(AdminListener::bind).transpose()?;
+        let metrics = Arc::new(Metrics::new());
         let runtime = Arc::new(Runtime::new(&config)?);
         let router = Arc::new(Router::default());
         let shutdown = CancellationToken::new();
@@ -86,6 +90,8 @@ impl Server {
             config.handshake_timeout,
             config.demo_page,
             shutdown.clone(),
+            metrics.clone(),
+            admin.is_none(),
         ));
         let limits = Arc::new(Limits {
             global: Arc::new(Semaphore::new(config.max_connections)),
@@ -105,6 +111,7 @@ impl Server {
             let broker = Arc::new(Broker::default());
             Reloader::start(
                 loader,
+                metrics,
                 broker,
                 router,
                 shutdown,
@@ -118,6 +125,7 @@ impl Server {
         let (reload, reload_thread) = reloader.spawn(watch).map_err(ServeError::Thread)?;
         Ok(Server {
             listeners,
+            admin,
             app,
             limits,
             reload,
@@ -138,6 +146,12 @@ impl Server {
             .iter()
             .map(|l| (l.local_addr(), l.is_tls()))
             .collect()
+    }
+
+    /// The admin listener's address as bound, if `admin-listen` is set:
+    /// `/metrics` is served there, and not on the listeners.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(AdminListener::local_addr)
     }
 
     /// The routes served now, as (path, plugin) pairs in path order.
@@ -166,6 +180,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             listeners,
+            admin,
             app,
             limits,
             reload,
@@ -177,6 +192,9 @@ impl Server {
         let mut accepting = tokio::task::JoinSet::new();
         for listener in listeners {
             accepting.spawn(listener.run(app.clone(), limits.clone(), stop_accepting.clone()));
+        }
+        if let Some(admin) = admin {
+            accepting.spawn(admin.run(app.clone(), stop_accepting.clone()));
         }
         shutdown.await;
         stop_accepting.cancel();

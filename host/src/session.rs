@@ -27,6 +27,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RouteConfig;
+use crate::metrics::{RouteMetrics, Traffic};
 use crate::outbox::Outbox;
 use crate::runtime::{CloseInfo, PluginHandle};
 
@@ -89,7 +90,8 @@ pub(crate) fn ws_config(
 }
 
 /// Serves one accepted connection until it ends, then reports `on-close`.
-/// `outbox`'s stop signal must be a child of `stops.retired`.
+/// `outbox`'s stop signal must be a child of `stops.retired`; the
+/// connection's traffic and closes are counted in `metrics`.
 pub(crate) async fn run<S>(
     ws: WebSocketStream<S>,
     conn: u64,
@@ -97,21 +99,27 @@ pub(crate) async fn run<S>(
     outbox: Outbox,
     stops: Stops,
     report: CloseReport,
+    metrics: Arc<RouteMetrics>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let plugin = report.plugin.clone();
+    let mut received = Traffic::default();
+    let mut sent = Traffic::default();
     let info = Session {
         conn,
-        route,
+        route: route.clone(),
         plugin,
         outbound: outbox,
         shutdown: stops.shutdown,
         retired: stops.retired,
+        metrics: metrics.clone(),
     }
-    .drive(ws)
+    .drive(ws, &mut received, &mut sent)
     .await;
-    tracing::debug!(conn, code = info.code, reason = %info.reason, "connection closed");
+    received.flush_received(&metrics);
+    sent.flush_sent(&metrics);
+    tracing::debug!(conn, route = %route.path, code = info.code, reason = %info.reason, "connection closed");
     report.report(info).await;
 }
 
@@ -122,6 +130,7 @@ struct Session {
     outbound: Outbox,
     shutdown: CancellationToken,
     retired: CancellationToken,
+    metrics: Arc<RouteMetrics>,
 }
 
 /// Why a session may be told to stop, besides its own slow-consumer signal
@@ -148,13 +157,14 @@ enum Turn {
 /// last batch is written (only while `open`), then writes it and flushes,
 /// unless more is already waiting: that is written first, so that a burst
 /// leaves in a few large writes. Cancel-safe: a message leaves `queue` only
-/// once the socket has taken it.
+/// once the socket has taken it, and is counted in `sent` then.
 fn poll_outbound<S>(
     sink: &mut SplitSink<WebSocketStream<S>, WsMessage>,
     queue: &mut VecDeque<WsMessage>,
     outbox: &Outbox,
     open: bool,
     unflushed: &mut bool,
+    sent: &mut Traffic,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Turn, WsError>>
 where
@@ -171,6 +181,9 @@ where
     while !queue.is_empty() {
         ready!(sink.poll_ready_unpin(cx))?;
         let msg = queue.pop_front().expect("checked non-empty");
+        if let WsMessage::Text(_) | WsMessage::Binary(_) = &msg {
+            sent.count(msg.len());
+        }
         Pin::new(&mut *sink).start_send(msg)?;
         // Remembered across a `Pending` flush below: the next wake-up must
         // go on flushing even when the outbound queue is empty.
@@ -260,7 +273,17 @@ impl Gate {
 }
 
 impl Session {
-    async fn drive<S>(self, ws: WebSocketStream<S>) -> CloseInfo
+    /// Runs the connection until it ends. Its traffic is counted in
+    /// `received` and `sent`, which reach the route's counters once per batch:
+    /// `sent` when a batch taken from the outbound queue is written, and
+    /// `received` when the socket has no more frames ready (the task is about
+    /// to sleep). What is left at the end is the caller's to add.
+    async fn drive<S>(
+        self,
+        ws: WebSocketStream<S>,
+        received: &mut Traffic,
+        sent: &mut Traffic,
+    ) -> CloseInfo
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -300,6 +323,7 @@ impl Session {
                     } else if self.retired.is_cancelled() {
                         host_close(CloseCode::Restart, "route reloaded")
                     } else {
+                        self.metrics.slow_consumer_closes.inc();
                         host_close(CloseCode::Again, "slow consumer")
                     };
                     queue.push_back(WsMessage::Close(Some(frame)));
@@ -310,11 +334,12 @@ impl Session {
                 // only the close deadline counts: on-close reports why we
                 // closed, not a ping that went unanswered meanwhile.
                 () = sleep_until(pong_deadline), if open => {
-                    tracing::debug!(conn = self.conn, "no pong in time; dropping the connection");
+                    self.metrics.heartbeat_timeouts.inc();
+                    tracing::debug!(conn = self.conn, route = %self.route.path, "no pong in time; dropping the connection");
                     return close_info(1006, "heartbeat timeout");
                 }
                 () = sleep_until(close_deadline) => {
-                    tracing::debug!(conn = self.conn, "no close frame in answer; dropping the connection");
+                    tracing::debug!(conn = self.conn, route = %self.route.path, "no close frame in answer; dropping the connection");
                     return closing.map(|(info, _)| info).expect("deadline implies closing");
                 }
                 () = fired(&mut idle_timer), if open => {
@@ -325,13 +350,13 @@ impl Session {
                             timer.as_mut().reset(due);
                         }
                     } else {
-                        tracing::debug!(conn = self.conn, "no data message in time; closing the connection");
+                        tracing::debug!(conn = self.conn, route = %self.route.path, "no data message in time; closing the connection");
                         let (frame, info) = host_close(CloseCode::Normal, "idle timeout");
                         queue.push_back(WsMessage::Close(Some(frame)));
                         closing = Some((info, Instant::now() + close_timeout));
                     }
                 }
-                turn = poll_fn(|cx| poll_outbound(&mut sink, &mut queue, &self.outbound, open, &mut unflushed, cx)), if open || !queue.is_empty() || unflushed => match turn {
+                turn = poll_fn(|cx| poll_outbound(&mut sink, &mut queue, &self.outbound, open, &mut unflushed, sent, cx)), if open || !queue.is_empty() || unflushed => match turn {
                     Ok(Turn::Taken) => {
                         // A close asked for by the plugin ends what is written.
                         if let Some(at) = queue.iter().position(WsMessage::is_close) {
@@ -350,7 +375,7 @@ impl Session {
                         queue.push_back(WsMessage::Close(Some(frame)));
                         closing = Some((info, Instant::now() + close_timeout));
                     }
-                    Ok(Turn::Written) => {}
+                    Ok(Turn::Written) => sent.flush_sent(&self.metrics),
                     Err(error) => {
                         return match closing {
                             Some((info, _)) => info,
@@ -358,8 +383,17 @@ impl Session {
                         };
                     }
                 },
-                frame = poll_fn(|cx| read_gate.poll(cx, |cx| stream.poll_next_unpin(cx))) => match frame {
+                frame = poll_fn(|cx| {
+                    let frame = read_gate.poll(cx, |cx| stream.poll_next_unpin(cx));
+                    if frame.is_pending() {
+                        // Every branch is polled before the task sleeps, so
+                        // this is where a burst of frames read is counted.
+                        received.flush_received(&self.metrics);
+                    }
+                    frame
+                }) => match frame {
                     Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
+                        received.count(msg.len());
                         // Data that arrives after our close frame is dropped (RFC 6455 5.5.1).
                         if open {
                             if idle_timer.is_some() {
@@ -384,7 +418,7 @@ impl Session {
                         };
                     }
                     Some(Ok(WsMessage::Frame(_))) => {}
-                    Some(Err(error)) => return self.fail(&mut sink, &mut queue, closing, error).await,
+                    Some(Err(error)) => return self.fail(&mut sink, &mut queue, closing, error, sent).await,
                     None => {
                         return match closing {
                             Some((info, _)) => info,
@@ -413,6 +447,7 @@ impl Session {
         queue: &mut VecDeque<WsMessage>,
         closing: Option<(CloseInfo, Instant)>,
         error: WsError,
+        sent: &mut Traffic,
     ) -> CloseInfo
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -435,7 +470,7 @@ impl Session {
             WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
             _ => (CloseCode::Error, "internal error"),
         };
-        tracing::debug!(conn = self.conn, %error, "closing the connection");
+        tracing::debug!(conn = self.conn, route = %self.route.path, %error, "closing the connection");
         let (frame, info) = host_close(code, reason);
         let _ = tokio::time::timeout(self.route.close_timeout, async {
             // What the client sent before the bad frame is the plugin's still:
@@ -450,6 +485,9 @@ impl Session {
                 queue.truncate(at);
             }
             for msg in queue.drain(..) {
+                if let WsMessage::Text(_) | WsMessage::Binary(_) = &msg {
+                    sent.count(msg.len());
+                }
                 sink.feed(msg).await?;
             }
             sink.send(WsMessage::Close(Some(frame))).await

@@ -11,6 +11,7 @@ mod http_conformance;
 mod languages;
 mod lifecycle;
 mod listeners;
+mod metrics;
 mod reload;
 mod support;
 mod tooling;

@@ -26,6 +26,8 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A berth server running in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The admin listener's address, if the config sets `admin-listen`.
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -46,12 +48,14 @@ impl TestServer {
                 .expect("test config is valid");
         let server = Server::bind(config).await.expect("server starts");
         let addr = server.local_addr();
+        let admin = server.admin_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
         TestServer {
             addr,
+            admin,
             stop: Some(stop),
             task,
         }
@@ -278,17 +282,26 @@ pub struct BerthProcess {
 impl BerthProcess {
     /// Starts `berth serve ARGS` at log level info and reads the address from its banner.
     pub fn start(args: &[&str]) -> BerthProcess {
+        BerthProcess::start_with_log(args, Some("info"))
+    }
+
+    /// Starts `berth serve ARGS` with `RUST_LOG` set to `rust_log`, or unset
+    /// for `None` (the config's `log-level` then decides).
+    pub fn start_with_log(args: &[&str], rust_log: Option<&str>) -> BerthProcess {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
+        command
             .arg("serve")
             .args(args)
-            .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("berth starts");
+            .stderr(Stdio::piped());
+        match rust_log {
+            Some(filter) => command.env("RUST_LOG", filter),
+            None => command.env_remove("RUST_LOG"),
+        };
+        let mut child = command.spawn().expect("berth starts");
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let stderr = BufReader::new(child.stderr.take().unwrap());
         let sink = log.clone();

@@ -28,6 +28,7 @@ use super::stdio::{LineBudget, LogTarget, Stdio};
 use super::timers::Timers;
 use super::{Compiled, EPOCH_TICK, RouteActor, RuntimeError};
 use crate::config::{InstanceModel, RouteConfig};
+use crate::metrics::{Export, RouteMetrics};
 use crate::outbox::{ConnHandle, deferring_wakes};
 use crate::pubsub::{self, Broker};
 
@@ -50,6 +51,8 @@ pub(crate) enum ConnectOutcome {
     Failed,
     /// No instance could be made for the connection (the pool is full): answer 503.
     Unavailable,
+    /// The route is quarantined: answer 503.
+    Quarantined,
 }
 
 /// Something for a worker to do.
@@ -176,6 +179,7 @@ struct Worker {
     current_conn: Arc<AtomicU64>,
     deadline_ticks: u64,
     instances: Instances,
+    metrics: Arc<RouteMetrics>,
 }
 
 /// Starts the workers of `route`: one for the route model (its instance made
@@ -187,6 +191,7 @@ pub(super) fn spawn(
     broker: &Arc<Broker>,
     route: Arc<RouteConfig>,
     compiled: Arc<Compiled>,
+    metrics: Arc<RouteMetrics>,
 ) -> Result<RouteActor, RuntimeError> {
     let deadline_ticks = route
         .call_timeout
@@ -218,6 +223,7 @@ pub(super) fn spawn(
             current_conn: Arc::new(AtomicU64::new(0)),
             deadline_ticks,
             instances: Instances::PerConnection(FxHashMap::default()),
+            metrics: metrics.clone(),
         };
         if route.instance == InstanceModel::Route {
             let live = worker
@@ -244,6 +250,16 @@ pub(super) fn spawn(
         },
         threads,
     })
+}
+
+/// An export's name in the WIT, for logs.
+fn export_name(export: Export) -> &'static str {
+    match export {
+        Export::Connect => "on-connect",
+        Export::Message => "on-message",
+        Export::Close => "on-close",
+        Export::Timer => "on-timer",
+    }
 }
 
 fn to_plugin_message(msg: WsMessage) -> Option<Message> {
@@ -340,20 +356,24 @@ impl Worker {
     }
 
     /// Calls into instance `key` under the route's deadline, tagging logs with
-    /// `conn`. A failed call leaves the instance unusable: see [`Self::fail`].
+    /// `conn`, and times the call. A failed call leaves the instance
+    /// unusable: see [`Self::fail`].
     fn call<R>(
         &mut self,
         key: u64,
         conn: u64,
-        export: &str,
+        export: Export,
         f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Option<R> {
         let ticks = self.deadline_ticks;
         let live = self.live(key)?;
         live.store.data().set_current(conn);
         live.store.set_epoch_deadline(ticks);
+        let started = std::time::Instant::now();
         let result = f(&live.plugin, &mut live.store);
+        let took = started.elapsed();
         live.store.data().set_current(0);
+        self.metrics.observe_call(export, took);
         match result {
             Ok(value) => Some(value),
             Err(error) => {
@@ -366,7 +386,8 @@ impl Worker {
     /// Replaces a failed route-model instance with a fresh one (the route's
     /// connections stay open; the old state is lost), or drops a failed
     /// connection-model instance and closes its connection with 1011.
-    fn fail(&mut self, key: u64, conn: u64, export: &str, error: wasmtime::Error) {
+    fn fail(&mut self, key: u64, conn: u64, export: Export, error: wasmtime::Error) {
+        let export = export_name(export);
         let reason = match error.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => format!(
                 "ran longer than call-timeout ({})",
@@ -378,7 +399,9 @@ impl Worker {
             None => error.root_cause().to_string(),
         };
         tracing::debug!(route = %self.route.path, conn, export, "plugin call failed: {error:?}");
+        self.metrics.traps.inc();
         if self.shared.quarantine.record_trap() {
+            self.metrics.quarantines.inc();
             let rule = self.shared.quarantine.rule();
             tracing::error!(
                 route = %self.route.path,
@@ -447,7 +470,7 @@ impl Worker {
                     return;
                 };
                 let key = self.key(conn);
-                self.call(key, conn, "on-message", |plugin, store| {
+                self.call(key, conn, Export::Message, |plugin, store| {
                     plugin
                         .berth_plugin_handler()
                         .call_on_message(store, conn, &msg)
@@ -466,7 +489,7 @@ impl Worker {
                 else {
                     return; // cancelled, or its instance is gone
                 };
-                self.call(key, key, "on-timer", |plugin, store| {
+                self.call(key, key, Export::Timer, |plugin, store| {
                     plugin.berth_plugin_handler().call_on_timer(store, token)
                 });
             }
@@ -516,10 +539,7 @@ impl Worker {
         reply: oneshot::Sender<ConnectOutcome>,
     ) {
         if self.shared.quarantine.is_tripped() {
-            let _ = reply.send(ConnectOutcome::Reject {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                reason: "route quarantined: its plugin failed too often; it serves again when its file changes\n".into(),
-            });
+            let _ = reply.send(ConnectOutcome::Quarantined);
             return;
         }
         if !self.ready_for(conn) {
@@ -530,7 +550,7 @@ impl Worker {
         if let Some(live) = self.live(key) {
             live.store.data_mut().add_conn(conn, handle);
         }
-        let result = self.call(key, conn, "on-connect", |plugin, store| {
+        let result = self.call(key, conn, Export::Connect, |plugin, store| {
             plugin
                 .berth_plugin_handler()
                 .call_on_connect(store, conn, &request)
@@ -586,7 +606,7 @@ impl Worker {
         if let Some(live) = self.live(key) {
             live.store.data_mut().remove_conn(conn);
         }
-        self.call(key, conn, "on-close", |plugin, store| {
+        self.call(key, conn, Export::Close, |plugin, store| {
             plugin
                 .berth_plugin_handler()
                 .call_on_close(store, conn, &info)

@@ -37,6 +37,7 @@ pub use cache::Origin;
 use host::HostState;
 
 use crate::config::{Config, RouteConfig};
+use crate::metrics::RouteMetrics;
 use crate::pubsub::Broker;
 
 /// How often the engine's epoch advances; call deadlines are counted in these ticks.
@@ -213,15 +214,17 @@ impl Runtime {
     }
 
     /// Starts the workers that serve `route` with `plugin`; `runtime` runs
-    /// their timers and `broker` carries their topics.
+    /// their timers, `broker` carries their topics, and they count their
+    /// calls and failures in `metrics`.
     pub(crate) fn spawn_route(
         &self,
         runtime: &tokio::runtime::Handle,
         broker: &Arc<Broker>,
         route: Arc<RouteConfig>,
         plugin: Arc<Compiled>,
+        metrics: Arc<RouteMetrics>,
     ) -> Result<RouteActor, RuntimeError> {
-        actor::spawn(&self.engine, runtime, broker, route, plugin)
+        actor::spawn(&self.engine, runtime, broker, route, plugin, metrics)
     }
 }
 

@@ -1,0 +1,562 @@
+//! Prometheus metrics: the registry, every metric berth exports, and the
+//! handles the rest of the server counts with.
+//!
+//! Label sets are resolved once, when a route version is made or the server
+//! starts, into plain handles ([`RouteMetrics`], one counter per rejection
+//! reason), so that counting on a hot path is an atomic add on a handle at
+//! hand, never a lookup by label. A connection counts its own traffic in
+//! plain integers ([`Traffic`]) and adds it to its route's counters once per
+//! batch of frames, so that a fan-out to a thousand subscribers does not
+//! contend on one shared counter per message per subscriber.
+//!
+//! Each server has its own registry (two servers in one process, as in the
+//! tests, count apart), exposed in the Prometheus text format at `/metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::handshake::Refusal;
+
+/// The `Content-Type` of what [`Metrics::encode`] writes: the Prometheus text
+/// format, version 0.0.4.
+pub(crate) const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds of the plugin call duration buckets, in seconds: a call into
+/// a small plugin takes about a microsecond, and `call-timeout` stops one at a
+/// second by default (more if a route allows it).
+const CALL_BUCKETS: [f64; 18] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The labels of a per-route series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+/// The labels of a plugin call duration series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    route: String,
+    export: &'static str,
+}
+
+/// The label of a rejection series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// The label of a reload series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// A plugin export whose calls are timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Export {
+    /// `on-connect`.
+    Connect,
+    /// `on-message`.
+    Message,
+    /// `on-close`.
+    Close,
+    /// `on-timer`.
+    Timer,
+}
+
+impl Export {
+    const ALL: [Export; 4] = [
+        Export::Connect,
+        Export::Message,
+        Export::Close,
+        Export::Timer,
+    ];
+
+    /// The value of the `export` label.
+    fn label(self) -> &'static str {
+        match self {
+            Export::Connect => "on_connect",
+            Export::Message => "on_message",
+            Export::Close => "on_close",
+            Export::Timer => "on_timer",
+        }
+    }
+}
+
+/// Why a socket or an upgrade request did not become a WebSocket connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// No route at the path: 404.
+    NoRoute,
+    /// A plain request on a route, or a HEAD: 426.
+    NotUpgrade,
+    /// A method other than GET or HEAD: 405.
+    MethodNotAllowed,
+    /// An upgrade over HTTP/1.0: 400.
+    OldHttp,
+    /// `Sec-WebSocket-Version` missing, repeated or not 13: 426.
+    BadVersion,
+    /// `Sec-WebSocket-Key` missing, repeated or malformed: 400.
+    BadKey,
+    /// A browser Origin the route does not allow: 403.
+    OriginDenied,
+    /// The route's `max-connections` reached: 503.
+    RouteFull,
+    /// The request head came after the handshake deadline: 408.
+    TooSlow,
+    /// The server's `max-connections` reached: 503 at accept.
+    ServerFull,
+    /// The client address's `max-connections-per-ip` reached: 429.
+    PeerFull,
+    /// A request head over the size limit: 431 (or 414 for a long URI).
+    HeadTooLarge,
+    /// A request head that is not HTTP/1.1: 400 from hyper.
+    BadRequest,
+    /// No complete request head within `handshake-timeout` (a slow or stalled
+    /// client, or a kept-alive socket left idle): the socket is closed.
+    HeadTimeout,
+    /// No valid PROXY header (in time) on a `proxy-protocol` listener: dropped.
+    ProxyHeader,
+    /// The TLS handshake failed or did not finish in time: dropped.
+    Tls,
+    /// The plugin's `on-connect` rejected the request, with its own status.
+    PluginReject,
+    /// The plugin's `on-connect` failed or broke the contract: 500.
+    PluginFailed,
+    /// The plugin did not answer before the handshake deadline: 503.
+    PluginTimeout,
+    /// No plugin instance could serve the connection (the pool is full, or
+    /// the route's workers are gone): 503.
+    NoInstance,
+    /// The route is quarantined: 503.
+    Quarantined,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 21] = [
+        Rejection::NoRoute,
+        Rejection::NotUpgrade,
+        Rejection::MethodNotAllowed,
+        Rejection::OldHttp,
+        Rejection::BadVersion,
+        Rejection::BadKey,
+        Rejection::OriginDenied,
+        Rejection::RouteFull,
+        Rejection::TooSlow,
+        Rejection::ServerFull,
+        Rejection::PeerFull,
+        Rejection::HeadTooLarge,
+        Rejection::BadRequest,
+        Rejection::HeadTimeout,
+        Rejection::ProxyHeader,
+        Rejection::Tls,
+        Rejection::PluginReject,
+        Rejection::PluginFailed,
+        Rejection::PluginTimeout,
+        Rejection::NoInstance,
+        Rejection::Quarantined,
+    ];
+
+    /// The value of the `reason` label.
+    fn label(self) -> &'static str {
+        match self {
+            Rejection::NoRoute => "no_route",
+            Rejection::NotUpgrade => "not_upgrade",
+            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::OldHttp => "old_http",
+            Rejection::BadVersion => "bad_version",
+            Rejection::BadKey => "bad_key",
+            Rejection::OriginDenied => "origin_denied",
+            Rejection::RouteFull => "route_full",
+            Rejection::TooSlow => "too_slow",
+            Rejection::ServerFull => "server_full",
+            Rejection::PeerFull => "peer_full",
+            Rejection::HeadTooLarge => "head_too_large",
+            Rejection::BadRequest => "bad_request",
+            Rejection::HeadTimeout => "head_timeout",
+            Rejection::ProxyHeader => "proxy_header",
+            Rejection::Tls => "tls",
+            Rejection::PluginReject => "plugin_reject",
+            Rejection::PluginFailed => "plugin_failed",
+            Rejection::PluginTimeout => "plugin_timeout",
+            Rejection::NoInstance => "no_instance",
+            Rejection::Quarantined => "quarantined",
+        }
+    }
+}
+
+impl From<Refusal> for Rejection {
+    fn from(refusal: Refusal) -> Rejection {
+        match refusal {
+            Refusal::NotUpgrade => Rejection::NotUpgrade,
+            Refusal::MethodNotAllowed => Rejection::MethodNotAllowed,
+            Refusal::OldHttp => Rejection::OldHttp,
+            Refusal::BadVersion => Rejection::BadVersion,
+            Refusal::BadKey => Rejection::BadKey,
+            Refusal::OriginDenied => Rejection::OriginDenied,
+            Refusal::RouteFull => Rejection::RouteFull,
+            Refusal::TooSlow => Rejection::TooSlow,
+        }
+    }
+}
+
+/// Whether a new route version could be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reload {
+    /// A new version serves.
+    Ok,
+    /// A plugin or config file could not be used; what ran before stays.
+    Failed,
+}
+
+impl Reload {
+    const ALL: [Reload; 2] = [Reload::Ok, Reload::Failed];
+
+    /// The value of the `result` label.
+    fn label(self) -> &'static str {
+        match self {
+            Reload::Ok => "ok",
+            Reload::Failed => "failed",
+        }
+    }
+}
+
+/// One server's registry and metric families.
+pub(crate) struct Metrics {
+    registry: Registry,
+    connections_open: Family<RouteLabel, Gauge>,
+    connections: Family<RouteLabel, Counter>,
+    messages_received: Family<RouteLabel, Counter>,
+    messages_sent: Family<RouteLabel, Counter>,
+    received_bytes: Family<RouteLabel, Counter>,
+    sent_bytes: Family<RouteLabel, Counter>,
+    calls: Family<CallLabels, Histogram, fn() -> Histogram>,
+    traps: Family<RouteLabel, Counter>,
+    quarantines: Family<RouteLabel, Counter>,
+    slow_consumer_closes: Family<RouteLabel, Counter>,
+    heartbeat_timeouts: Family<RouteLabel, Counter>,
+    /// Indexed by [`Reload`].
+    reloads: [Counter; Reload::ALL.len()],
+    /// Indexed by [`Rejection`].
+    rejections: [Counter; Rejection::ALL.len()],
+}
+
+/// A new plugin call duration series, for the family's constructor.
+fn call_histogram() -> Histogram {
+    Histogram::new(CALL_BUCKETS)
+}
+
+impl Metrics {
+    /// A registry with every metric registered, at zero.
+    pub(crate) fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("berth");
+        let connections_open = Family::default();
+        registry.register(
+            "connections_open",
+            "WebSocket connections open now",
+            connections_open.clone(),
+        );
+        let connections = Family::default();
+        registry.register(
+            "connections",
+            "WebSocket connections opened (101 answered and upgraded)",
+            connections.clone(),
+        );
+        let messages_received = Family::default();
+        registry.register(
+            "messages_received",
+            "Data messages (text and binary) received from clients",
+            messages_received.clone(),
+        );
+        let messages_sent = Family::default();
+        registry.register(
+            "messages_sent",
+            "Data messages (text and binary) written to clients",
+            messages_sent.clone(),
+        );
+        let received_bytes = Family::default();
+        registry.register_with_unit(
+            "received",
+            "Payload bytes of the data messages received from clients",
+            Unit::Bytes,
+            received_bytes.clone(),
+        );
+        let sent_bytes = Family::default();
+        registry.register_with_unit(
+            "sent",
+            "Payload bytes of the data messages written to clients",
+            Unit::Bytes,
+            sent_bytes.clone(),
+        );
+        let calls = Family::new_with_constructor(call_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "plugin_call_duration",
+            "Time spent in one call into a plugin export, failed calls included",
+            Unit::Seconds,
+            calls.clone(),
+        );
+        let traps = Family::default();
+        registry.register(
+            "plugin_traps",
+            "Plugin calls that failed: a trap, call-timeout, max-memory, a stack overflow",
+            traps.clone(),
+        );
+        let quarantines = Family::default();
+        registry.register(
+            "quarantines",
+            "Times a route version was quarantined for failing too often",
+            quarantines.clone(),
+        );
+        let slow_consumer_closes = Family::default();
+        registry.register(
+            "slow_consumer_closes",
+            "Connections closed with 1013 because their write-queue was full",
+            slow_consumer_closes.clone(),
+        );
+        let heartbeat_timeouts = Family::default();
+        registry.register(
+            "heartbeat_timeouts",
+            "Connections dropped for not answering a ping within pong-timeout",
+            heartbeat_timeouts.clone(),
+        );
+        let reload_family = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "reloads",
+            "Route versions made after startup (ok), and plugin or config files that could not be used (failed)",
+            reload_family.clone(),
+        );
+        let reloads = Reload::ALL.map(|result| {
+            reload_family.get_or_create_owned(&ResultLabel {
+                result: result.label(),
+            })
+        });
+        let rejection_family = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "handshake_rejections",
+            "Sockets and upgrade requests that did not become WebSocket connections, by reason",
+            rejection_family.clone(),
+        );
+        let rejections = Rejection::ALL.map(|reason| {
+            rejection_family.get_or_create_owned(&ReasonLabel {
+                reason: reason.label(),
+            })
+        });
+        Metrics {
+            registry,
+            connections_open,
+            connections,
+            messages_received,
+            messages_sent,
+            received_bytes,
+            sent_bytes,
+            calls,
+            traps,
+            quarantines,
+            slow_consumer_closes,
+            heartbeat_timeouts,
+            reloads,
+            rejections,
+        }
+    }
+
+    /// The handles one version of the route at `path` counts with. Versions
+    /// of the same path share their series: a reload does not reset them.
+    pub(crate) fn route(&self, path: &str) -> RouteMetrics {
+        let label = RouteLabel {
+            route: path.to_string(),
+        };
+        let per_route = |family: &Family<RouteLabel, Counter>| family.get_or_create_owned(&label);
+        RouteMetrics {
+            connections_open: self.connections_open.get_or_create_owned(&label),
+            connections: per_route(&self.connections),
+            messages_received: per_route(&self.messages_received),
+            messages_sent: per_route(&self.messages_sent),
+            received_bytes: per_route(&self.received_bytes),
+            sent_bytes: per_route(&self.sent_bytes),
+            calls: Export::ALL.map(|export| {
+                self.calls.get_or_create_owned(&CallLabels {
+                    route: path.to_string(),
+                    export: export.label(),
+                })
+            }),
+            traps: per_route(&self.traps),
+            quarantines: per_route(&self.quarantines),
+            slow_consumer_closes: per_route(&self.slow_consumer_closes),
+            heartbeat_timeouts: per_route(&self.heartbeat_timeouts),
+        }
+    }
+
+    /// Counts a socket or upgrade request that was turned away.
+    pub(crate) fn rejected(&self, reason: Rejection) {
+        self.rejections[reason as usize].inc();
+    }
+
+    /// Counts `count` reloads that ended with `result`.
+    pub(crate) fn reloaded(&self, result: Reload, count: u64) {
+        if count != 0 {
+            self.reloads[result as usize].inc_by(count);
+        }
+    }
+
+    /// Every metric in the Prometheus text format ([`CONTENT_TYPE`]).
+    pub(crate) fn encode(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        prometheus_text::encode(&mut text, &self.registry)
+            .expect("writing to a String does not fail");
+        text
+    }
+}
+
+/// The metric handles of one route, resolved once per route version.
+pub(crate) struct RouteMetrics {
+    connections_open: Gauge,
+    connections: Counter,
+    messages_received: Counter,
+    messages_sent: Counter,
+    received_bytes: Counter,
+    sent_bytes: Counter,
+    /// Indexed by [`Export`].
+    calls: [Histogram; Export::ALL.len()],
+    /// Failed plugin calls.
+    pub(crate) traps: Counter,
+    /// Quarantines entered.
+    pub(crate) quarantines: Counter,
+    /// Connections closed with 1013.
+    pub(crate) slow_consumer_closes: Counter,
+    /// Connections dropped for an unanswered ping.
+    pub(crate) heartbeat_timeouts: Counter,
+}
+
+impl RouteMetrics {
+    /// Records how long one call into `export` took.
+    pub(crate) fn observe_call(&self, export: Export, took: Duration) {
+        self.calls[export as usize].observe(took.as_secs_f64());
+    }
+
+    /// Counts a connection that has opened; it counts as open until the
+    /// returned guard is dropped.
+    pub(crate) fn opened(&self) -> OpenConnection {
+        self.connections.inc();
+        self.connections_open.inc();
+        OpenConnection {
+            open: self.connections_open.clone(),
+        }
+    }
+}
+
+/// One open connection in its route's `connections_open` gauge.
+pub(crate) struct OpenConnection {
+    open: Gauge,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+/// Data messages and their payload bytes, counted by one connection in one
+/// direction and not yet added to its route's counters.
+#[derive(Default)]
+pub(crate) struct Traffic {
+    messages: u64,
+    bytes: u64,
+}
+
+impl Traffic {
+    /// Counts one data message of `len` payload bytes.
+    pub(crate) fn count(&mut self, len: usize) {
+        self.messages += 1;
+        self.bytes += len as u64;
+    }
+
+    /// Adds what was counted to the route's received counters.
+    pub(crate) fn flush_received(&mut self, route: &RouteMetrics) {
+        if self.messages != 0 {
+            route.messages_received.inc_by(self.messages);
+            route.received_bytes.inc_by(self.bytes);
+            *self = Traffic::default();
+        }
+    }
+
+    /// Adds what was counted to the route's sent counters.
+    pub(crate) fn flush_sent(&mut self, route: &RouteMetrics) {
+        if self.messages != 0 {
+            route.messages_sent.inc_by(self.messages);
+            route.sent_bytes.inc_by(self.bytes);
+            *self = Traffic::default();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_is_named_by_the_conventions_and_starts_at_zero() {
+        let metrics = Metrics::new();
+        let route = metrics.route("/r");
+        let text = metrics.encode();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(name.starts_with("berth_"), "{line}");
+            let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert_eq!(value, 0.0, "{line}");
+        }
+        for series in [
+            "berth_connections_total{route=\"/r\"}",
+            "berth_received_bytes_total{route=\"/r\"}",
+            "berth_plugin_call_duration_seconds_count{route=\"/r\",export=\"on_timer\"}",
+            "berth_reloads_total{result=\"failed\"}",
+            "berth_handshake_rejections_total{reason=\"quarantined\"}",
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
+        }
+        drop(route);
+    }
+
+    #[test]
+    fn traffic_reaches_the_route_once_flushed_and_versions_share_series() {
+        let metrics = Metrics::new();
+        let first = metrics.route("/r");
+        let second = metrics.route("/r");
+        let mut received = Traffic::default();
+        received.count(3);
+        received.count(4);
+        received.flush_received(&first);
+        let mut sent = Traffic::default();
+        sent.count(10);
+        sent.flush_sent(&second);
+        sent.flush_sent(&second);
+        let open = second.opened();
+        second.observe_call(Export::Message, Duration::from_micros(3));
+        let text = metrics.encode();
+        for series in [
+            "berth_messages_received_total{route=\"/r\"} 2",
+            "berth_received_bytes_total{route=\"/r\"} 7",
+            "berth_messages_sent_total{route=\"/r\"} 1",
+            "berth_sent_bytes_total{route=\"/r\"} 10",
+            "berth_connections_open{route=\"/r\"} 1",
+            "berth_plugin_call_duration_seconds_count{route=\"/r\",export=\"on_message\"} 1",
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
+        }
+        drop(open);
+        assert!(
+            metrics
+                .encode()
+                .contains("berth_connections_open{route=\"/r\"} 0")
+        );
+    }
+}
