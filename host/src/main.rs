@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use berth::config::Overrides;
 use berth::{Config, ServeOptions, Server};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::EnvFilter;
@@ -24,28 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve WebSocket routes (the built-in demo when no config file is given).
-    Serve {
-        /// The TOML config file (watched: a valid change applies at once).
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// The address to listen on, overriding the config file.
-        #[arg(long, short)]
-        listen: Option<SocketAddr>,
-        /// The demo's drop-in folder: NAME.wasm put there is served at /NAME
-        /// (default: ~/.local/share/berth/plugins). With a config file, set
-        /// `plugin-dir` and `auto-routes` in it instead.
-        #[arg(long, value_name = "DIR", conflicts_with = "config")]
-        plugin_dir: Option<PathBuf>,
-        /// Where compiled plugins are cached (default: ~/.cache/berth).
-        #[arg(long, value_name = "DIR")]
-        cache_dir: Option<PathBuf>,
-        /// Do not watch plugin files and the config file; reload only on SIGHUP.
-        #[arg(long)]
-        no_watch: bool,
-        /// How log lines are written to stderr.
-        #[arg(long, value_enum, default_value_t = LogFormat::Human)]
-        log_format: LogFormat,
-    },
+    Serve(ServeArgs),
     /// Check that a plugin implements berth's world and list what it imports.
     /// Exits 0 when it fits, 1 when it does not, 2 when the file is not a component.
     Check {
@@ -68,6 +47,31 @@ enum Command {
     },
 }
 
+/// The options of `berth serve`.
+#[derive(Args)]
+struct ServeArgs {
+    /// The TOML config file (watched: a valid change applies at once).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The address to listen on, overriding the config file.
+    #[arg(long, short)]
+    listen: Option<SocketAddr>,
+    /// The demo's drop-in folder: NAME.wasm put there is served at /NAME
+    /// (default: ~/.local/share/berth/plugins). With a config file, set
+    /// `plugin-dir` and `auto-routes` in it instead.
+    #[arg(long, value_name = "DIR", conflicts_with = "config")]
+    plugin_dir: Option<PathBuf>,
+    /// Where compiled plugins are cached (default: ~/.cache/berth).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not watch plugin files and the config file; reload only on SIGHUP.
+    #[arg(long)]
+    no_watch: bool,
+    /// How log lines are written to stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
@@ -78,9 +82,8 @@ enum LogFormat {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve { log_format, .. } => serve_command(cli, log_format),
+    match Cli::parse().command {
+        Command::Serve(args) => serve_command(args),
         Command::Check { file, cache_dir } => {
             // Only problems are worth a log line here; the report is the output.
             init_logging(LogFormat::Human, LevelFilter::WARN);
@@ -100,10 +103,11 @@ fn main() -> ExitCode {
 }
 
 /// `berth serve`: the config, then logging as it asks, then the server.
-fn serve_command(cli: Cli, log_format: LogFormat) -> ExitCode {
+fn serve_command(args: ServeArgs) -> ExitCode {
+    let log_format = args.log_format;
     // The config names the log level, so it is read before logging starts;
     // an error reading it is logged like any other, in the chosen format.
-    let prepared = prepare(cli);
+    let prepared = prepare(args);
     let level = prepared
         .as_ref()
         .map_or(LevelFilter::INFO, |(config, _)| config.log_level);
@@ -172,18 +176,15 @@ fn init_logging(format: LogFormat, level: LevelFilter) {
 }
 
 /// Reads the config (or makes the demo's) and the options to serve it with.
-fn prepare(cli: Cli) -> anyhow::Result<(Config, ServeOptions)> {
-    let Command::Serve {
+fn prepare(args: ServeArgs) -> anyhow::Result<(Config, ServeOptions)> {
+    let ServeArgs {
         config: config_file,
         listen,
         plugin_dir,
         cache_dir,
         no_watch,
         log_format: _,
-    } = cli.command
-    else {
-        unreachable!("prepare is called for serve only");
-    };
+    } = args;
     let overrides = Overrides { listen, cache_dir };
     let mut config = match &config_file {
         Some(path) => Config::load(path)?,

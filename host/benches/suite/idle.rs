@@ -3,13 +3,12 @@
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::report::{Goal, Summary, Table, median, ratio};
 use crate::servers::Server;
-use crate::wire::{Client, ws};
+use crate::wire::{Client, round_trip, ws};
 use crate::{Bench, LIMIT};
 
 /// Connections being opened at once.
@@ -51,24 +50,7 @@ fn client_config() -> WebSocketConfig {
 
 /// Sends `text` and waits for it to come back, skipping pings and pongs.
 async fn echo_once(client: &mut Client, text: &str) -> Result<(), String> {
-    let exchange = async {
-        client
-            .send(Message::text(text))
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        loop {
-            match client.next().await {
-                Some(Ok(Message::Text(echo))) if echo.as_str() == text => return Ok(()),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(other)) => return Err(format!("unexpected answer {other:?}")),
-                Some(Err(e)) => return Err(format!("read: {e}")),
-                None => return Err("closed by the server".to_string()),
-            }
-        }
-    };
-    tokio::time::timeout(LIMIT, exchange)
-        .await
-        .unwrap_or_else(|_| Err(format!("no echo within {LIMIT:?}")))
+    round_trip(client, &Message::text(text)).await
 }
 
 /// Opens up to `wanted` connections, [`CONCURRENCY`] at a time; returns them

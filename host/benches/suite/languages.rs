@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -17,7 +17,7 @@ use crate::report::{
     CPU_MEANINGFUL, Table, median, median_duration, micros, percentile, ratio, ratio_of,
 };
 use crate::servers::{Server, has_taskset};
-use crate::wire::{Client, ws};
+use crate::wire::{Client, round_trip, ws};
 use crate::{Bench, LIMIT};
 
 /// The longest a guest build or the compile warm-up may take: on a cold cache
@@ -286,39 +286,6 @@ fn start_berth(config: &Path) -> Server {
         &["serve", "--config", config.to_str().unwrap()],
         &[("RUST_LOG", "warn,berth::instance=trace,berth::reload=info")],
     )
-}
-
-/// Sends `message` and waits for its echo, which must be the same message
-/// (same kind, same bytes); pings and pongs on the way are skipped.
-async fn round_trip(client: &mut Client, message: &Message) -> Result<(), String> {
-    let exchange = async {
-        client
-            .send(message.clone())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        loop {
-            match client.next().await {
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(echo @ (Message::Text(_) | Message::Binary(_)))) => {
-                    return if echo == *message {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "an echo that differs from the message: {} bytes back for {}",
-                            echo.len(),
-                            message.len()
-                        ))
-                    };
-                }
-                Some(Ok(other)) => return Err(format!("unexpected answer {other:?}")),
-                Some(Err(e)) => return Err(format!("read: {e}")),
-                None => return Err("closed by the server".to_string()),
-            }
-        }
-    };
-    tokio::time::timeout(LIMIT, exchange)
-        .await
-        .unwrap_or_else(|_| Err(format!("no echo within {LIMIT:?}")))
 }
 
 /// Opens a client on `path` or panics saying which language failed.

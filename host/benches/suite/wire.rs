@@ -7,9 +7,11 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::LIMIT;
@@ -319,4 +321,37 @@ impl Payload {
             assert_eq!(echo, self.set(seq), "an echo with different content");
         }
     }
+}
+
+/// Sends `message` and waits for its echo, which must be the same message
+/// (same kind, same bytes); pings and pongs on the way are skipped.
+pub async fn round_trip(client: &mut Client, message: &Message) -> Result<(), String> {
+    let exchange = async {
+        client
+            .send(message.clone())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        loop {
+            match client.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(echo @ (Message::Text(_) | Message::Binary(_)))) => {
+                    return if echo == *message {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "an echo that differs from the message: {} bytes back for {}",
+                            echo.len(),
+                            message.len()
+                        ))
+                    };
+                }
+                Some(Ok(other)) => return Err(format!("unexpected answer {other:?}")),
+                Some(Err(e)) => return Err(format!("read: {e}")),
+                None => return Err("closed by the server".to_string()),
+            }
+        }
+    };
+    tokio::time::timeout(LIMIT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(format!("no echo within {LIMIT:?}")))
 }
