@@ -246,6 +246,81 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// How much is logged when `RUST_LOG` is not set.
     pub log_level: LevelFilter,
+    /// Topics shared with other berth nodes through Redis; `None`: this
+    /// process only.
+    pub broker: Option<BrokerConfig>,
+    /// The backend publish API (`POST /publish/NAMESPACE/TOPIC`).
+    pub publish_api: PublishApiConfig,
+}
+
+/// `[broker]`: topics shared by every berth node that names the same Redis.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// The Redis server, as `redis://[:PASSWORD@]HOST:PORT[/DB]`.
+    pub url: String,
+    /// Put before every channel name, so that several deployments can share one Redis.
+    pub channel_prefix: String,
+    /// Whether startup fails when Redis cannot be reached (otherwise the node
+    /// serves local topics and keeps trying).
+    pub required: bool,
+}
+
+impl BrokerConfig {
+    /// The URL without its password, for logs and errors.
+    pub fn shown_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+// By hand: the URL may hold a password, and a config may be debug-printed.
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("url", &self.shown_url())
+            .field("channel_prefix", &self.channel_prefix)
+            .field("required", &self.required)
+            .finish()
+    }
+}
+
+/// `url` with the user-info part (`user:password@`) replaced by `***@`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// `[publish-api]`: who may publish to topics over HTTP, and how much.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublishApiConfig {
+    /// Bearer tokens that may publish; none turns the API off (404).
+    pub tokens: Vec<String>,
+    /// The largest request body, in bytes; more is answered 413.
+    pub max_body: usize,
+}
+
+impl Default for PublishApiConfig {
+    fn default() -> Self {
+        PublishApiConfig {
+            tokens: Vec::new(),
+            max_body: defaults::MAX_PUBLISH_BODY,
+        }
+    }
+}
+
+// By hand: the tokens are secrets, and a config may be debug-printed.
+impl std::fmt::Debug for PublishApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishApiConfig")
+            .field("tokens", &format_args!("[{} hidden]", self.tokens.len()))
+            .field("max_body", &self.max_body)
+            .finish()
+    }
 }
 
 /// One socket berth listens on.
@@ -378,6 +453,24 @@ struct RawConfig {
     max_memory: Option<Spanned<ByteSize>>,
     #[serde(default, rename = "route")]
     routes: Vec<RawRoute>,
+    broker: Option<RawBroker>,
+    publish_api: Option<RawPublishApi>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawBroker {
+    url: Spanned<String>,
+    channel_prefix: Option<String>,
+    required: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPublishApi {
+    #[serde(default)]
+    tokens: Vec<Spanned<String>>,
+    max_body: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Deserialize)]
@@ -462,6 +555,10 @@ pub mod defaults {
     pub const QUARANTINE_TRAPS: u32 = 5;
     /// ...within one minute.
     pub const QUARANTINE_WINDOW: Duration = Duration::from_secs(60);
+    /// The publish API takes bodies of up to 64 KiB.
+    pub const MAX_PUBLISH_BODY: usize = 64 * 1024;
+    /// Redis channel names start with `berth:`.
+    pub const CHANNEL_PREFIX: &str = "berth:";
 }
 
 /// Reads the source text around spans, to turn byte offsets into line and column.
@@ -560,7 +657,14 @@ impl Config {
                 )
             })?,
         };
+        let broker = raw.broker.map(|b| broker(&source, b)).transpose()?;
+        let publish_api = match raw.publish_api {
+            None => PublishApiConfig::default(),
+            Some(api) => publish_api(&source, api)?,
+        };
         Ok(Config {
+            broker,
+            publish_api,
             listeners,
             max_instances,
             max_memory,
@@ -710,6 +814,77 @@ fn listeners(
 /// Paths the host answers itself, which no route may take.
 pub const RESERVED_PATHS: &[&str] = &["/healthz", "/metrics"];
 
+/// Path prefixes the host answers itself (the publish API), which no route may take.
+pub const RESERVED_PREFIXES: &[&str] = &["/publish/"];
+
+/// Whether berth answers `path` itself, so that no route may take it.
+pub fn is_reserved(path: &str) -> bool {
+    RESERVED_PATHS.contains(&path) || RESERVED_PREFIXES.iter().any(|p| path.starts_with(p))
+}
+
+/// Checks `[broker]`.
+fn broker(source: &Source, raw: RawBroker) -> Result<BrokerConfig, ConfigError> {
+    let span = raw.url.span();
+    let url = raw.url.into_inner();
+    // The client's own parser, so that what passes here is what it can dial.
+    if let Err(error) = redis::Client::open(url.as_str()) {
+        return Err(source.error(
+            span,
+            format!(
+                "{:?} is not a Redis URL like \"redis://127.0.0.1:6379\": {error}",
+                redact_url(&url)
+            ),
+        ));
+    }
+    Ok(BrokerConfig {
+        url,
+        channel_prefix: raw
+            .channel_prefix
+            .unwrap_or_else(|| defaults::CHANNEL_PREFIX.to_string()),
+        required: raw.required.unwrap_or(true),
+    })
+}
+
+/// The fewest characters a publish API token may have: a short token could
+/// be guessed by simply trying.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// Checks `[publish-api]`.
+fn publish_api(source: &Source, raw: RawPublishApi) -> Result<PublishApiConfig, ConfigError> {
+    let mut tokens = Vec::with_capacity(raw.tokens.len());
+    for token in raw.tokens {
+        let span = token.span();
+        let token = token.into_inner();
+        // RFC 6750's b64token, so that every token can be sent as written.
+        let body = token.trim_end_matches('=');
+        let valid = !body.is_empty()
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b));
+        if !valid {
+            return Err(source.error(
+                span,
+                "a token may hold only letters, digits and -._~+/ (then '=' padding)",
+            ));
+        }
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(source.error(
+                span,
+                format!("a token must be at least {MIN_TOKEN_LEN} characters long"),
+            ));
+        }
+        tokens.push(token);
+    }
+    let max_body = match raw.max_body {
+        None => defaults::MAX_PUBLISH_BODY,
+        Some(v) if v.get_ref().0 == 0 => {
+            return Err(source.error(v.span(), "must be at least 1 byte"));
+        }
+        Some(v) => usize::try_from(v.into_inner().0).unwrap_or(usize::MAX),
+    };
+    Ok(PublishApiConfig { tokens, max_body })
+}
+
 /// The route path a drop-in plugin file is served at (`chat.wasm` -> `/chat`),
 /// or `None` for files that are not plugins: dotfiles, temporary files that
 /// editors and build tools write before renaming, and names a URL path
@@ -723,7 +898,7 @@ pub fn auto_route_path(file: &Path) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     let path = format!("/{stem}");
-    (plain && !RESERVED_PATHS.contains(&path.as_str())).then_some(path)
+    (plain && !is_reserved(&path)).then_some(path)
 }
 
 fn check_route(
@@ -741,7 +916,7 @@ fn check_route(
             format!("route path {path:?} must start with '/' and hold no '?', '#' or space"),
         ));
     }
-    if RESERVED_PATHS.contains(&path.as_str()) {
+    if is_reserved(&path) {
         return Err(source.error(path_span, format!("{path} is answered by berth itself")));
     }
     let plugin_span = raw.plugin.span();
@@ -936,6 +1111,60 @@ mod tests {
         ] {
             assert_eq!(path(ignored), None, "{ignored}");
         }
+    }
+
+    #[test]
+    fn broker_and_publish_api() {
+        let config = parse(
+            "[broker]\nurl = \"redis://:secret@127.0.0.1:6379/2\"\n\
+             [publish-api]\ntokens = [\"0123456789abcdef\"]\nmax-body = \"1KiB\"\n",
+        )
+        .unwrap();
+        let broker = config.broker.expect("a broker");
+        assert_eq!(broker.channel_prefix, "berth:");
+        assert!(broker.required);
+        assert_eq!(broker.shown_url(), "redis://***@127.0.0.1:6379/2");
+        assert!(!format!("{broker:?}").contains("secret"));
+        assert_eq!(config.publish_api.max_body, 1024);
+        assert!(!format!("{:?}", config.publish_api).contains("0123456789abcdef"));
+
+        let config =
+            parse("[broker]\nurl = \"redis://h:1\"\nchannel-prefix = \"a/\"\nrequired = false\n")
+                .unwrap();
+        let broker = config.broker.unwrap();
+        assert_eq!(
+            (broker.channel_prefix.as_str(), broker.required),
+            ("a/", false)
+        );
+        assert!(
+            config.publish_api.tokens.is_empty(),
+            "the API is off by default"
+        );
+
+        let err = parse("[broker]\nurl = \"http://h:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("berth.toml:2:7:"), "{err}");
+        let err = parse("[publish-api]\ntokens = [\"short\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 16"), "{err}");
+        let err = parse("[publish-api]\ntokens = [\"has a space in it, too long\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("berth.toml:2:11:"), "{err}");
+    }
+
+    #[test]
+    fn the_publish_api_prefix_is_reserved() {
+        assert!(is_reserved("/healthz"));
+        assert!(is_reserved("/publish/x"));
+        assert!(!is_reserved("/publish"));
+        assert!(!is_reserved("/publisher"));
+        let err = parse("[[route]]\npath = \"/publish/x\"\nplugin = \"x.wasm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("answered by berth itself"), "{err}");
     }
 
     #[test]

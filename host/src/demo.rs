@@ -41,6 +41,8 @@ pub fn config(listen: SocketAddr, plugin_dir: PathBuf) -> Config {
         handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
         max_instances: defaults::MAX_INSTANCES,
         max_memory: defaults::MAX_MEMORY,
+        broker: None,
+        publish_api: Default::default(),
         routes: vec![
             route("/echo", plugin!("echo")),
             route("/chat", plugin!("chat")),

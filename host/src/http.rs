@@ -35,6 +35,7 @@ use crate::handshake::{self, Refusal};
 use crate::metrics::{self, Metrics, Rejection};
 use crate::outbox;
 use crate::proxy;
+use crate::publish_api::PublishApi;
 use crate::router::Router;
 use crate::runtime::{CloseInfo, ConnectOutcome, Request as PluginRequest};
 use crate::session::{self, CloseReport, Stops};
@@ -61,6 +62,8 @@ pub(crate) struct App {
     pub(crate) metrics: Arc<Metrics>,
     /// Whether the public listeners answer `/metrics` (no admin listener).
     public_metrics: bool,
+    /// `POST /publish/...`, when `[publish-api]` has tokens.
+    publish_api: Option<PublishApi>,
 }
 
 /// The demo's chat page, one self-contained file (sources in `examples/demo`).
@@ -250,9 +253,11 @@ impl App {
         shutdown: CancellationToken,
         metrics: Arc<Metrics>,
         public_metrics: bool,
+        publish_api: Option<PublishApi>,
     ) -> Self {
         App {
             demo_page,
+            publish_api,
             router,
             shutdown,
             tracker: TaskTracker::new(),
@@ -298,6 +303,11 @@ impl App {
         let path = req.uri().path();
         if path == "/healthz" {
             return plain(StatusCode::OK, "ok\n");
+        }
+        if let Some(api) = &self.publish_api
+            && PublishApi::claims(path)
+        {
+            return api.handle(req, deadline).await;
         }
         if path == "/"
             && self.demo_page

@@ -6,13 +6,16 @@
 //! `session` runs each connection, the [`runtime`] calls the route's plugin,
 //! and the plugin's host calls feed the sessions' outbound queues. Beside that
 //! flow, [`reload`] builds route versions and publishes the routing table
-//! (`router`) that `http` reads; [`server`] starts and stops it all.
-//! `metrics` owns the Prometheus registry; each of those modules counts with
-//! handles it hands out, resolved once per route version.
+//! (`router`) that `http` reads; [`server`] starts and stops it all. Topics
+//! (`pubsub`) reach other nodes through Redis when configured ([`cluster`]),
+//! and backends publish to them over HTTP (`publish_api`). `metrics` owns the
+//! Prometheus registry; each of those modules counts with handles it hands
+//! out, resolved once per route version.
 
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 mod handshake;
@@ -21,6 +24,7 @@ pub mod listener;
 mod metrics;
 mod outbox;
 mod proxy;
+mod publish_api;
 mod pubsub;
 pub mod reload;
 mod router;

@@ -11,6 +11,11 @@
 //! were a quarter of berth's CPU). Anything that must come after the run in
 //! some connection's order (a `send` or `close` to one of its subscribers, a
 //! subscription change, the end of the batch) delivers it first.
+//!
+//! A [`Remote`] (the Redis link in `cluster`) extends topics to other nodes:
+//! the broker tells it when a topic gains its first or loses its last local
+//! subscriber, and hands it every publish made here; what other nodes
+//! publish comes back through [`Broker::deliver`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -30,6 +35,19 @@ type Topics = HashMap<Box<str>, Subscribers>;
 #[derive(Default)]
 pub(crate) struct Broker {
     namespaces: RwLock<HashMap<Arc<str>, Topics>>,
+    remote: Option<Arc<dyn Remote>>,
+}
+
+/// Topics beyond this process. Called with the broker's lock held, so that
+/// opens and closes of one topic arrive in the order they happened: each
+/// call must only queue work, never wait.
+pub(crate) trait Remote: Send + Sync {
+    /// `topic` got its first subscriber on this node.
+    fn opened(&self, namespace: &Arc<str>, topic: &str);
+    /// `topic` lost its last subscriber on this node.
+    fn closed(&self, namespace: &str, topic: &str);
+    /// A publish made on this node, for the subscribers on other nodes.
+    fn publish(&self, namespace: &str, topic: &str, msg: &WsMessage);
 }
 
 /// The most publishes held in one run. Beyond this the run is delivered, so a
@@ -88,6 +106,14 @@ pub(crate) fn deliver_held_before(conn: u64) {
 }
 
 impl Broker {
+    /// A broker whose topics also reach other nodes through `remote`.
+    pub(crate) fn with_remote(remote: Arc<dyn Remote>) -> Broker {
+        Broker {
+            namespaces: RwLock::default(),
+            remote: Some(remote),
+        }
+    }
+
     /// Adds `conn` to `topic` in `namespace`.
     pub(crate) fn subscribe(
         &self,
@@ -98,12 +124,17 @@ impl Broker {
     ) {
         deliver_held();
         let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
-        namespaces
+        let subscribers = namespaces
             .entry(namespace.clone())
             .or_default()
             .entry(topic.into())
-            .or_default()
-            .insert(conn, handle);
+            .or_default();
+        if subscribers.is_empty()
+            && let Some(remote) = &self.remote
+        {
+            remote.opened(namespace, topic);
+        }
+        subscribers.insert(conn, handle);
     }
 
     /// Removes `conn` from `topic` in `namespace`; empty topics are forgotten.
@@ -117,6 +148,9 @@ impl Broker {
             subscribers.remove(&conn);
             if subscribers.is_empty() {
                 topics.remove(topic);
+                if let Some(remote) = &self.remote {
+                    remote.closed(namespace, topic);
+                }
             }
         }
         if topics.is_empty() {
@@ -132,8 +166,11 @@ impl Broker {
             .is_some_and(|s| s.contains_key(&conn))
     }
 
-    /// Queues `msg` for every subscriber of `topic` but `exclude` (now, or at
-    /// the end of the run when [`batching`]); returns how many it is for.
+    /// Queues `msg` for every local subscriber of `topic` but `exclude` (now,
+    /// or at the end of the run when [`batching`]), and hands it to the
+    /// [`Remote`] for the other nodes' subscribers (`exclude` is a local
+    /// connection: it means nothing there); returns how many local
+    /// subscribers it is for.
     pub(crate) fn publish(
         self: &Arc<Self>,
         namespace: &Arc<str>,
@@ -141,6 +178,9 @@ impl Broker {
         msg: WsMessage,
         exclude: Option<u64>,
     ) -> u32 {
+        if let Some(remote) = &self.remote {
+            remote.publish(namespace, topic, &msg);
+        }
         let count = {
             let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
             let Some(subscribers) = namespaces.get(&**namespace).and_then(|t| t.get(topic)) else {
@@ -181,7 +221,14 @@ impl Broker {
         count
     }
 
-    fn deliver(&self, namespace: &str, topic: &str, messages: &[(WsMessage, Option<u64>)]) {
+    /// Queues `messages` at once for the local subscribers of `topic`, each
+    /// but the connection it excludes; for publishes from other nodes too.
+    pub(crate) fn deliver(
+        &self,
+        namespace: &str,
+        topic: &str,
+        messages: &[(WsMessage, Option<u64>)],
+    ) {
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
         let Some(subscribers) = namespaces.get(namespace).and_then(|t| t.get(topic)) else {
             return;

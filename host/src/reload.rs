@@ -243,6 +243,8 @@ impl Reloader {
             ("cache-dir", next.cache_dir != running.cache_dir),
             ("admin-listen", next.admin_listen != running.admin_listen),
             ("log-level", next.log_level != running.log_level),
+            ("[broker]", next.broker != running.broker),
+            ("[publish-api]", next.publish_api != running.publish_api),
         ] {
             if changed {
                 tracing::warn!(file = %file.display(), "{name} changed: it takes effect at the next restart");
@@ -259,6 +261,8 @@ impl Reloader {
         next.cache_dir = running.cache_dir.clone();
         next.admin_listen = running.admin_listen;
         next.log_level = running.log_level;
+        next.broker = running.broker.clone();
+        next.publish_api = running.publish_api.clone();
         tracing::info!(file = %file.display(), "config reloaded");
         self.config = next;
         self.rewatch();

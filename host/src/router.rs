@@ -57,6 +57,12 @@ impl Router {
         routes
     }
 
+    /// Whether some route serves topics in `namespace`.
+    pub(crate) fn has_namespace(&self, namespace: &str) -> bool {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table.values().any(|r| r.config.namespace == namespace)
+    }
+
     /// Replaces the whole table at once: no request sees half a reload.
     pub(crate) fn publish(&self, table: Table) {
         let old = std::mem::replace(

@@ -11,10 +11,12 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{self, Cluster, ClusterError};
 use crate::config::{Config, Overrides};
 use crate::http::App;
 use crate::listener::{AdminListener, Bound, Limits, ListenError};
 use crate::metrics::Metrics;
+use crate::publish_api::PublishApi;
 use crate::pubsub::Broker;
 use crate::reload::{LoadError, ReloadHandle, Reloader, Stopped, Trigger};
 use crate::router::Router;
@@ -40,6 +42,9 @@ pub enum ServeError {
     /// The reload thread could not be started.
     #[error("cannot start the reload thread: {0}")]
     Thread(std::io::Error),
+    /// The Redis broker could not be reached, and it is required.
+    #[error(transparent)]
+    Broker(#[from] ClusterError),
 }
 
 /// How a server runs besides its config.
@@ -62,6 +67,9 @@ pub struct Server {
     reload: ReloadHandle,
     reload_thread: JoinHandle<Stopped>,
     plugin_dir: Option<PathBuf>,
+    /// The Redis link, if topics are shared with other nodes; its tasks end
+    /// when it is dropped.
+    cluster: Option<Cluster>,
     // Dropped last: it drives the call deadlines of the route threads.
     runtime: Arc<Runtime>,
 }
@@ -81,10 +89,19 @@ impl Server {
             .map(Bound::bind)
             .collect::<Result<Vec<_>, _>>()?;
         let admin = config.admin_listen.map(AdminListener::bind).transpose()?;
-        let metrics = Arc::new(Metrics::new());
+        let mut metrics = Metrics::new();
         let runtime = Arc::new(Runtime::new(&config)?);
         let router = Arc::new(Router::default());
         let shutdown = CancellationToken::new();
+        let (broker, cluster) = match &config.broker {
+            None => (Arc::new(Broker::default()), None),
+            Some(broker) => {
+                let (broker, cluster) = cluster::start(broker, metrics.register_broker()).await?;
+                (broker, Some(cluster))
+            }
+        };
+        let metrics = Arc::new(metrics);
+        let publish_api = PublishApi::new(&config.publish_api, router.clone(), broker.clone());
         let app = Arc::new(App::new(
             router.clone(),
             config.handshake_timeout,
@@ -92,6 +109,7 @@ impl Server {
             shutdown.clone(),
             metrics.clone(),
             admin.is_none(),
+            publish_api,
         ));
         let limits = Arc::new(Limits {
             global: Arc::new(Semaphore::new(config.max_connections)),
@@ -108,7 +126,6 @@ impl Server {
         } = options;
         // Compiling takes milliseconds to seconds: not on an async worker.
         let reloader = tokio::task::spawn_blocking(move || {
-            let broker = Arc::new(Broker::default());
             Reloader::start(
                 loader,
                 metrics,
@@ -131,6 +148,7 @@ impl Server {
             reload,
             reload_thread,
             plugin_dir,
+            cluster,
             runtime,
         })
     }
@@ -186,6 +204,7 @@ impl Server {
             reload,
             reload_thread,
             plugin_dir: _,
+            cluster,
             runtime,
         } = self;
         let stop_accepting = CancellationToken::new();
@@ -226,6 +245,9 @@ impl Server {
         if tokio::time::timeout(DRAIN_GRACE, drained).await.is_err() {
             tracing::warn!("route threads still busy after the drain grace period");
         }
+        // After the route threads: what their last on-close calls publish
+        // may still reach the other nodes.
+        drop(cluster);
         drop(runtime);
     }
 }

@@ -4,6 +4,7 @@
 mod binary;
 mod browser;
 mod capabilities;
+mod cluster;
 mod handshake;
 mod hostile_clients;
 mod hostile_plugins;

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::SinkExt;
@@ -14,8 +13,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{
-    BerthProcess, Client, TestServer, WAIT, connect, http_get, kit_client, plugin_bytes, recv,
-    recv_text, refusal, request, send_text,
+    Client, Site, TestServer, WAIT, connect, http_get, kit_client, plugin_bytes, recv, recv_text,
+    refusal, request, send_text,
 };
 
 /// What `/metrics` must say it is.
@@ -25,13 +24,13 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 type Labels = Vec<(String, String)>;
 
 /// One scrape: every sample's value by metric name and labels.
-struct Scrape {
+pub(crate) struct Scrape {
     samples: HashMap<(String, Labels), f64>,
 }
 
 impl Scrape {
     /// The value of the sample `name{labels}`; the test fails if there is none.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let mut key: Labels = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -281,7 +280,11 @@ async fn scrape(addr: SocketAddr) -> Scrape {
 
 /// Scrapes until `ready` holds (bounded): counts that sessions add once per
 /// batch reach the counters a moment after the client has its answer.
-async fn scrape_until(addr: SocketAddr, what: &str, ready: impl Fn(&Scrape) -> bool) -> Scrape {
+pub(crate) async fn scrape_until(
+    addr: SocketAddr,
+    what: &str,
+    ready: impl Fn(&Scrape) -> bool,
+) -> Scrape {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let scrape = scrape(addr).await;
@@ -540,60 +543,23 @@ async fn with_admin_listen_metrics_are_served_there_and_not_on_the_public_listen
     server.stop().await;
 }
 
-/// A folder for a `berth serve` process: a config file, a watched plugin
-/// folder and a compile cache.
-struct Site {
-    dir: tempfile::TempDir,
+/// A site serving the testkit at `/kit`, with drop-in routes on.
+fn kit_site() -> Site {
+    let site = Site::new();
+    site.install("testkit.wasm", &plugin_bytes("testkit.wasm"));
+    site
 }
 
-impl Site {
-    fn new() -> Site {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("plugins")).unwrap();
-        std::fs::write(
-            dir.path().join("plugins/testkit.wasm"),
-            plugin_bytes("testkit.wasm"),
-        )
-        .unwrap();
-        Site { dir }
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("berth.toml")
-    }
-
-    /// Writes the config: port 0, drop-in routes on, `/kit`, then `rest`
-    /// (top-level keys).
-    fn write_config(&self, rest: &str) {
-        let text = format!(
-            "listen = \"127.0.0.1:0\"\nplugin-dir = \"plugins\"\ncache-dir = \"cache\"\n\
-             auto-routes = true\n{rest}\n[[route]]\npath = \"/kit\"\nplugin = \"testkit.wasm\"\n"
-        );
-        std::fs::write(self.config(), text).unwrap();
-    }
-
-    /// Installs `bytes` as `plugins/NAME`, written aside and renamed in.
-    fn install(&self, name: &str, bytes: &[u8]) {
-        let plugins = self.dir.path().join("plugins");
-        let temp = plugins.join(format!(".{name}.tmp"));
-        std::fs::write(&temp, bytes).unwrap();
-        std::fs::rename(&temp, plugins.join(name)).unwrap();
-    }
-
-    /// Starts berth on the config with `RUST_LOG` as given and `extra` arguments.
-    fn start(&self, rust_log: Option<&str>, extra: &[&str]) -> BerthProcess {
-        let config = self.config();
-        let mut args = vec!["--config", config.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        BerthProcess::start_with_log(&args, rust_log)
-    }
+/// The config of a [`kit_site`]: `rest` (top-level keys), then `/kit`.
+fn kit_config(rest: &str) -> String {
+    format!("auto-routes = true\n{rest}\n[[route]]\npath = \"/kit\"\nplugin = \"testkit.wasm\"\n")
 }
 
 #[tokio::test]
 async fn a_reloaded_plugin_counts_ok_and_a_garbage_file_counts_failed() {
-    let site = Site::new();
-    site.write_config("");
-    let berth = site.start(Some("info"), &[]);
+    let site = kit_site();
+    site.write_config(&kit_config(""));
+    let berth = site.start_with_log(Some("info"), &[]);
     let start = scrape(berth.addr).await;
     // Loading /kit at startup is not a reload.
     assert_eq!(start.reloads("ok"), 0.0);
@@ -660,10 +626,10 @@ fn event<'a>(
 
 #[tokio::test]
 async fn json_logs_are_one_object_per_line_and_connection_events_name_their_connection() {
-    let site = Site::new();
-    site.write_config("");
+    let site = kit_site();
+    site.write_config(&kit_config(""));
     // berth's own debug events: connections open and close at debug level.
-    let berth = site.start(Some("info,berth=debug"), &["--log-format", "json"]);
+    let berth = site.start_with_log(Some("info,berth=debug"), &["--log-format", "json"]);
     berth.wait_log(&["plugin loaded", "/kit"]).await;
 
     let (mut client, id) = kit_client(&berth.url("/kit")).await;
@@ -713,13 +679,13 @@ async fn json_logs_are_one_object_per_line_and_connection_events_name_their_conn
 
 #[tokio::test]
 async fn log_level_sets_the_level_unless_rust_log_is_set() {
-    let site = Site::new();
-    site.write_config("log-level = \"warn\"");
+    let site = kit_site();
+    site.write_config(&kit_config("log-level = \"warn\""));
     // Without RUST_LOG, the config's level: a warning shows, and the info
     // lines logged before it (every plugin load at startup) do not.
-    let quiet = site.start(None, &[]);
+    let quiet = site.start_with_log(None, &[]);
     // A change that needs a restart: the watcher reloads the file and warns.
-    site.write_config("log-level = \"warn\"\nmax-connections = 5");
+    site.write_config(&kit_config("log-level = \"warn\"\nmax-connections = 5"));
     quiet.wait_log(&[" WARN ", "max-connections changed"]).await;
     let log = quiet.log();
     assert!(!log.contains("plugin loaded"), "info lines at warn:\n{log}");
@@ -727,7 +693,7 @@ async fn log_level_sets_the_level_unless_rust_log_is_set() {
     drop(quiet);
 
     // RUST_LOG wins over log-level.
-    let told = site.start(Some("info"), &[]);
+    let told = site.start_with_log(Some("info"), &[]);
     told.wait_log(&["INFO", "plugin loaded", "/kit"]).await;
 }
 

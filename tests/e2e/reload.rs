@@ -3,7 +3,7 @@
 //! tools and deploy scripts change them, and real clients checking which
 //! version answers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,53 +13,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{
-    BerthProcess, WAIT, connect, expect_close, plugin_bytes, recv_text, request, send_text,
+    BerthProcess, Site, WAIT, connect, expect_close, plugin_bytes, recv_text, request, send_text,
     try_connect, with_nonce,
 };
-
-/// A folder with `plugins/`, `cache/` and a config file.
-struct Site {
-    dir: tempfile::TempDir,
-}
-
-impl Site {
-    fn new() -> Site {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("plugins")).unwrap();
-        Site { dir }
-    }
-
-    fn plugins(&self) -> PathBuf {
-        self.dir.path().join("plugins")
-    }
-
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("berth.toml")
-    }
-
-    /// Writes the config: port 0, the site's folders, then `rest`.
-    fn write_config(&self, rest: &str) {
-        let text = format!(
-            "listen = \"127.0.0.1:0\"\nplugin-dir = \"plugins\"\ncache-dir = \"cache\"\n{rest}"
-        );
-        std::fs::write(self.config(), text).unwrap();
-    }
-
-    /// Installs `bytes` as `plugins/NAME` the way build tools do: written
-    /// under a temporary dotfile name, then renamed over the real one.
-    fn install(&self, name: &str, bytes: &[u8]) {
-        let temp = self.plugins().join(format!(".{name}.tmp"));
-        std::fs::write(&temp, bytes).unwrap();
-        std::fs::rename(&temp, self.plugins().join(name)).unwrap();
-    }
-
-    fn start(&self, extra: &[&str]) -> BerthProcess {
-        let config = self.config();
-        let mut args = vec!["--config", config.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        BerthProcess::start(&args)
-    }
-}
 
 /// What a new connection to a route gets for the text "x": `None` for 404.
 async fn probe(url: &str) -> Option<String> {
@@ -142,7 +98,7 @@ async fn every_way_a_file_arrives_serves_the_right_version() {
     wait_for(&url, "echo (overwritten in place)", echo).await;
 
     // mv from another folder.
-    let outside = site.dir.path().join("outside");
+    let outside = site.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
     std::fs::write(outside.join("app.wasm"), plugin_bytes("counter.wasm")).unwrap();
     std::fs::rename(outside.join("app.wasm"), &app).unwrap();

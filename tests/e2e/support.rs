@@ -272,6 +272,66 @@ pub fn read_banner(child: &mut std::process::Child) -> SocketAddr {
         .unwrap_or_else(|| panic!("no address in banner {banner:?}"))
 }
 
+/// A folder berth runs in from a config file: `plugins/` (empty at first),
+/// `cache/` and `berth.toml`.
+pub struct Site {
+    dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// A new site with an empty `plugins/` folder.
+    pub fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        Site { dir }
+    }
+
+    /// The site's folder.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The plugin folder.
+    pub fn plugins(&self) -> std::path::PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    /// The config file.
+    pub fn config(&self) -> std::path::PathBuf {
+        self.dir.path().join("berth.toml")
+    }
+
+    /// Writes the config: port 0, the site's folders, then `rest`.
+    pub fn write_config(&self, rest: &str) {
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\nplugin-dir = \"plugins\"\ncache-dir = \"cache\"\n{rest}"
+        );
+        std::fs::write(self.config(), text).unwrap();
+    }
+
+    /// Installs `bytes` as `plugins/NAME` the way build tools do: written
+    /// under a temporary dotfile name, then renamed over the real one.
+    pub fn install(&self, name: &str, bytes: &[u8]) {
+        let temp = self.plugins().join(format!(".{name}.tmp"));
+        std::fs::write(&temp, bytes).unwrap();
+        std::fs::rename(&temp, self.plugins().join(name)).unwrap();
+    }
+
+    /// Starts `berth serve --config` on the site with `extra` arguments, at
+    /// log level info.
+    pub fn start(&self, extra: &[&str]) -> BerthProcess {
+        self.start_with_log(Some("info"), extra)
+    }
+
+    /// [`Site::start`] with `RUST_LOG` as given (`None`: unset).
+    pub fn start_with_log(&self, rust_log: Option<&str>, extra: &[&str]) -> BerthProcess {
+        let config = self.config();
+        let mut args = vec!["--config", config.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        BerthProcess::start_with_log(&args, rust_log)
+    }
+}
+
 /// A `berth serve` process whose stderr (the log) is collected as it runs.
 pub struct BerthProcess {
     pub child: std::process::Child,

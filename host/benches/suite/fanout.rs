@@ -13,38 +13,70 @@ use crate::report::{
     CPU_MEANINGFUL, Goal, Summary, Table, median, median_duration, median_share, micros, percent,
     percentile, ratio, ratio_of, share, whole,
 };
-use crate::servers::{Server, own_cpu};
+use crate::servers::own_cpu;
 use crate::wire::{Raw, ws};
 use crate::{Bench, LIMIT, Plan};
 
 /// One server's fan-out set-up: where subscribers and the publisher connect,
 /// and what they send.
-struct Target<'a> {
-    name: &'static str,
-    server: &'a Server,
-    addr: SocketAddr,
-    subscribe_path: &'static str,
+pub struct Target<'a> {
+    /// Its name in tables.
+    pub name: &'static str,
+    /// The server processes' CPU time so far, all of them together.
+    pub cpu: &'a dyn Fn() -> Duration,
+    /// Where subscribers connect, in turn (several nodes, or one server).
+    pub subscribe_addrs: Vec<SocketAddr>,
+    /// The path subscribers connect to.
+    pub subscribe_path: &'static str,
     /// Sent by each subscriber to join the topic, with the answer it waits for.
-    subscribe: Option<(&'static str, &'static str)>,
-    publish_path: &'static str,
+    pub subscribe: Option<(String, &'static str)>,
+    /// Run after every subscriber has joined, before the first publish: what
+    /// the target needs to be ready (other nodes subscribing in Redis).
+    pub settle: Option<&'a dyn Fn()>,
+    /// Where the publisher connects.
+    pub publish_addr: SocketAddr,
+    /// The path the publisher connects to.
+    pub publish_path: &'static str,
     /// Turns a payload into the publisher's message.
-    publish_prefix: &'static str,
+    pub publish_prefix: String,
 }
 
+/// One round's figures.
 #[derive(Clone, Copy)]
-struct Figures {
-    rate: f64,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
+pub struct Figures {
+    /// Deliveries per second during the burst.
+    pub rate: f64,
+    /// Delivery latency of the paced publishes: median...
+    pub p50: Duration,
+    /// ...99th percentile...
+    pub p99: Duration,
+    /// ...and worst.
+    pub max: Duration,
     /// Server CPU per delivery during the burst, when it was long enough to tell.
-    cpu_per_delivery: Option<Duration>,
+    pub cpu_per_delivery: Option<Duration>,
     /// The load generator's share of its core during the burst.
-    generator: Option<f64>,
+    pub generator: Option<f64>,
 }
 
 impl Figures {
-    fn cells(&self) -> Vec<String> {
+    /// The medians of several rounds' figures.
+    pub fn median_of(rounds: &[Figures]) -> Figures {
+        Figures {
+            rate: median(&rounds.iter().map(|f| f.rate).collect::<Vec<_>>()),
+            p50: median_duration(&rounds.iter().map(|f| f.p50).collect::<Vec<_>>()),
+            p99: median_duration(&rounds.iter().map(|f| f.p99).collect::<Vec<_>>()),
+            max: median_duration(&rounds.iter().map(|f| f.max).collect::<Vec<_>>()),
+            cpu_per_delivery: rounds
+                .iter()
+                .map(|f| f.cpu_per_delivery)
+                .collect::<Option<Vec<_>>>()
+                .map(|v| median_duration(&v)),
+            generator: median_share(rounds.iter().map(|f| f.generator)),
+        }
+    }
+
+    /// The table cells: rate, latencies, CPU per delivery, load generator share.
+    pub fn cells(&self) -> Vec<String> {
         vec![
             whole(self.rate),
             micros(self.p50),
@@ -63,20 +95,25 @@ fn now_nanos() -> u128 {
         .as_nanos()
 }
 
-async fn fanout(target: &Target<'_>, plan: &Plan) -> Figures {
+/// One round: subscribers join, a burst gives the rate, paced publishes the latency.
+pub async fn fanout(target: &Target<'_>, plan: &Plan) -> Figures {
     let (subscribers_wanted, burst, paced) = (plan.subscribers, plan.burst, plan.paced);
     let mut subscribers = Vec::with_capacity(subscribers_wanted);
     for seed in 0..subscribers_wanted {
         // The lean client: with tungstenite's, reading a thousand sockets
         // saturated the load generator's core before either server's.
-        let mut client = Raw::connect(target.addr, target.subscribe_path, seed as u32).await;
-        if let Some((command, answer)) = target.subscribe {
+        let addr = target.subscribe_addrs[seed % target.subscribe_addrs.len()];
+        let mut client = Raw::connect(addr, target.subscribe_path, seed as u32).await;
+        if let Some((command, answer)) = &target.subscribe {
             client.queue_text(command.as_bytes());
             client.flush().await;
             let reply = client.next_data().await;
             assert_eq!(client.payload(reply), answer.as_bytes());
         }
         subscribers.push(client);
+    }
+    if let Some(settle) = target.settle {
+        settle();
     }
     // Each subscriber reads both phases, checks that every message arrives
     // once and in order, and notes per message its latency and arrival.
@@ -118,13 +155,13 @@ async fn fanout(target: &Target<'_>, plan: &Plan) -> Figures {
         })
         .collect();
 
-    let publisher = ws(target.addr, target.publish_path, None)
+    let publisher = ws(target.publish_addr, target.publish_path, None)
         .await
         .unwrap_or_else(|e| panic!("{}: the publisher cannot connect: {e}", target.name));
     let (mut sink, mut answers) = publisher.split();
     // berth answers each publish; drain the answers so they never back up.
     let mut drain = tokio::spawn(async move { while let Some(Ok(_)) = answers.next().await {} });
-    let cpu_before = target.server.cpu();
+    let cpu_before = (target.cpu)();
     let own_before = own_cpu();
     let start = Instant::now();
     for seq in 0..burst {
@@ -140,7 +177,7 @@ async fn fanout(target: &Target<'_>, plan: &Plan) -> Figures {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let burst_time = start.elapsed();
-    let cpu = target.server.cpu().saturating_sub(cpu_before);
+    let cpu = (target.cpu)().saturating_sub(cpu_before);
     let generator = share(own_cpu() - own_before, burst_time);
     let cpu_per_delivery =
         (burst_time >= CPU_MEANINGFUL).then(|| cpu / (subscribers_wanted * burst) as u32);
@@ -184,24 +221,30 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
         plan.paced,
         plan.pace.as_millis()
     );
+    let baseline_cpu = || bench.baseline.cpu();
+    let berth_cpu = || bench.berth.cpu();
     let targets = [
         Target {
             name: "baseline (tokio broadcast)",
-            server: &bench.baseline,
-            addr: bench.baseline.addr(),
+            cpu: &baseline_cpu,
+            subscribe_addrs: vec![bench.baseline.addr()],
             subscribe_path: "/sub",
             subscribe: None,
+            settle: None,
+            publish_addr: bench.baseline.addr(),
             publish_path: "/pub",
-            publish_prefix: "",
+            publish_prefix: String::new(),
         },
         Target {
             name: "berth route model (testkit)",
-            server: &bench.berth,
-            addr: bench.berth.addr(),
+            cpu: &berth_cpu,
+            subscribe_addrs: vec![bench.berth.addr()],
             subscribe_path: "/kit",
-            subscribe: Some(("subscribe bench", "subscribed")),
+            subscribe: Some(("subscribe bench".into(), "subscribed")),
+            settle: None,
+            publish_addr: bench.berth.addr(),
             publish_path: "/kit",
-            publish_prefix: "publish bench ",
+            publish_prefix: "publish bench ".into(),
         },
     ];
     let table = Table::new(&[
@@ -221,18 +264,7 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
             results.push(figures);
         }
     }
-    let [base, berth] = rounds.map(|r| Figures {
-        rate: median(&r.iter().map(|f| f.rate).collect::<Vec<_>>()),
-        p50: median_duration(&r.iter().map(|f| f.p50).collect::<Vec<_>>()),
-        p99: median_duration(&r.iter().map(|f| f.p99).collect::<Vec<_>>()),
-        max: median_duration(&r.iter().map(|f| f.max).collect::<Vec<_>>()),
-        cpu_per_delivery: r
-            .iter()
-            .map(|f| f.cpu_per_delivery)
-            .collect::<Option<Vec<_>>>()
-            .map(|v| median_duration(&v)),
-        generator: median_share(r.iter().map(|f| f.generator)),
-    });
+    let [base, berth] = rounds.map(|r| Figures::median_of(&r));
     table.row(&format!("median {}", targets[0].name), "", &base.cells());
     table.row(&format!("median {}", targets[1].name), "", &berth.cells());
     table.row(

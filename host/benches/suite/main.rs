@@ -15,18 +15,22 @@
 //! 7. languages: the echo plugin in Rust, JavaScript and Python on one berth:
 //!    memory and open time per connection-model instance, and server CPU time
 //!    and round trip per message in the route model, 16 B and 64 KiB, text
-//!    and binary, beside Rust's.
+//!    and binary, beside Rust's;
+//! 8. cross-node fan-out: scenario 3 with the subscribers spread over three
+//!    berth nodes that share topics through a `redis-server` (skipped when it
+//!    is not installed), beside the single node.
 //!
 //! `cargo bench --bench suite -- --smoke` (or `BERTH_BENCH_SMOKE=1`) runs every
 //! scenario once with tiny counts: it proves each completes, not how fast.
 //! Scenario names as arguments (`echo pipelined fanout idle connect reload
-//! languages`) run only those (with `--smoke` too: tiny counts for just
+//! languages cluster`) run only those (with `--smoke` too: tiny counts for just
 //! those);
 //! `BERTH_BENCH_IDLE=N` sets the number of idle connections.
 //!
 //! Traffic stays on loopback; every loop is bounded in count and time.
 
 mod baseline;
+mod cluster;
 mod connect;
 mod echo;
 mod fanout;
@@ -47,7 +51,7 @@ use servers::{Server, has_taskset};
 pub const LIMIT: Duration = Duration::from_secs(60);
 
 /// The scenarios, by the names that select them on the command line.
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "echo",
     "pipelined",
     "fanout",
@@ -55,6 +59,7 @@ const SCENARIOS: [&str; 7] = [
     "connect",
     "reload",
     "languages",
+    "cluster",
 ];
 
 /// How much each scenario does.
@@ -73,7 +78,7 @@ pub struct Plan {
     pub pipelined_messages: usize,
     /// Scenario 2: messages in flight per connection.
     pub window: usize,
-    /// Scenario 3: subscribers.
+    /// Scenarios 3 and 8: subscribers.
     pub subscribers: usize,
     /// Scenario 3: publishes sent back to back, for the delivery rate.
     pub burst: usize,
@@ -412,6 +417,9 @@ instance = "connection"
     }
     if wants("languages") {
         languages::scenario(&bench).await;
+    }
+    if wants("cluster") {
+        cluster::scenario(&bench).await;
     }
     summary.print();
 

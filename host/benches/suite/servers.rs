@@ -293,7 +293,7 @@ pub fn own_cpu() -> Duration {
 }
 
 /// User plus system CPU time of process `pid` (all its threads) from /proc.
-fn cpu_time(pid: &str) -> Duration {
+pub fn cpu_time(pid: &str) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .unwrap_or_else(|e| panic!("cannot read /proc/{pid}/stat: {e}"));
     // The command name may hold spaces; the fields after it do not.
