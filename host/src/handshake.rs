@@ -33,6 +33,32 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal, in the order of their metric series.
+    pub(crate) const ALL: [Refusal; 8] = [
+        Refusal::NotUpgrade,
+        Refusal::MethodNotAllowed,
+        Refusal::OldHttp,
+        Refusal::BadVersion,
+        Refusal::BadKey,
+        Refusal::OriginDenied,
+        Refusal::RouteFull,
+        Refusal::TooSlow,
+    ];
+
+    /// The value of the `reason` label of `berth_handshake_rejections_total`.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Refusal::NotUpgrade => "not_upgrade",
+            Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::OldHttp => "old_http",
+            Refusal::BadVersion => "bad_version",
+            Refusal::BadKey => "bad_key",
+            Refusal::OriginDenied => "origin_denied",
+            Refusal::RouteFull => "route_full",
+            Refusal::TooSlow => "too_slow",
+        }
+    }
+
     /// The HTTP status for this refusal.
     pub(crate) fn status(self) -> StatusCode {
         match self {

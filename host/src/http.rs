@@ -274,9 +274,14 @@ impl App {
         self.demo_page
     }
 
+    /// Whether `/publish/...` is served (`[publish-api]` has tokens).
+    pub(crate) fn serves_publish_api(&self) -> bool {
+        self.publish_api.is_some()
+    }
+
     /// Counts a refusal by the host's checks and answers it.
     fn refused(&self, refusal: Refusal) -> Response<Body> {
-        self.metrics.rejected(refusal.into());
+        self.metrics.rejected(Rejection::Refused(refusal));
         refuse(refusal)
     }
 

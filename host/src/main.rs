@@ -242,6 +242,12 @@ async fn serve(config: Config, options: ServeOptions) -> anyhow::Result<()> {
                 .display()
         ));
     }
+    if server.serves_publish_api() {
+        let scheme = if scheme == "wss" { "https" } else { "http" };
+        banner.push_str(&format!(
+            "  publish: POST {scheme}://{addr}/publish/NAMESPACE/TOPIC with a bearer token\n"
+        ));
+    }
     let admin = server.admin_addr().unwrap_or(addr);
     banner.push_str(&format!("  health: http://{admin}/healthz\n"));
     banner.push_str(&format!("  metrics: http://{admin}/metrics\n"));

@@ -108,24 +108,10 @@ impl Export {
 /// Why a socket or an upgrade request did not become a WebSocket connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Rejection {
+    /// The host's own checks of the upgrade request said no.
+    Refused(Refusal),
     /// No route at the path: 404.
     NoRoute,
-    /// A plain request on a route, or a HEAD: 426.
-    NotUpgrade,
-    /// A method other than GET or HEAD: 405.
-    MethodNotAllowed,
-    /// An upgrade over HTTP/1.0: 400.
-    OldHttp,
-    /// `Sec-WebSocket-Version` missing, repeated or not 13: 426.
-    BadVersion,
-    /// `Sec-WebSocket-Key` missing, repeated or malformed: 400.
-    BadKey,
-    /// A browser Origin the route does not allow: 403.
-    OriginDenied,
-    /// The route's `max-connections` reached: 503.
-    RouteFull,
-    /// The request head came after the handshake deadline: 408.
-    TooSlow,
     /// The server's `max-connections` reached: 503 at accept.
     ServerFull,
     /// The client address's `max-connections-per-ip` reached: 429.
@@ -155,16 +141,10 @@ pub(crate) enum Rejection {
 }
 
 impl Rejection {
-    const ALL: [Rejection; 21] = [
+    /// Every rejection but the host's refusals ([`Refusal::ALL`]), in the
+    /// order of their counters.
+    const OTHERS: [Rejection; 13] = [
         Rejection::NoRoute,
-        Rejection::NotUpgrade,
-        Rejection::MethodNotAllowed,
-        Rejection::OldHttp,
-        Rejection::BadVersion,
-        Rejection::BadKey,
-        Rejection::OriginDenied,
-        Rejection::RouteFull,
-        Rejection::TooSlow,
         Rejection::ServerFull,
         Rejection::PeerFull,
         Rejection::HeadTooLarge,
@@ -179,18 +159,36 @@ impl Rejection {
         Rejection::Quarantined,
     ];
 
+    /// The number of rejection series.
+    const COUNT: usize = Refusal::ALL.len() + Rejection::OTHERS.len();
+
+    /// Every rejection, in the order of their counters.
+    fn all() -> impl Iterator<Item = Rejection> {
+        Refusal::ALL
+            .into_iter()
+            .map(Rejection::Refused)
+            .chain(Rejection::OTHERS)
+    }
+
+    /// Where this rejection's counter is: its place in [`Rejection::all`].
+    fn index(self) -> usize {
+        match self {
+            Rejection::Refused(refusal) => refusal as usize,
+            other => {
+                Refusal::ALL.len()
+                    + Rejection::OTHERS
+                        .iter()
+                        .position(|r| *r == other)
+                        .expect("OTHERS lists every other rejection")
+            }
+        }
+    }
+
     /// The value of the `reason` label.
     fn label(self) -> &'static str {
         match self {
+            Rejection::Refused(refusal) => refusal.label(),
             Rejection::NoRoute => "no_route",
-            Rejection::NotUpgrade => "not_upgrade",
-            Rejection::MethodNotAllowed => "method_not_allowed",
-            Rejection::OldHttp => "old_http",
-            Rejection::BadVersion => "bad_version",
-            Rejection::BadKey => "bad_key",
-            Rejection::OriginDenied => "origin_denied",
-            Rejection::RouteFull => "route_full",
-            Rejection::TooSlow => "too_slow",
             Rejection::ServerFull => "server_full",
             Rejection::PeerFull => "peer_full",
             Rejection::HeadTooLarge => "head_too_large",
@@ -203,21 +201,6 @@ impl Rejection {
             Rejection::PluginTimeout => "plugin_timeout",
             Rejection::NoInstance => "no_instance",
             Rejection::Quarantined => "quarantined",
-        }
-    }
-}
-
-impl From<Refusal> for Rejection {
-    fn from(refusal: Refusal) -> Rejection {
-        match refusal {
-            Refusal::NotUpgrade => Rejection::NotUpgrade,
-            Refusal::MethodNotAllowed => Rejection::MethodNotAllowed,
-            Refusal::OldHttp => Rejection::OldHttp,
-            Refusal::BadVersion => Rejection::BadVersion,
-            Refusal::BadKey => Rejection::BadKey,
-            Refusal::OriginDenied => Rejection::OriginDenied,
-            Refusal::RouteFull => Rejection::RouteFull,
-            Refusal::TooSlow => Rejection::TooSlow,
         }
     }
 }
@@ -259,8 +242,8 @@ pub(crate) struct Metrics {
     heartbeat_timeouts: Family<RouteLabel, Counter>,
     /// Indexed by [`Reload`].
     reloads: [Counter; Reload::ALL.len()],
-    /// Indexed by [`Rejection`].
-    rejections: [Counter; Rejection::ALL.len()],
+    /// Indexed by [`Rejection::index`].
+    rejections: [Counter; Rejection::COUNT],
 }
 
 /// A new plugin call duration series, for the family's constructor.
@@ -358,7 +341,8 @@ impl Metrics {
             "Sockets and upgrade requests that did not become WebSocket connections, by reason",
             rejection_family.clone(),
         );
-        let rejections = Rejection::ALL.map(|reason| {
+        let rejections = std::array::from_fn(|index| {
+            let reason = Rejection::all().nth(index).expect("COUNT rejections");
             rejection_family.get_or_create_owned(&ReasonLabel {
                 reason: reason.label(),
             })
@@ -410,7 +394,7 @@ impl Metrics {
 
     /// Counts a socket or upgrade request that was turned away.
     pub(crate) fn rejected(&self, reason: Rejection) {
-        self.rejections[reason as usize].inc();
+        self.rejections[reason.index()].inc();
     }
 
     /// Counts `count` reloads that ended with `result`.
@@ -617,6 +601,16 @@ mod tests {
             assert!(text.contains(series), "{series} missing from\n{text}");
         }
         drop((route, broker));
+    }
+
+    #[test]
+    fn every_rejection_has_its_own_counter_and_label() {
+        let mut labels = std::collections::HashSet::new();
+        for (index, rejection) in Rejection::all().enumerate() {
+            assert_eq!(rejection.index(), index, "{rejection:?}");
+            assert!(labels.insert(rejection.label()), "{rejection:?}");
+        }
+        assert_eq!(labels.len(), Rejection::COUNT);
     }
 
     #[test]

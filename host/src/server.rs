@@ -188,6 +188,11 @@ impl Server {
         self.app.serves_demo_page()
     }
 
+    /// Whether backends can publish with `POST /publish/NAMESPACE/TOPIC`.
+    pub fn serves_publish_api(&self) -> bool {
+        self.app.serves_publish_api()
+    }
+
     /// A handle that makes the server re-read its config and plugin files.
     pub fn reload_handle(&self) -> ReloadHandle {
         self.reload.clone()

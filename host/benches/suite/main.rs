@@ -25,7 +25,9 @@
 //! Scenario names as arguments (`echo pipelined fanout idle connect reload
 //! languages cluster`) run only those (with `--smoke` too: tiny counts for just
 //! those);
-//! `BERTH_BENCH_IDLE=N` sets the number of idle connections.
+//! `BERTH_BENCH_IDLE=N` sets the number of idle connections, and
+//! `BERTH_BENCH_ROUNDS=N` the rounds each scenario alternates (3 by default;
+//! more narrow the medians when two builds are compared).
 //!
 //! Traffic stays on loopback; every loop is bounded in count and time.
 
@@ -109,10 +111,15 @@ impl Plan {
         let idle = std::env::var("BERTH_BENCH_IDLE")
             .ok()
             .and_then(|v| v.parse().ok());
+        // More rounds narrow the medians when comparing two builds.
+        let rounds = std::env::var("BERTH_BENCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0);
         if smoke {
             return Plan {
                 smoke,
-                rounds: 1,
+                rounds: rounds.unwrap_or(1),
                 echo_connections: 4,
                 echo_messages: 20,
                 pipelined_connections: 4,
@@ -134,7 +141,7 @@ impl Plan {
         }
         Plan {
             smoke,
-            rounds: 3,
+            rounds: rounds.unwrap_or(3),
             echo_connections: 50,
             echo_messages: 2000,
             pipelined_connections: 50,
