@@ -241,6 +241,33 @@ async fn take_texts(client: &mut Client, count: usize) -> Vec<String> {
     got
 }
 
+/// Publisher `n` publishes `{prefix}{n}` to `topic`; then every subscriber
+/// must get exactly those, one from each publisher, and nothing else first.
+async fn each_publishes_and_all_receive(
+    publishers: &mut [Client],
+    subscribers: &mut [Vec<Client>],
+    topic: &str,
+    prefix: &str,
+) {
+    for (n, publisher) in publishers.iter_mut().enumerate() {
+        assert!(
+            ask(publisher, &format!("publish {topic} {prefix}{n}"))
+                .await
+                .starts_with("published ")
+        );
+    }
+    let expected: Vec<String> = (0..publishers.len())
+        .map(|n| format!("{prefix}{n}"))
+        .collect();
+    for clients in subscribers.iter_mut() {
+        for client in clients {
+            let mut got = take_texts(client, publishers.len()).await;
+            got.sort();
+            assert_eq!(got, expected, "exactly once");
+        }
+    }
+}
+
 #[tokio::test]
 async fn every_subscriber_on_every_node_gets_every_publish_once_and_in_order() {
     const PER_PUBLISHER: usize = 40;
@@ -295,20 +322,7 @@ async fn every_subscriber_on_every_node_gets_every_publish_once_and_in_order() {
     // still be on its way back from Redis, but each node's marker below is
     // published after every node had everything, so Redis hands it out after
     // every earlier message: a duplicate would arrive before the markers.
-    for (n, publisher) in publishers.iter_mut().enumerate() {
-        assert!(
-            ask(publisher, &format!("publish news end{n}"))
-                .await
-                .starts_with("published ")
-        );
-    }
-    for clients in &mut subscribers {
-        for client in clients {
-            let mut ends = take_texts(client, 3).await;
-            ends.sort();
-            assert_eq!(ends, ["end0", "end1", "end2"], "exactly once");
-        }
-    }
+    each_publishes_and_all_receive(&mut publishers, &mut subscribers, "news", "end").await;
 }
 
 #[tokio::test]
@@ -394,21 +408,8 @@ async fn delivery_resumes_after_redis_is_killed_and_restarted() {
         .redis
         .await_subscribers("berth:shared:live", 3)
         .await;
-    for (n, publisher) in publishers.iter_mut().enumerate() {
-        assert!(
-            ask(publisher, &format!("publish live after{n}"))
-                .await
-                .starts_with("published ")
-        );
-    }
-    for clients in &mut subscribers {
-        for client in clients {
-            // Not "during": it was never sent to Redis.
-            let mut got = take_texts(client, 3).await;
-            got.sort();
-            assert_eq!(got, ["after0", "after1", "after2"]);
-        }
-    }
+    // Nobody gets "during" now: it was never sent to Redis.
+    each_publishes_and_all_receive(&mut publishers, &mut subscribers, "live", "after").await;
 
     // Node 0 sent "before" and "after0", received the other two "after"s,
     // and kept "during" to itself; both of its connections came back once.

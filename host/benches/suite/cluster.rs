@@ -15,8 +15,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fanout::{Figures, Target, fanout};
-use crate::report::{Table, ratio, ratio_of};
+use crate::fanout::{Target, fanout, medians};
+use crate::report::Table;
 use crate::servers::{Server, cpu_time, has_taskset};
 use crate::{Bench, LIMIT};
 
@@ -217,22 +217,11 @@ write-queue = 4096
             results.push(figures);
         }
     }
-    let [single, cluster] = rounds.map(|r| Figures::median_of(&r));
-    table.row(&format!("median {single_name}"), "", &single.cells());
-    table.row(&format!("median {cluster_name}"), "", &cluster.cells());
-    table.row(
+    medians(
+        &table,
+        [single_name, cluster_name],
+        rounds,
         "  3 nodes / one node",
-        "",
-        &[
-            ratio(cluster.rate, single.rate),
-            ratio_of(cluster.p50, single.p50),
-            ratio_of(cluster.p99, single.p99),
-            ratio_of(cluster.max, single.max),
-            match (cluster.cpu_per_delivery, single.cpu_per_delivery) {
-                (Some(c), Some(s)) => ratio_of(c, s),
-                _ => "-".into(),
-            },
-        ],
     );
     for node in nodes {
         if let Some(notes) = node.stop() {

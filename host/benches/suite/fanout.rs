@@ -209,6 +209,34 @@ pub async fn fanout(target: &Target<'_>, plan: &Plan) -> Figures {
     }
 }
 
+/// Prints the medians of two targets' rounds, and the second's figures over
+/// the first's on a row named `label`; returns the two medians.
+pub fn medians(
+    table: &Table,
+    names: [&str; 2],
+    rounds: [Vec<Figures>; 2],
+    label: &str,
+) -> [Figures; 2] {
+    let [first, second] = rounds.map(|r| Figures::median_of(&r));
+    table.row(&format!("median {}", names[0]), "", &first.cells());
+    table.row(&format!("median {}", names[1]), "", &second.cells());
+    table.row(
+        label,
+        "",
+        &[
+            ratio(second.rate, first.rate),
+            ratio_of(second.p50, first.p50),
+            ratio_of(second.p99, first.p99),
+            ratio_of(second.max, first.max),
+            match (second.cpu_per_delivery, first.cpu_per_delivery) {
+                (Some(b), Some(a)) => ratio_of(b, a),
+                _ => "-".into(),
+            },
+        ],
+    );
+    [first, second]
+}
+
 /// Scenario 3: fan-out through berth's testkit plugin and the baseline's broadcast channel.
 pub async fn scenario(bench: &Bench, summary: &mut Summary) {
     let plan = &bench.plan;
@@ -264,22 +292,11 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
             results.push(figures);
         }
     }
-    let [base, berth] = rounds.map(|r| Figures::median_of(&r));
-    table.row(&format!("median {}", targets[0].name), "", &base.cells());
-    table.row(&format!("median {}", targets[1].name), "", &berth.cells());
-    table.row(
+    let [base, berth] = medians(
+        &table,
+        [targets[0].name, targets[1].name],
+        rounds,
         "  berth / baseline",
-        "",
-        &[
-            ratio(berth.rate, base.rate),
-            ratio_of(berth.p50, base.p50),
-            ratio_of(berth.p99, base.p99),
-            ratio_of(berth.max, base.max),
-            match (berth.cpu_per_delivery, base.cpu_per_delivery) {
-                (Some(b), Some(a)) => ratio_of(b, a),
-                _ => "-".into(),
-            },
-        ],
     );
     let rate = summary.check(
         "3. fan-out, route model",
