@@ -312,7 +312,9 @@ impl App {
         if let Some(api) = &self.publish_api
             && PublishApi::claims(path)
         {
-            return api.handle(req, deadline).await;
+            let response = api.handle(req, deadline).await;
+            self.metrics.publish_answered(response.status().as_u16());
+            return response;
         }
         if path == "/"
             && self.demo_page

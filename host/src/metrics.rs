@@ -67,6 +67,12 @@ struct UnsentLabel {
     reason: &'static str,
 }
 
+/// The label of a publish API series: the HTTP status of the answer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
+}
+
 /// The label of a reload series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -244,6 +250,8 @@ pub(crate) struct Metrics {
     reloads: [Counter; Reload::ALL.len()],
     /// Indexed by [`Rejection::index`].
     rejections: [Counter; Rejection::COUNT],
+    /// Publish API answers, by status.
+    publish_requests: Family<StatusLabel, Counter>,
 }
 
 /// A new plugin call duration series, for the family's constructor.
@@ -347,6 +355,12 @@ impl Metrics {
                 reason: reason.label(),
             })
         });
+        let publish_requests = Family::default();
+        registry.register(
+            "publish_requests",
+            "Requests to the publish API (POST /publish/NAMESPACE/TOPIC), by the HTTP status answered",
+            publish_requests.clone(),
+        );
         Metrics {
             registry,
             connections_open,
@@ -362,6 +376,7 @@ impl Metrics {
             heartbeat_timeouts,
             reloads,
             rejections,
+            publish_requests,
         }
     }
 
@@ -402,6 +417,14 @@ impl Metrics {
         if count != 0 {
             self.reloads[result as usize].inc_by(count);
         }
+    }
+
+    /// Counts one answer of the publish API. Not a hot path: one family
+    /// lookup per HTTP request.
+    pub(crate) fn publish_answered(&self, status: u16) {
+        self.publish_requests
+            .get_or_create(&StatusLabel { status })
+            .inc();
     }
 
     /// Registers the Redis link's metrics (only a node with `[broker]` has

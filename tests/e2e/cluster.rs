@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::metrics::scrape_until;
+use crate::metrics::{scrape, scrape_until};
 use crate::support::{BerthProcess, Client, TestServer, WAIT, connect, recv, recv_text, send_text};
 
 /// A token the test nodes accept on the publish API.
@@ -665,6 +665,23 @@ async fn the_publish_api_reaches_subscribers_on_every_node() {
             assert_eq!(recv(client).await, Message::binary(vec![0u8, 1, 255]));
             assert_eq!(recv_text(client).await, "{\"n\":1}");
         }
+    }
+
+    // Node 1 counted every answer above by its status.
+    let counted = scrape(addr).await;
+    for (status, expected) in [
+        ("202", 3.0),
+        ("400", 2.0),
+        ("401", 2.0),
+        ("404", 2.0),
+        ("405", 1.0),
+        ("413", 2.0),
+    ] {
+        assert_eq!(
+            counted.value("berth_publish_requests_total", &[("status", status)]),
+            expected,
+            "status {status}"
+        );
     }
 
     // A route path's namespace, "/room", is written without its slash.

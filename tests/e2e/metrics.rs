@@ -258,7 +258,7 @@ fn parse(text: &str) -> Result<Scrape, String> {
 }
 
 /// Fetches `/metrics` from `addr` over a new socket and parses it.
-async fn scrape(addr: SocketAddr) -> Scrape {
+pub(crate) async fn scrape(addr: SocketAddr) -> Scrape {
     let (status, answer) = http_get(addr, "/metrics", &[]).await;
     assert_eq!(status, 200, "{answer}");
     let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
