@@ -15,8 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::fanout::{Target, fanout, medians};
-use crate::report::Table;
+use crate::fanout::{Target, fanout, figures_table, medians};
 use crate::servers::{Server, cpu_time, has_taskset};
 use crate::{Bench, LIMIT};
 
@@ -172,14 +171,7 @@ write-queue = 4096
     let single_cpu = || bench.berth.cpu();
     let cluster_cpu = || nodes.iter().map(Server::cpu).sum::<Duration>() + redis.cpu();
 
-    let table = Table::new(&[
-        "deliveries/s",
-        "p50",
-        "p99",
-        "max",
-        "server cpu/delivery",
-        "load gen cpu",
-    ]);
+    let table = figures_table();
     let single_name = "berth, one node";
     let cluster_name = "berth, 3 nodes + Redis";
     let mut rounds = [Vec::new(), Vec::new()];

@@ -209,6 +209,18 @@ pub async fn fanout(target: &Target<'_>, plan: &Plan) -> Figures {
     }
 }
 
+/// A table with a column per [`Figures::cells`] entry.
+pub fn figures_table() -> Table {
+    Table::new(&[
+        "deliveries/s",
+        "p50",
+        "p99",
+        "max",
+        "server cpu/delivery",
+        "load gen cpu",
+    ])
+}
+
 /// Prints the medians of two targets' rounds, and the second's figures over
 /// the first's on a row named `label`; returns the two medians.
 pub fn medians(
@@ -275,14 +287,7 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
             publish_prefix: "publish bench ".into(),
         },
     ];
-    let table = Table::new(&[
-        "deliveries/s",
-        "p50",
-        "p99",
-        "max",
-        "server cpu/delivery",
-        "load gen cpu",
-    ]);
+    let table = figures_table();
     // Alternate the two servers, so that a noisy moment hurts both alike.
     let mut rounds = [Vec::new(), Vec::new()];
     for round in 1..=plan.rounds {
