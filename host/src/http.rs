@@ -24,9 +24,7 @@ use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -38,7 +36,7 @@ use crate::proxy;
 use crate::publish_api::PublishApi;
 use crate::router::Router;
 use crate::runtime::{CloseInfo, ConnectOutcome, Request as PluginRequest};
-use crate::session::{self, CloseReport, Stops};
+use crate::session::{self, CloseReport, Stops, Wire};
 
 /// State shared by every connection of one server.
 pub(crate) struct App {
@@ -422,15 +420,10 @@ impl App {
                         let _open = route.metrics.opened();
                         tracing::debug!(conn, route = %route.config.path, %peer, "connection opened");
                         let io = TokioIo::new(upgraded);
-                        let ws = WebSocketStream::from_raw_socket(
-                            io,
-                            Role::Server,
-                            Some(route.ws_config),
-                        )
-                        .await;
+                        let wire = Wire::new(io, route.ws_config).await;
                         let config = route.config.clone();
                         let metrics = route.metrics.clone();
-                        session::run(ws, conn, config, outbox, stops, report, metrics).await;
+                        session::run(wire, conn, config, outbox, stops, report, metrics).await;
                     }
                     Err(error) => {
                         tracing::debug!(conn, route = %route.config.path, %peer, %error, "upgrade failed");

@@ -193,11 +193,6 @@ impl Outbox {
         Poll::Ready(true)
     }
 
-    /// Whether anything is queued.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.shared.lock().queue.is_empty()
-    }
-
     /// Gives back the memory a burst grew, if the queue is empty. Called when
     /// the connection has been quiet for a while, not after every drain, so
     /// that a busy connection does not free and regrow its queue each burst.

@@ -9,16 +9,11 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use futures_util::stream::SplitSink;
-use futures_util::task::{ArcWake, AtomicWaker, waker};
-use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, MissedTickBehavior, Sleep};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
@@ -30,6 +25,12 @@ use crate::config::RouteConfig;
 use crate::metrics::{RouteMetrics, Traffic};
 use crate::outbox::Outbox;
 use crate::runtime::{CloseInfo, PluginHandle};
+use gate::Gate;
+
+mod gate;
+mod wire;
+
+pub(crate) use wire::Wire;
 
 /// Reports `on-close` exactly once: explicitly at the end of a session, or from
 /// `Drop` if the session never ran or was cut short.
@@ -72,19 +73,17 @@ fn close_info(code: u16, reason: &str) -> CloseInfo {
     }
 }
 
-/// Sets up tungstenite for a route: small buffers (a server holds many
+/// Sets up tungstenite for a route: a small read buffer (a server holds many
 /// connections; the read buffer is the bulk of an idle connection's memory,
-/// and a larger one does not read small messages faster) and the route's
-/// message limit.
+/// and a larger one does not read small messages faster), no write buffer
+/// (it writes only control frames, into memory: see [`Wire`]) and the
+/// route's message limit.
 pub(crate) fn ws_config(
     route: &RouteConfig,
 ) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024)
-        // Writes wait for the socket before each message is added, so the
-        // buffer never holds more than one message past `write_buffer_size`.
-        .max_write_buffer_size(usize::MAX)
+        .write_buffer_size(0)
         .max_message_size(Some(route.max_message_size))
         .max_frame_size(Some(route.max_message_size))
 }
@@ -93,7 +92,7 @@ pub(crate) fn ws_config(
 /// `outbox`'s stop signal must be a child of `stops.retired`; the
 /// connection's traffic and closes are counted in `metrics`.
 pub(crate) async fn run<S>(
-    ws: WebSocketStream<S>,
+    wire: Wire<S>,
     conn: u64,
     route: Arc<RouteConfig>,
     outbox: Outbox,
@@ -115,7 +114,7 @@ pub(crate) async fn run<S>(
         retired: stops.retired,
         metrics: metrics.clone(),
     }
-    .drive(ws, &mut received, &mut sent)
+    .drive(wire, &mut received, &mut sent)
     .await;
     received.flush_received(&metrics);
     sent.flush_sent(&metrics);
@@ -143,58 +142,63 @@ pub(crate) struct Stops {
     pub(crate) retired: CancellationToken,
 }
 
-/// What one turn of the outbound side did.
+/// Why the outbound side needs the session loop.
 enum Turn {
-    /// Took what the outbound queue held.
-    Taken,
+    /// Took a batch that ends in a close frame.
+    Closing,
     /// The outbound queue has ended: nobody can write to it any more.
     Ended,
-    /// Wrote the taken messages, and flushed them unless more were waiting.
-    Written,
 }
 
-/// The outbound side of a session: takes the outbound queue whole when the
-/// last batch is written (only while `open`), then writes it and flushes,
-/// unless more is already waiting: that is written first, so that a burst
-/// leaves in a few large writes. Cancel-safe: a message leaves `queue` only
-/// once the socket has taken it, and is counted in `sent` then.
+/// What woke the socket's branch of the session loop.
+enum Io {
+    /// The outbound side needs the loop, or failed.
+    Out(Result<Turn, WsError>),
+    /// A message came in, or the read side ended.
+    In(Option<Result<WsMessage, WsError>>),
+}
+
+/// The outbound side of a session. Takes the outbound queue whole once the
+/// last batch is written (only while `open`), frames and writes it, and
+/// takes again; it flushes only when nothing more is waiting, so that a
+/// burst leaves in a few large writes. It returns only for what the loop
+/// must handle, not per batch: a wake-up costs one pass over the loop's
+/// branches. Sent messages reach `metrics` when the queue runs dry.
+/// Cancel-safe: every message is in `queue` or in the wire's output until
+/// the socket has taken it.
 fn poll_outbound<S>(
-    sink: &mut SplitSink<WebSocketStream<S>, WsMessage>,
+    wire: &mut Wire<S>,
     queue: &mut VecDeque<WsMessage>,
     outbox: &Outbox,
     open: bool,
-    unflushed: &mut bool,
     sent: &mut Traffic,
+    metrics: &RouteMetrics,
     cx: &mut Context<'_>,
 ) -> Poll<Result<Turn, WsError>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if open && queue.is_empty() {
-        match outbox.poll_take(cx, queue) {
-            Poll::Ready(true) => return Poll::Ready(Ok(Turn::Taken)),
-            Poll::Ready(false) => return Poll::Ready(Ok(Turn::Ended)),
-            Poll::Pending if !*unflushed => return Poll::Pending,
-            Poll::Pending => {}
+    loop {
+        if queue.is_empty() && !wire.has_output() {
+            if open {
+                match outbox.poll_take(cx, queue) {
+                    Poll::Ready(true) if queue.iter().any(WsMessage::is_close) => {
+                        return Poll::Ready(Ok(Turn::Closing));
+                    }
+                    Poll::Ready(true) => {}
+                    Poll::Ready(false) => return Poll::Ready(Ok(Turn::Ended)),
+                    Poll::Pending => {}
+                }
+            }
+            if queue.is_empty() {
+                sent.flush_sent(metrics);
+                ready!(wire.poll_flush(cx))?;
+                return Poll::Pending;
+            }
         }
+        ready!(wire.poll_write(cx))?;
+        wire.frame(queue, sent)?;
     }
-    while !queue.is_empty() {
-        ready!(sink.poll_ready_unpin(cx))?;
-        let msg = queue.pop_front().expect("checked non-empty");
-        if let WsMessage::Text(_) | WsMessage::Binary(_) = &msg {
-            sent.count(msg.len());
-        }
-        Pin::new(&mut *sink).start_send(msg)?;
-        // Remembered across a `Pending` flush below: the next wake-up must
-        // go on flushing even when the outbound queue is empty.
-        *unflushed = true;
-    }
-    if open && !outbox.is_empty() {
-        return Poll::Ready(Ok(Turn::Written));
-    }
-    ready!(sink.poll_flush_unpin(cx))?;
-    *unflushed = false;
-    Poll::Ready(Ok(Turn::Written))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -223,55 +227,6 @@ fn host_close(code: CloseCode, reason: &str) -> (CloseFrame, CloseInfo) {
     )
 }
 
-/// Polls a branch of the session loop only after that branch has woken the task.
-///
-/// The loop runs once per outbound wake-up, when the socket usually has
-/// nothing to read. Polling the reader anyway is not free: tungstenite
-/// zero-fills its free read buffer on every read attempt, even one that finds
-/// no data (perf: the top symbol of a fan-out). The gate remembers whether
-/// the reader's own waker has fired, and skips the poll when it has not.
-struct Gate {
-    woken: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl ArcWake for Gate {
-    fn wake_by_ref(gate: &Arc<Self>) {
-        gate.woken.store(true, Ordering::Release);
-        gate.task.wake();
-    }
-}
-
-impl Gate {
-    fn new() -> Arc<Self> {
-        Arc::new(Gate {
-            // The first turn polls: the branch may be ready already.
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        })
-    }
-
-    /// Runs `poll` with this gate's waker if the branch has woken since it
-    /// last returned `Pending`.
-    fn poll<T>(
-        self: &Arc<Self>,
-        cx: &mut Context<'_>,
-        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        self.task.register(cx.waker());
-        if !self.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        let waker = waker(self.clone());
-        let result = poll(&mut Context::from_waker(&waker));
-        if result.is_ready() {
-            // A ready branch may be ready again at once (more buffered frames).
-            self.woken.store(true, Ordering::Release);
-        }
-        result
-    }
-}
-
 impl Session {
     /// Runs the connection until it ends. Its traffic is counted in
     /// `received` and `sent`, which reach the route's counters once per batch:
@@ -280,20 +235,17 @@ impl Session {
     /// to sleep). What is left at the end is the caller's to add.
     async fn drive<S>(
         self,
-        ws: WebSocketStream<S>,
+        mut wire: Wire<S>,
         received: &mut Traffic,
         sent: &mut Traffic,
     ) -> CloseInfo
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let (mut sink, mut stream) = ws.split();
-        let read_gate = Gate::new();
         // Starts empty and grows with use: an idle connection holds no queue
         // memory. It swaps buffers with the outbound queue, so it is written
         // out whole before more is taken.
         let mut queue: VecDeque<WsMessage> = VecDeque::new();
-        let mut unflushed = false;
         let interval = self.route.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -311,13 +263,14 @@ impl Session {
         // Made once: a fresh wait per turn would lock the token's waiter list twice a message.
         let stopped = self.outbound.stop().clone().cancelled_owned();
         tokio::pin!(stopped);
+        let (stop_gate, ping_gate) = (Gate::new(), Gate::new());
 
         loop {
             let open = closing.is_none();
             let close_deadline = closing.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 biased;
-                () = &mut stopped, if open => {
+                () = poll_fn(|cx| stop_gate.poll(cx, |cx| stopped.as_mut().poll(cx))), if open => {
                     let (frame, info) = if self.shutdown.is_cancelled() {
                         host_close(CloseCode::Away, "server shutting down")
                     } else if self.retired.is_cancelled() {
@@ -333,12 +286,12 @@ impl Session {
                 // socket cannot starve them. Once our close frame is queued
                 // only the close deadline counts: on-close reports why we
                 // closed, not a ping that went unanswered meanwhile.
-                () = sleep_until(pong_deadline), if open => {
+                () = sleep_until(pong_deadline), if open && pong_deadline.is_some() => {
                     self.metrics.heartbeat_timeouts.inc();
                     tracing::debug!(conn = self.conn, route = %self.route.path, "no pong in time; dropping the connection");
                     return close_info(1006, "heartbeat timeout");
                 }
-                () = sleep_until(close_deadline) => {
+                () = sleep_until(close_deadline), if close_deadline.is_some() => {
                     tracing::debug!(conn = self.conn, route = %self.route.path, "no close frame in answer; dropping the connection");
                     return closing.map(|(info, _)| info).expect("deadline implies closing");
                 }
@@ -356,8 +309,21 @@ impl Session {
                         closing = Some((info, Instant::now() + close_timeout));
                     }
                 }
-                turn = poll_fn(|cx| poll_outbound(&mut sink, &mut queue, &self.outbound, open, &mut unflushed, sent, cx)), if open || !queue.is_empty() || unflushed => match turn {
-                    Ok(Turn::Taken) => {
+                // One branch for both directions: each needs the socket.
+                // Writing comes first, as a separate branch would.
+                io = poll_fn(|cx| {
+                    if let Poll::Ready(turn) = poll_outbound(&mut wire, &mut queue, &self.outbound, open, sent, &self.metrics, cx) {
+                        return Poll::Ready(Io::Out(turn));
+                    }
+                    let frame = wire.poll_read(cx);
+                    if frame.is_pending() {
+                        // Every branch is polled before the task sleeps, so
+                        // this is where a burst of frames read is counted.
+                        received.flush_received(&self.metrics);
+                    }
+                    frame.map(Io::In)
+                }) => match io {
+                    Io::Out(Ok(Turn::Closing)) => {
                         // A close asked for by the plugin ends what is written.
                         if let Some(at) = queue.iter().position(WsMessage::is_close) {
                             queue.truncate(at + 1);
@@ -368,31 +334,20 @@ impl Session {
                             closing = Some((info, Instant::now() + close_timeout));
                         }
                     }
-                    Ok(Turn::Ended) => {
+                    Io::Out(Ok(Turn::Ended)) => {
                         // The plugin runtime dropped this connection (its
                         // instance could not be restarted).
                         let (frame, info) = host_close(CloseCode::Error, "plugin unavailable");
                         queue.push_back(WsMessage::Close(Some(frame)));
                         closing = Some((info, Instant::now() + close_timeout));
                     }
-                    Ok(Turn::Written) => sent.flush_sent(&self.metrics),
-                    Err(error) => {
+                    Io::Out(Err(error)) => {
                         return match closing {
                             Some((info, _)) => info,
                             None => close_info(1006, &format!("write failed: {error}")),
                         };
                     }
-                },
-                frame = poll_fn(|cx| {
-                    let frame = read_gate.poll(cx, |cx| stream.poll_next_unpin(cx));
-                    if frame.is_pending() {
-                        // Every branch is polled before the task sleeps, so
-                        // this is where a burst of frames read is counted.
-                        received.flush_received(&self.metrics);
-                    }
-                    frame
-                }) => match frame {
-                    Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => {
+                    Io::In(Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_))))) => {
                         received.count(msg.len());
                         // Data that arrives after our close frame is dropped (RFC 6455 5.5.1).
                         if open {
@@ -402,35 +357,37 @@ impl Session {
                             self.plugin.message(self.conn, msg).await;
                         }
                     }
-                    // tungstenite queued the pong; it goes out with the next flush.
-                    Some(Ok(WsMessage::Ping(_))) => unflushed = true,
-                    Some(Ok(WsMessage::Pong(_))) => pong_deadline = None,
-                    Some(Ok(WsMessage::Close(frame))) => {
+                    // tungstenite's pong waits in the wire's output.
+                    Io::In(Some(Ok(WsMessage::Ping(_)))) => {}
+                    Io::In(Some(Ok(WsMessage::Pong(_)))) => pong_deadline = None,
+                    Io::In(Some(Ok(WsMessage::Close(frame)))) => {
                         if let Some((info, _)) = closing {
                             // The peer answered our close frame.
                             return info;
                         }
-                        // tungstenite queued the echo of the client's close frame.
-                        let _ = tokio::time::timeout(close_timeout, sink.flush()).await;
+                        // The echo of the client's close frame waits in the
+                        // wire's output, after the frames already begun.
+                        let _ = tokio::time::timeout(close_timeout, wire.drain(&mut VecDeque::new(), sent)).await;
                         return match frame {
                             Some(frame) => close_info(frame.code.into(), &frame.reason),
                             None => close_info(1005, ""),
                         };
                     }
-                    Some(Ok(WsMessage::Frame(_))) => {}
-                    Some(Err(error)) => return self.fail(&mut sink, &mut queue, closing, error, sent).await,
-                    None => {
+                    Io::In(Some(Ok(WsMessage::Frame(_)))) => {}
+                    Io::In(Some(Err(error))) => return self.fail(&mut wire, &mut queue, closing, error, sent).await,
+                    Io::In(None) => {
                         return match closing {
                             Some((info, _)) => info,
                             None => close_info(1006, "connection lost"),
                         };
                     }
                 },
-                _ = ping.tick(), if open => {
+                _ = poll_fn(|cx| ping_gate.poll(cx, |cx| ping.poll_tick(cx))), if open => {
                     if queue.is_empty() {
                         // A quiet moment: give back what the last burst grew.
                         queue = VecDeque::new();
                         self.outbound.shrink();
+                        wire.shrink();
                     }
                     queue.push_back(WsMessage::Ping(Bytes::new()));
                     pong_deadline.get_or_insert(Instant::now() + self.route.pong_timeout);
@@ -443,7 +400,7 @@ impl Session {
     /// error is its own doing.
     async fn fail<S>(
         &self,
-        sink: &mut SplitSink<WebSocketStream<S>, WsMessage>,
+        wire: &mut Wire<S>,
         queue: &mut VecDeque<WsMessage>,
         closing: Option<(CloseInfo, Instant)>,
         error: WsError,
@@ -484,13 +441,8 @@ impl Session {
             if let Some(at) = queue.iter().position(WsMessage::is_close) {
                 queue.truncate(at);
             }
-            for msg in queue.drain(..) {
-                if let WsMessage::Text(_) | WsMessage::Binary(_) = &msg {
-                    sent.count(msg.len());
-                }
-                sink.feed(msg).await?;
-            }
-            sink.send(WsMessage::Close(Some(frame))).await
+            queue.push_back(WsMessage::Close(Some(frame)));
+            wire.drain(queue, sent).await
         })
         .await;
         info

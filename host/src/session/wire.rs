@@ -1,0 +1,435 @@
+//! A session's socket, with two writers that never cut into each other's frames.
+//!
+//! tungstenite reads and checks every inbound frame, and writes the control
+//! frames: pings, the pongs and close echoes it answers on its own, close
+//! frames. Data messages are framed here instead, header and payload straight
+//! into one output buffer per connection. tungstenite's per-frame work (a
+//! `Frame` per message, its checks, its own buffer) was the largest cost of a
+//! fan-out to a thousand subscribers, larger than the plugin call and the
+//! topic lookup together.
+//!
+//! tungstenite does not see the socket's write side: it writes into a side
+//! buffer ([`Tap`]), and that buffer joins the output only between two whole
+//! data frames. A pong that tungstenite writes while reading therefore never
+//! lands inside a data frame that is half written.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::gate::Gate;
+use crate::metrics::Traffic;
+
+/// Stop framing more messages once this much output is waiting: a burst
+/// leaves in writes of about this size, and a connection's buffer stays
+/// near it however long the burst.
+const BATCH: usize = 64 * 1024;
+
+/// Payloads at least this large are written from their own bytes rather than
+/// copied into the output buffer: the copy would cost more than the extra
+/// entry in a vectored write.
+const LARGE: usize = 16 * 1024;
+
+/// The socket as tungstenite sees it: reads come from the connection; writes
+/// are kept in `control` for [`Wire`] to send. Writing never blocks, so a
+/// control frame tungstenite writes is always whole in `control` once the
+/// call that wrote it returns.
+struct Tap<S> {
+    io: S,
+    control: Vec<u8>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: Unpin> AsyncWrite for Tap<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.control.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// One connection's socket after the handshake: inbound messages through
+/// tungstenite, outbound messages framed into one buffer and written from it.
+pub(crate) struct Wire<S> {
+    ws: WebSocketStream<Tap<S>>,
+    read_gate: Arc<Gate>,
+    /// Whole frames waiting for the socket, from `written` on.
+    out: Vec<u8>,
+    written: usize,
+    /// A large payload whose frame header ends `out`, and how much of it the
+    /// socket has taken. Nothing joins `out` until it is written.
+    tail: Option<(Bytes, usize)>,
+    /// The socket has taken bytes since it was last flushed.
+    unflushed: bool,
+}
+
+impl<S> Wire<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Takes over `io`, a connection whose handshake is done.
+    pub(crate) async fn new(io: S, config: WebSocketConfig) -> Self {
+        let tap = Tap {
+            io,
+            control: Vec::new(),
+        };
+        Wire {
+            ws: WebSocketStream::from_raw_socket(tap, Role::Server, Some(config)).await,
+            read_gate: Gate::new(),
+            out: Vec::new(),
+            written: 0,
+            tail: None,
+            unflushed: false,
+        }
+    }
+
+    /// The next inbound message. tungstenite's answers to a ping or a close
+    /// frame are ready to write when this returns it.
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<WsMessage, WsError>>> {
+        let ws = &mut self.ws;
+        let next = ready!(
+            self.read_gate
+                .poll(cx, |cx| Pin::new(&mut *ws).poll_next(cx))
+        );
+        if let Some(Ok(WsMessage::Ping(_) | WsMessage::Close(_))) = &next {
+            // tungstenite holds its answer until its next write or flush; the
+            // flush only reaches `control`, so it cannot block. After a close
+            // it reports the connection closed, which the caller learns from
+            // the close message itself.
+            let _ = Pin::new(&mut self.ws).poll_flush(cx);
+        }
+        Poll::Ready(next)
+    }
+
+    /// Whether anything is waiting to be written.
+    pub(crate) fn has_output(&self) -> bool {
+        self.written < self.out.len()
+            || self.tail.is_some()
+            || !self.ws.get_ref().control.is_empty()
+    }
+
+    /// Frames messages from the front of `queue` until about [`BATCH`] bytes
+    /// wait or a large payload is next to write. Data messages are counted in
+    /// `sent`; anything else goes through tungstenite, which must know of the
+    /// close frames and pings the session sends.
+    pub(crate) fn frame(
+        &mut self,
+        queue: &mut VecDeque<WsMessage>,
+        sent: &mut Traffic,
+    ) -> Result<(), WsError> {
+        self.take_control();
+        while self.tail.is_none() && self.out.len() - self.written < BATCH {
+            let Some(msg) = queue.pop_front() else { break };
+            let (opcode, payload) = match msg {
+                WsMessage::Text(text) => (0x1, Bytes::from(text)),
+                WsMessage::Binary(bytes) => (0x2, bytes),
+                control => {
+                    let mut ws = Pin::new(&mut self.ws);
+                    ws.as_mut().start_send(control)?;
+                    let waker = std::task::Waker::noop();
+                    // Into `control`, which never blocks.
+                    if let Poll::Ready(Err(error)) = ws.poll_flush(&mut Context::from_waker(waker))
+                    {
+                        return Err(error);
+                    }
+                    self.take_control();
+                    continue;
+                }
+            };
+            sent.count(payload.len());
+            self.header(opcode, payload.len());
+            if payload.len() >= LARGE {
+                self.tail = Some((payload, 0));
+            } else {
+                self.out.extend_from_slice(&payload);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes until nothing waits: framed messages and tungstenite's control
+    /// frames, each only between whole frames of the other.
+    pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            self.take_control();
+            let head = &self.out[self.written..];
+            let tail = self
+                .tail
+                .as_ref()
+                .map_or(&[][..], |(bytes, at)| &bytes[*at..]);
+            if head.is_empty() && tail.is_empty() {
+                self.out.clear();
+                self.written = 0;
+                self.tail = None;
+                return Poll::Ready(Ok(()));
+            }
+            let io = Pin::new(&mut self.ws.get_mut().io);
+            let n = if head.is_empty() {
+                ready!(io.poll_write(cx, tail))?
+            } else if tail.is_empty() || !io.is_write_vectored() {
+                ready!(io.poll_write(cx, head))?
+            } else {
+                ready!(io.poll_write_vectored(cx, &[IoSlice::new(head), IoSlice::new(tail)]))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.unflushed = true;
+            let from_head = n.min(head.len());
+            self.written += from_head;
+            if let Some((_, at)) = &mut self.tail {
+                *at += n - from_head;
+            }
+            if self.written == self.out.len() {
+                self.out.clear();
+                self.written = 0;
+                if self
+                    .tail
+                    .as_ref()
+                    .is_some_and(|(bytes, at)| *at == bytes.len())
+                {
+                    self.tail = None;
+                }
+            }
+        }
+    }
+
+    /// Flushes the socket if it has taken bytes since the last flush.
+    pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.unflushed {
+            ready!(Pin::new(&mut self.ws.get_mut().io).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes and flushes everything `queue` and the output hold.
+    pub(crate) async fn drain(
+        &mut self,
+        queue: &mut VecDeque<WsMessage>,
+        sent: &mut Traffic,
+    ) -> Result<(), WsError> {
+        std::future::poll_fn(|cx| {
+            loop {
+                ready!(self.poll_write(cx))?;
+                if queue.is_empty() {
+                    break;
+                }
+                self.frame(queue, sent)?;
+            }
+            self.poll_flush(cx).map_err(WsError::from)
+        })
+        .await
+    }
+
+    /// Gives back the memory a burst grew, if nothing waits to be written.
+    pub(crate) fn shrink(&mut self) {
+        if !self.has_output() {
+            self.out = Vec::new();
+            self.ws.get_mut().control = Vec::new();
+        }
+    }
+
+    /// Moves tungstenite's control frames to the output, unless a large
+    /// payload is still being written after its header.
+    fn take_control(&mut self) {
+        if self.tail.is_some() {
+            return;
+        }
+        let control = &mut self.ws.get_mut().control;
+        if !control.is_empty() {
+            self.out.extend_from_slice(control);
+            control.clear();
+        }
+    }
+
+    fn header(&mut self, opcode: u8, len: usize) {
+        // FIN set, no extensions, unmasked: a server's frame (RFC 6455 5.2).
+        self.out.push(0x80 | opcode);
+        match len {
+            0..=125 => self.out.push(len as u8),
+            126..=0xFFFF => {
+                self.out.push(126);
+                self.out.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                self.out.push(127);
+                self.out.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::DuplexStream;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    /// A wire over an in-memory pipe of `capacity` bytes each way, so that
+    /// writes larger than that are taken in parts, and a client for it.
+    async fn pair(capacity: usize) -> (Wire<DuplexStream>, WebSocketStream<DuplexStream>) {
+        let (server, client) = tokio::io::duplex(capacity);
+        let wire = Wire::new(server, WebSocketConfig::default()).await;
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (wire, client)
+    }
+
+    fn binary(len: usize, seed: u8) -> WsMessage {
+        WsMessage::binary(
+            (0..len)
+                .map(|i| (i as u8).wrapping_add(seed))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[tokio::test]
+    async fn every_length_class_arrives_whole_through_partial_writes() {
+        let (mut wire, mut client) = pair(1000).await;
+        let mut sent = Vec::new();
+        for (seed, len) in [
+            0,
+            1,
+            125,
+            126,
+            127,
+            65_535,
+            65_536,
+            LARGE - 1,
+            LARGE,
+            300_000,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            sent.push(binary(len, seed as u8));
+            sent.push(WsMessage::text("é".repeat(len / 2)));
+        }
+        let mut queue: VecDeque<_> = sent.iter().cloned().collect();
+        let mut traffic = Traffic::default();
+        let expected = sent.len();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < expected {
+                got.push(
+                    client
+                        .next()
+                        .await
+                        .expect("a message")
+                        .expect("a valid frame"),
+                );
+            }
+            got
+        });
+        wire.drain(&mut queue, &mut traffic).await.unwrap();
+        assert_eq!(reader.await.unwrap(), sent);
+    }
+
+    #[tokio::test]
+    async fn a_pong_waits_until_the_frame_being_written_is_whole() {
+        let (mut wire, mut client) = pair(4096).await;
+        let big = binary(200_000, 7);
+        let mut queue = VecDeque::from([big.clone(), WsMessage::text("after")]);
+        let mut traffic = Traffic::default();
+        wire.frame(&mut queue, &mut traffic).unwrap();
+        // The pipe takes a part of the large frame and is then full.
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(wire.poll_write(&mut cx).is_pending());
+        assert!(wire.tail.is_some(), "the large payload is mid-write");
+
+        client
+            .send(WsMessage::Ping(Bytes::from_static(b"p")))
+            .await
+            .unwrap();
+        let ping = std::future::poll_fn(|cx| wire.poll_read(cx)).await;
+        assert!(matches!(ping, Some(Ok(WsMessage::Ping(_)))));
+        assert!(wire.has_output());
+
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.push(
+                    client
+                        .next()
+                        .await
+                        .expect("a message")
+                        .expect("a valid frame"),
+                );
+            }
+            got
+        });
+        wire.drain(&mut queue, &mut traffic).await.unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(got[0], big);
+        // The pong goes between two whole data frames.
+        assert_eq!(got[1], WsMessage::Pong(Bytes::from_static(b"p")));
+        assert_eq!(got[2], WsMessage::text("after"));
+    }
+
+    #[tokio::test]
+    async fn a_close_goes_through_tungstenite_after_the_data_before_it() {
+        let (mut wire, mut client) = pair(64).await;
+        let close = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        };
+        let mut queue = VecDeque::from([
+            WsMessage::text("last words"),
+            WsMessage::Close(Some(close.clone())),
+        ]);
+        let mut traffic = Traffic::default();
+        let reader = tokio::spawn(async move {
+            let first = client.next().await.unwrap().unwrap();
+            let second = client.next().await.unwrap().unwrap();
+            (first, second)
+        });
+        wire.drain(&mut queue, &mut traffic).await.unwrap();
+        let (first, second) = reader.await.unwrap();
+        assert_eq!(first, WsMessage::text("last words"));
+        assert_eq!(second, WsMessage::Close(Some(close)));
+        // tungstenite knows the close frame went out: it sends nothing more.
+        assert!(
+            wire.frame(
+                &mut VecDeque::from([WsMessage::Ping(Bytes::new())]),
+                &mut traffic
+            )
+            .is_err()
+        );
+    }
+}
