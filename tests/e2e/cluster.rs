@@ -414,8 +414,10 @@ async fn delivery_resumes_after_redis_is_killed_and_restarted() {
     // Node 0 sent "before" and "after0", received the other two "after"s,
     // and kept "during" to itself; both of its connections came back once.
     let broker = |name: &str| format!("berth_broker_{name}");
-    let scrape = scrape_until(cluster.nodes[0].addr, "two received", |s| {
-        s.value(&broker("received_total"), &[]) == 2.0
+    // A publish is counted as sent once Redis has answered it, which can be
+    // after the other nodes have delivered it: wait for both counts.
+    let scrape = scrape_until(cluster.nodes[0].addr, "two received and two sent", |s| {
+        s.value(&broker("received_total"), &[]) == 2.0 && s.value(&broker("sent_total"), &[]) == 2.0
     })
     .await;
     for (name, labels, expected) in [
