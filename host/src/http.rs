@@ -36,7 +36,7 @@ use crate::proxy;
 use crate::publish_api::PublishApi;
 use crate::router::Router;
 use crate::runtime::{CloseInfo, ConnectOutcome, Request as PluginRequest};
-use crate::session::{self, CloseReport, Stops, Wire};
+use crate::session::{self, CloseReport, Stops};
 
 /// State shared by every connection of one server.
 pub(crate) struct App {
@@ -420,10 +420,9 @@ impl App {
                         let _open = route.metrics.opened();
                         tracing::debug!(conn, route = %route.config.path, %peer, "connection opened");
                         let io = TokioIo::new(upgraded);
-                        let wire = Wire::new(io, route.ws_config).await;
                         let config = route.config.clone();
                         let metrics = route.metrics.clone();
-                        session::run(wire, conn, config, outbox, stops, report, metrics).await;
+                        session::run(io, conn, config, outbox, stops, report, metrics).await;
                     }
                     Err(error) => {
                         tracing::debug!(conn, route = %route.config.path, %peer, %error, "upgrade failed");

@@ -28,7 +28,6 @@ use crate::metrics::{Metrics, Reload};
 use crate::pubsub::Broker;
 use crate::router::{Route, Router, Table};
 use crate::runtime::{Compiled, Origin, Runtime, RuntimeError};
-use crate::session::ws_config;
 use crate::watch::Watcher;
 
 /// What woke the reload thread.
@@ -510,7 +509,6 @@ impl Reloader {
             "plugin loaded"
         );
         Ok(Route {
-            ws_config: ws_config(&config),
             config,
             plugin: actor.handle,
             retired: self.shutdown.child_token(),

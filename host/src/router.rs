@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RouteConfig;
@@ -19,8 +18,6 @@ pub(crate) struct Route {
     pub(crate) config: Arc<RouteConfig>,
     /// Where the route's events go.
     pub(crate) plugin: PluginHandle,
-    /// tungstenite settings derived from the route's limits.
-    pub(crate) ws_config: WebSocketConfig,
     /// Cancelled when this version is replaced under the `restart` policy:
     /// its connections close with 1012. A child of the server's shutdown.
     pub(crate) retired: CancellationToken,

@@ -873,3 +873,63 @@ async fn a_subscriber_that_stops_reading_under_a_flood_is_closed_and_memory_stay
     echo_still_answers(&echo, &mut bystander).await;
     drop(stalled);
 }
+
+/// A client that sends large messages and pings without reading backs the
+/// server's writes up mid-frame. The pongs still arrive, each between two
+/// whole echoed frames, and every echo arrives intact and in order.
+#[tokio::test]
+async fn pings_from_a_client_that_does_not_read_are_answered_between_whole_frames() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let server = TestServer::start(
+        r#"
+[[route]]
+path = "/echo"
+plugin = "echo.wasm"
+max-message-size = 1048576
+"#,
+    )
+    .await;
+    let mut client = connect_small_window(&server.url("/echo"), server.addr).await;
+    // Four times the largest socket buffers here, so that the echoes cannot
+    // all fit in them and the server is left holding part of a frame.
+    let echoes: Vec<Message> = (0..4u8)
+        .map(|seed| {
+            Message::binary(
+                (0..1_000_000u32)
+                    .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                    .collect::<Vec<u8>>(),
+            )
+        })
+        .collect();
+    for message in &echoes {
+        client.send(message.clone()).await.expect("message sent");
+    }
+    const PINGS: u8 = 5;
+    for n in 0..PINGS {
+        client
+            .send(Message::Ping(vec![n].into()))
+            .await
+            .expect("ping sent");
+    }
+    // Give the server time to read the pings while its writes are stuck; the
+    // test holds without the pause, but would then check less.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut data, mut pongs) = (Vec::new(), Vec::new());
+    while data.len() < echoes.len() || pongs.len() < PINGS as usize {
+        match tokio::time::timeout(WAIT, client.next())
+            .await
+            .expect("frames arrive in time")
+            .expect("the connection is open")
+            .expect("every frame is well formed")
+        {
+            Message::Pong(payload) => pongs.push(payload.to_vec()),
+            message @ Message::Binary(_) => data.push(message),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(data == echoes, "an echo arrived damaged or out of order");
+    assert_eq!(pongs, (0..PINGS).map(|n| vec![n]).collect::<Vec<_>>());
+    server.stop().await;
+}

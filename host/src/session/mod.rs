@@ -30,7 +30,7 @@ use gate::Gate;
 mod gate;
 mod wire;
 
-pub(crate) use wire::Wire;
+use wire::Wire;
 
 /// Reports `on-close` exactly once: explicitly at the end of a session, or from
 /// `Drop` if the session never ran or was cut short.
@@ -78,9 +78,7 @@ fn close_info(code: u16, reason: &str) -> CloseInfo {
 /// and a larger one does not read small messages faster), no write buffer
 /// (it writes only control frames, into memory: see [`Wire`]) and the
 /// route's message limit.
-pub(crate) fn ws_config(
-    route: &RouteConfig,
-) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+fn ws_config(route: &RouteConfig) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
@@ -88,11 +86,11 @@ pub(crate) fn ws_config(
         .max_frame_size(Some(route.max_message_size))
 }
 
-/// Serves one accepted connection until it ends, then reports `on-close`.
+/// Serves one upgraded connection until it ends, then reports `on-close`.
 /// `outbox`'s stop signal must be a child of `stops.retired`; the
 /// connection's traffic and closes are counted in `metrics`.
 pub(crate) async fn run<S>(
-    wire: Wire<S>,
+    io: S,
     conn: u64,
     route: Arc<RouteConfig>,
     outbox: Outbox,
@@ -102,6 +100,10 @@ pub(crate) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Made here rather than by the caller: an argument of an async fn is
+    // stored in its future beside the callee's copy, and the wire is the
+    // largest part of an idle connection's task.
+    let wire = Wire::new(io, ws_config(&route)).await;
     let plugin = report.plugin.clone();
     let mut received = Traffic::default();
     let mut sent = Traffic::default();
@@ -230,9 +232,9 @@ fn host_close(code: CloseCode, reason: &str) -> (CloseFrame, CloseInfo) {
 impl Session {
     /// Runs the connection until it ends. Its traffic is counted in
     /// `received` and `sent`, which reach the route's counters once per batch:
-    /// `sent` when a batch taken from the outbound queue is written, and
-    /// `received` when the socket has no more frames ready (the task is about
-    /// to sleep). What is left at the end is the caller's to add.
+    /// `sent` when the outbound queue runs dry, and `received` when the
+    /// socket has no more frames ready (the task is about to sleep). What is
+    /// left at the end is the caller's to add.
     async fn drive<S>(
         self,
         mut wire: Wire<S>,
