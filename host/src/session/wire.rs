@@ -310,6 +310,22 @@ mod tests {
         (wire, client)
     }
 
+    /// Reads `count` messages on a task of its own, so that the wire can
+    /// write while they are read.
+    fn read(
+        mut client: WebSocketStream<DuplexStream>,
+        count: usize,
+    ) -> tokio::task::JoinHandle<Vec<WsMessage>> {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < count {
+                let next = client.next().await.expect("a message");
+                got.push(next.expect("a valid frame"));
+            }
+            got
+        })
+    }
+
     fn binary(len: usize, seed: u8) -> WsMessage {
         WsMessage::binary(
             (0..len)
@@ -320,7 +336,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_length_class_arrives_whole_through_partial_writes() {
-        let (mut wire, mut client) = pair(1000).await;
+        let (mut wire, client) = pair(1000).await;
         let mut sent = Vec::new();
         for (seed, len) in [
             0,
@@ -342,20 +358,7 @@ mod tests {
         }
         let mut queue: VecDeque<_> = sent.iter().cloned().collect();
         let mut traffic = Traffic::default();
-        let expected = sent.len();
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            while got.len() < expected {
-                got.push(
-                    client
-                        .next()
-                        .await
-                        .expect("a message")
-                        .expect("a valid frame"),
-                );
-            }
-            got
-        });
+        let reader = read(client, sent.len());
         wire.drain(&mut queue, &mut traffic).await.unwrap();
         assert_eq!(reader.await.unwrap(), sent);
     }
@@ -381,19 +384,7 @@ mod tests {
         assert!(matches!(ping, Some(Ok(WsMessage::Ping(_)))));
         assert!(wire.has_output());
 
-        let reader = tokio::spawn(async move {
-            let mut got = Vec::new();
-            for _ in 0..3 {
-                got.push(
-                    client
-                        .next()
-                        .await
-                        .expect("a message")
-                        .expect("a valid frame"),
-                );
-            }
-            got
-        });
+        let reader = read(client, 3);
         wire.drain(&mut queue, &mut traffic).await.unwrap();
         let got = reader.await.unwrap();
         assert_eq!(got[0], big);
@@ -404,25 +395,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_goes_through_tungstenite_after_the_data_before_it() {
-        let (mut wire, mut client) = pair(64).await;
+        let (mut wire, client) = pair(64).await;
         let close = CloseFrame {
             code: CloseCode::Normal,
             reason: "bye".into(),
         };
-        let mut queue = VecDeque::from([
-            WsMessage::text("last words"),
-            WsMessage::Close(Some(close.clone())),
-        ]);
+        let sent = [WsMessage::text("last words"), WsMessage::Close(Some(close))];
+        let mut queue = VecDeque::from(sent.clone());
         let mut traffic = Traffic::default();
-        let reader = tokio::spawn(async move {
-            let first = client.next().await.unwrap().unwrap();
-            let second = client.next().await.unwrap().unwrap();
-            (first, second)
-        });
+        let reader = read(client, 2);
         wire.drain(&mut queue, &mut traffic).await.unwrap();
-        let (first, second) = reader.await.unwrap();
-        assert_eq!(first, WsMessage::text("last words"));
-        assert_eq!(second, WsMessage::Close(Some(close)));
+        assert_eq!(reader.await.unwrap(), sent);
         // tungstenite knows the close frame went out: it sends nothing more.
         assert!(
             wire.frame(
