@@ -933,3 +933,39 @@ max-message-size = 1048576
     assert_eq!(pongs, (0..PINGS).map(|n| vec![n]).collect::<Vec<_>>());
     server.stop().await;
 }
+
+/// A client that floods pings and never reads the pongs cannot make the
+/// server hold them: once a little output is waiting, the server stops
+/// reading that socket, and the client's own sends stall instead.
+#[tokio::test]
+async fn a_ping_flood_from_a_client_that_does_not_read_leaves_memory_bounded() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let berth = berth_process(&dir, ROUTES);
+    let echo = berth.url("/echo");
+    let mut bystander = connect(&echo).await;
+    let before = rss_bytes(berth.child.id()) / 1024;
+
+    let mut flooder = connect_small_window(&echo, berth.addr).await;
+    // 400,000 pings of 125 bytes: 50 MB of pongs if the server kept them.
+    let ping = Message::Ping(vec![0x55; 125].into());
+    let mut taken = 0;
+    while taken < 400_000 {
+        match tokio::time::timeout(Duration::from_secs(1), flooder.feed(ping.clone())).await {
+            Ok(Ok(())) => taken += 1,
+            Ok(Err(error)) => panic!("the server ended the flood with {error}"),
+            // The server stopped reading: the flood is pushed back.
+            Err(_) => break,
+        }
+    }
+    let after = rss_bytes(berth.child.id()) / 1024;
+    println!("{taken} pings taken; resident memory: {before} KiB before, {after} KiB after");
+    assert!(
+        after.saturating_sub(before) < 16 * 1024,
+        "resident memory grew from {before} KiB to {after} KiB"
+    );
+    echo_still_answers(&echo, &mut bystander).await;
+    drop(flooder);
+}

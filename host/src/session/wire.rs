@@ -40,6 +40,12 @@ const BATCH: usize = 64 * 1024;
 /// entry in a vectored write.
 const LARGE: usize = 16 * 1024;
 
+/// Reads pause while this much output waits. Framing data never leaves more
+/// than [`BATCH`] plus one message under [`LARGE`], so only control frames
+/// can go past it: the pongs and close echoes of a peer that sends pings
+/// without reading the answers. Its socket then fills instead of our memory.
+const READ_PAUSE: usize = BATCH + LARGE + 16 * 1024;
+
 /// The socket as tungstenite sees it: reads come from the connection; writes
 /// are kept in `control` for [`Wire`] to send. Writing never blocks, so a
 /// control frame tungstenite writes is always whole in `control` once the
@@ -119,6 +125,11 @@ where
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<WsMessage, WsError>>> {
+        if self.waiting() >= READ_PAUSE {
+            // The write side is stuck (its waker is registered with the
+            // socket) and polls this again once it has written.
+            return Poll::Pending;
+        }
         let ws = &mut self.ws;
         let next = ready!(
             self.read_gate
@@ -132,6 +143,11 @@ where
             let _ = Pin::new(&mut self.ws).poll_flush(cx);
         }
         Poll::Ready(next)
+    }
+
+    /// The bytes waiting to be written in our own buffers.
+    fn waiting(&self) -> usize {
+        self.out.len() - self.written + self.ws.get_ref().control.len()
     }
 
     /// Whether anything is waiting to be written.
