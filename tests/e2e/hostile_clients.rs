@@ -496,6 +496,22 @@ fn berth_process(dir: &tempfile::TempDir, routes: &str) -> BerthProcess {
     BerthProcess::start(&["--config", path.to_str().expect("UTF-8 path")])
 }
 
+/// The resident memory of `berth`, in KiB.
+fn resident_kib(berth: &BerthProcess) -> u64 {
+    rss_bytes(berth.child.id()) / 1024
+}
+
+/// Fails if `berth`'s resident memory has grown by `limit` KiB or more
+/// since it was `before` KiB.
+fn assert_memory_grew_less_than(berth: &BerthProcess, before: u64, limit: u64) {
+    let after = resident_kib(berth);
+    println!("resident memory: {before} KiB before, {after} KiB after");
+    assert!(
+        after.saturating_sub(before) < limit,
+        "resident memory grew from {before} KiB to {after} KiB"
+    );
+}
+
 /// The bytes of garbage handshake number `n`: each kind of wrong that a
 /// scanner, a confused client or an attacker sends.
 fn garbage(addr: SocketAddr, n: usize) -> Vec<u8> {
@@ -573,7 +589,7 @@ async fn ten_thousand_garbage_handshakes_leave_memory_bounded() {
     // A first round brings the allocator's arenas and hyper's buffers to their
     // working size, so that what is measured after is what stays behind.
     garbage_handshakes(berth.addr, 0, 1000, 50).await;
-    let before = rss_bytes(berth.child.id()) / 1024;
+    let before = resident_kib(&berth);
 
     let flood = tokio::spawn(garbage_handshakes(berth.addr, 1000, 11_000, 50));
     loop {
@@ -584,12 +600,7 @@ async fn ten_thousand_garbage_handshakes_leave_memory_bounded() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     flood.await.expect("every garbage handshake ended");
-    let after = rss_bytes(berth.child.id()) / 1024;
-    println!("resident memory: {before} KiB before, {after} KiB after");
-    assert!(
-        after.saturating_sub(before) < 32 * 1024,
-        "resident memory grew from {before} KiB to {after} KiB"
-    );
+    assert_memory_grew_less_than(&berth, before, 32 * 1024);
     echo_still_answers(&echo, &mut bystander).await;
 }
 
@@ -833,7 +844,7 @@ async fn a_subscriber_that_stops_reading_under_a_flood_is_closed_and_memory_stay
         }
         reader
     });
-    let before = rss_bytes(berth.child.id()) / 1024;
+    let before = resident_kib(&berth);
 
     // 400 bursts of 64 messages of 4 KiB: 100 MiB for each subscriber. The
     // publisher keeps at most four bursts ahead of the reader, which is well
@@ -859,12 +870,7 @@ async fn a_subscriber_that_stops_reading_under_a_flood_is_closed_and_memory_stay
         .await
         .expect("the reader got everything in time")
         .expect("the reader saw every message in order");
-    let after = rss_bytes(berth.child.id()) / 1024;
-    println!("resident memory: {before} KiB before, {after} KiB after");
-    assert!(
-        after.saturating_sub(before) < 48 * 1024,
-        "resident memory grew from {before} KiB to {after} KiB"
-    );
+    assert_memory_grew_less_than(&berth, before, 48 * 1024);
 
     await_on_close(&kit, &stalled_id, 1013).await;
     // The reader was never closed: it still answers.
@@ -946,7 +952,7 @@ async fn a_ping_flood_from_a_client_that_does_not_read_leaves_memory_bounded() {
     let berth = berth_process(&dir, ROUTES);
     let echo = berth.url("/echo");
     let mut bystander = connect(&echo).await;
-    let before = rss_bytes(berth.child.id()) / 1024;
+    let before = resident_kib(&berth);
 
     let mut flooder = connect_small_window(&echo, berth.addr).await;
     // 400,000 pings of 125 bytes: 50 MB of pongs if the server kept them.
@@ -960,12 +966,8 @@ async fn a_ping_flood_from_a_client_that_does_not_read_leaves_memory_bounded() {
             Err(_) => break,
         }
     }
-    let after = rss_bytes(berth.child.id()) / 1024;
-    println!("{taken} pings taken; resident memory: {before} KiB before, {after} KiB after");
-    assert!(
-        after.saturating_sub(before) < 16 * 1024,
-        "resident memory grew from {before} KiB to {after} KiB"
-    );
+    println!("{taken} pings taken");
+    assert_memory_grew_less_than(&berth, before, 16 * 1024);
     echo_still_answers(&echo, &mut bystander).await;
     drop(flooder);
 }

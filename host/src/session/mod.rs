@@ -146,7 +146,8 @@ pub(crate) struct Stops {
 
 /// Why the outbound side needs the session loop.
 enum Turn {
-    /// Took a batch that ends in a close frame.
+    /// Took a batch with a close frame, now its last message: what
+    /// followed it is dropped.
     Closing,
     /// The outbound queue has ended: nobody can write to it any more.
     Ended,
@@ -184,10 +185,12 @@ where
         if queue.is_empty() && !wire.has_output() {
             if open {
                 match outbox.poll_take(cx, queue) {
-                    Poll::Ready(true) if queue.iter().any(WsMessage::is_close) => {
-                        return Poll::Ready(Ok(Turn::Closing));
+                    Poll::Ready(true) => {
+                        if let Some(at) = queue.iter().position(WsMessage::is_close) {
+                            queue.truncate(at + 1);
+                            return Poll::Ready(Ok(Turn::Closing));
+                        }
                     }
-                    Poll::Ready(true) => {}
                     Poll::Ready(false) => return Poll::Ready(Ok(Turn::Ended)),
                     Poll::Pending => {}
                 }
@@ -327,14 +330,11 @@ impl Session {
                 }) => match io {
                     Io::Out(Ok(Turn::Closing)) => {
                         // A close asked for by the plugin ends what is written.
-                        if let Some(at) = queue.iter().position(WsMessage::is_close) {
-                            queue.truncate(at + 1);
-                            let info = match queue.back() {
-                                Some(WsMessage::Close(Some(frame))) => close_info(frame.code.into(), &frame.reason),
-                                _ => close_info(1005, ""),
-                            };
-                            closing = Some((info, Instant::now() + close_timeout));
-                        }
+                        let info = match queue.back() {
+                            Some(WsMessage::Close(Some(frame))) => close_info(frame.code.into(), &frame.reason),
+                            _ => close_info(1005, ""),
+                        };
+                        closing = Some((info, Instant::now() + close_timeout));
                     }
                     Io::Out(Ok(Turn::Ended)) => {
                         // The plugin runtime dropped this connection (its
