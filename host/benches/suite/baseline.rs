@@ -37,9 +37,7 @@ pub async fn serve() {
         .expect("the baseline binds");
     println!("baseline listening on {}", listener.local_addr().unwrap());
     std::io::Write::flush(&mut std::io::stdout()).unwrap();
-    // As deep as berth's per-subscriber queue in the suite's config
-    // (`write-queue = 4096`), so that neither server drops a burst.
-    let (tx, _) = broadcast::channel::<Message>(4096);
+    let (tx, _) = broadcast::channel::<Message>(crate::QUEUE_DEPTH);
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {

@@ -150,10 +150,11 @@ url = "redis://127.0.0.1:{port}"
 [[route]]
 path = "/kit"
 plugin = "testkit.wasm"
-write-queue = 4096
+write-queue = {queue}
 "#,
             plugins = berth::demo::BUILT_PLUGIN_DIR,
             port = redis.port,
+            queue = crate::QUEUE_DEPTH,
         ),
     )
     .expect("write the node config");

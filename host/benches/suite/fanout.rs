@@ -95,6 +95,47 @@ fn now_nanos() -> u128 {
         .as_nanos()
 }
 
+/// The start of the next message a subscriber must get, `PHASE:SEQ:`, kept
+/// as bytes and counted up in place: a subscriber checks every message's
+/// order at the cost of one short comparison, where parsing each one was a
+/// fifth of the load generator's time.
+struct Expected {
+    prefix: Vec<u8>,
+}
+
+impl Expected {
+    /// Expects `phase:0:` next.
+    fn new(phase: u8) -> Expected {
+        Expected {
+            prefix: vec![phase, b':', b'0', b':'],
+        }
+    }
+
+    /// Checks that `payload` is the message expected next and returns what
+    /// follows its sequence number (the send time); expects the next one.
+    fn check<'a>(&mut self, payload: &'a [u8]) -> &'a [u8] {
+        assert!(
+            payload.starts_with(&self.prefix),
+            "expected a message starting {:?}, got {:?}: out of order or lost",
+            String::from_utf8_lossy(&self.prefix),
+            String::from_utf8_lossy(payload)
+        );
+        let rest = &payload[self.prefix.len()..];
+        // Add one to the decimal digits between the two colons.
+        let digits = 2..self.prefix.len() - 1;
+        for at in digits.clone().rev() {
+            if self.prefix[at] == b'9' {
+                self.prefix[at] = b'0';
+            } else {
+                self.prefix[at] += 1;
+                return rest;
+            }
+        }
+        self.prefix.insert(digits.start, b'1');
+        rest
+    }
+}
+
 /// One round: subscribers join, a burst gives the rate, paced publishes the latency.
 pub async fn fanout(target: &Target<'_>, plan: &Plan) -> Figures {
     let (subscribers_wanted, burst, paced) = (plan.subscribers, plan.burst, plan.paced);
@@ -130,26 +171,21 @@ pub async fn fanout(target: &Target<'_>, plan: &Plan) -> Figures {
             tokio::spawn(async move {
                 let mut burst_last = Instant::now();
                 let mut latencies = Vec::with_capacity(paced);
+                let mut expected = Expected::new(b'b');
                 for i in 0..burst + paced {
+                    if i == burst {
+                        expected = Expected::new(b'p');
+                    }
                     let payload = client.next_data().await;
-                    let text = std::str::from_utf8(client.payload(payload)).expect("text");
-                    let mut fields = text.split(':');
-                    let (phase, seq, sent) = (fields.next(), fields.next(), fields.next());
-                    let expected = if i < burst {
-                        ("b", i)
-                    } else {
-                        ("p", i - burst)
-                    };
-                    assert_eq!(
-                        (phase, seq.and_then(|s| s.parse().ok())),
-                        (Some(expected.0), Some(expected.1)),
-                        "message {i} out of order: {text:?}"
-                    );
+                    let sent = expected.check(client.payload(payload));
                     if i + 1 == burst {
                         burst_last = Instant::now();
                         burst_done.fetch_add(1, Ordering::Relaxed);
                     } else if i >= burst {
-                        let sent: u128 = sent.and_then(|s| s.parse().ok()).expect("a send time");
+                        let sent: u128 = std::str::from_utf8(sent)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .expect("a send time");
                         let nanos = now_nanos().saturating_sub(sent);
                         latencies.push(Duration::from_nanos(nanos as u64));
                     }

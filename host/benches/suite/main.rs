@@ -64,6 +64,11 @@ const SCENARIOS: [&str; 8] = [
     "cluster",
 ];
 
+/// How many messages may wait for one subscriber, in both servers (berth's
+/// `write-queue`, the baseline's broadcast ring): a whole fan-out burst, so
+/// that neither drops one.
+pub const QUEUE_DEPTH: usize = 8192;
+
 /// How much each scenario does.
 pub struct Plan {
     /// Tiny counts and one round: proves the scenarios work, measures nothing.
@@ -150,11 +155,10 @@ impl Plan {
             pipelined_messages: 20_000,
             window: 16,
             subscribers: 1000,
-            // Four million deliveries: at about 5 M/s, a burst outlasts
+            // Eight million deliveries: at about 9 M/s, a burst outlasts
             // CPU_MEANINGFUL, so each round reads the server's CPU time.
-            // Each subscriber's queue (write-queue = 4096) holds a whole
-            // burst, as the baseline's ring does.
-            burst: 4000,
+            // Each subscriber's queue (QUEUE_DEPTH) holds a whole burst.
+            burst: 8000,
             paced: 100,
             pace: Duration::from_millis(25),
             idle: idle.unwrap_or(19_000),
@@ -360,7 +364,7 @@ max-connections = 20000
 [[route]]
 path = "/kit"
 plugin = "testkit.wasm"
-write-queue = 4096
+write-queue = {QUEUE_DEPTH}
 
 [[route]]
 path = "/echo"
