@@ -1,6 +1,8 @@
 //! One connection's outbound queue: bounded, filled by the plugin runtime and
 //! by topics, drained by the connection's session. It holds WebSocket
-//! messages ready for the wire; a close message in it ends the connection.
+//! messages ready for the wire, and runs of publishes shared with every
+//! other subscriber of their topic; a close message in it ends the
+//! connection.
 //!
 //! It is a plain locked `VecDeque` rather than a channel because:
 //! - a route worker that handles a batch of events can hold back the wake-ups
@@ -8,6 +10,9 @@
 //!   session wakes once to write every message the batch queued for it,
 //!   instead of once per message, which is what makes a fan-out to a thousand
 //!   subscribers cheap;
+//! - a run of publishes is one entry, whatever its length: a topic queues it
+//!   on each subscriber with one push, and no subscriber holds a copy or a
+//!   reference count per message;
 //! - the session takes the whole queue at once by swapping it with its own
 //!   empty one: no message is moved, and both buffers are reused;
 //! - an idle connection's queue allocates nothing.
@@ -34,8 +39,45 @@ pub(crate) enum PushError {
     Gone,
 }
 
+/// Consecutive publishes to one topic, shared by every subscriber that
+/// queues them, each with the connection it must skip (its sender, say).
+pub(crate) type Published = Arc<[(WsMessage, Option<u64>)]>;
+
+/// One entry of a connection's outbound queue.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outbound {
+    /// A message for this connection alone: a send, a close, a ping.
+    One(WsMessage),
+    /// Publishes this connection, `conn`, subscribes to, from `next` on;
+    /// those that exclude `conn` are not for it.
+    Run {
+        /// The run, shared with the topic's other subscribers.
+        messages: Published,
+        /// The first message not yet written.
+        next: usize,
+        /// The connection whose queue this is.
+        conn: u64,
+    },
+}
+
+impl Outbound {
+    /// Whether this is a close message, which ends what is written.
+    pub(crate) fn is_close(&self) -> bool {
+        matches!(self, Outbound::One(msg) if msg.is_close())
+    }
+}
+
+impl From<WsMessage> for Outbound {
+    fn from(msg: WsMessage) -> Self {
+        Outbound::One(msg)
+    }
+}
+
 struct State {
-    queue: VecDeque<WsMessage>,
+    queue: VecDeque<Outbound>,
+    /// The messages `queue` holds for this connection: a run counts those
+    /// it does not exclude.
+    len: usize,
     /// The session, while it waits on an empty queue.
     waiter: Option<Waker>,
     /// The session has ended; pushes are refused.
@@ -121,45 +163,46 @@ impl ConnHandle {
     /// Queues `out` without waiting. A full queue marks the client as a slow
     /// consumer: its session closes it with 1013.
     pub(crate) fn push(&self, out: WsMessage) -> Result<(), PushError> {
-        self.push_many(std::iter::once(out))
+        self.queue(1, Outbound::One(out))
     }
 
-    /// Queues every item of `items` under one lock, in order, as [`Self::push`]
-    /// does one; stops at the first that does not fit.
-    pub(crate) fn push_many(
+    /// Queues a run of publishes as [`Self::push`] does one message; `count`
+    /// is how many of them are for this connection, `conn` (at least one).
+    /// A run that does not fit whole is not queued: the client is a slow
+    /// consumer, and its session closes it.
+    pub(crate) fn push_run(
         &self,
-        items: impl Iterator<Item = WsMessage>,
+        messages: &Published,
+        count: usize,
+        conn: u64,
     ) -> Result<(), PushError> {
+        let run = Outbound::Run {
+            messages: messages.clone(),
+            next: 0,
+            conn,
+        };
+        self.queue(count, run)
+    }
+
+    fn queue(&self, count: usize, out: Outbound) -> Result<(), PushError> {
         let mut state = self.shared.lock();
         if state.closed {
             return Err(PushError::Gone);
         }
-        // One growth for a whole run rather than a doubling every few pushes.
-        let room = self.shared.capacity.saturating_sub(state.queue.len());
-        state
-            .queue
-            .reserve(items.size_hint().1.unwrap_or(0).min(room));
-        let mut result = Ok(());
-        for out in items {
-            if state.queue.len() >= self.shared.capacity {
-                result = Err(PushError::Full);
-                break;
-            }
-            state.queue.push_back(out);
-        }
-        let waiter = if state.queue.is_empty() {
-            None
-        } else {
-            state.waiter.take()
-        };
-        drop(state);
-        if result.is_err() {
+        if state.len + count > self.shared.capacity {
+            drop(state);
             self.shared.stop.cancel();
+            return Err(PushError::Full);
         }
+        state.queue.push_back(out);
+        state.len += count;
+        // Set only while the session waits on an empty queue.
+        let waiter = state.waiter.take();
+        drop(state);
         if let Some(waker) = waiter {
             wake(waker);
         }
-        result
+        Ok(())
     }
 }
 
@@ -175,7 +218,7 @@ impl Outbox {
     pub(crate) fn poll_take(
         &self,
         cx: &mut Context<'_>,
-        into: &mut VecDeque<WsMessage>,
+        into: &mut VecDeque<Outbound>,
     ) -> Poll<bool> {
         let mut state = self.shared.lock();
         if state.queue.is_empty() {
@@ -190,6 +233,7 @@ impl Outbox {
         } else {
             into.append(&mut state.queue);
         }
+        state.len = 0;
         Poll::Ready(true)
     }
 
@@ -216,16 +260,18 @@ impl Drop for Outbox {
         state.waiter = None;
         // Messages nobody will write go now, not when the last handle does.
         state.queue = VecDeque::new();
+        state.len = 0;
     }
 }
 
 /// Makes the outbound queue for a new connection, holding at most `capacity`
-/// items. The connection's own stop signal is a child of `parent` (the signal
+/// messages. The connection's own stop signal is a child of `parent` (the signal
 /// that stops every connection of its route version).
 pub(crate) fn outbox(capacity: usize, parent: &CancellationToken) -> (ConnHandle, Outbox) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             queue: VecDeque::new(),
+            len: 0,
             waiter: None,
             closed: false,
         }),
@@ -258,6 +304,10 @@ mod tests {
         WsMessage::text(s)
     }
 
+    fn one(s: &str) -> Outbound {
+        Outbound::One(text(s))
+    }
+
     #[test]
     fn wakes_are_held_until_the_batch_ends_and_then_sent_once() {
         let (handle, outbox) = outbox(8, &CancellationToken::new());
@@ -274,7 +324,7 @@ mod tests {
         });
         assert!(flag.0.load(Ordering::SeqCst), "not woken after the batch");
         assert_eq!(outbox.poll_take(&mut cx, &mut into), Poll::Ready(true));
-        assert_eq!(into, [text("a"), text("b")]);
+        assert_eq!(into, [one("a"), one("b")]);
     }
 
     #[test]
@@ -300,6 +350,39 @@ mod tests {
         let mut into = VecDeque::new();
         assert_eq!(outbox.poll_take(&mut cx, &mut into), Poll::Ready(true));
         assert_eq!(outbox.poll_take(&mut cx, &mut into), Poll::Ready(false));
-        assert_eq!(into, [text("a")]);
+        assert_eq!(into, [one("a")]);
+    }
+
+    #[test]
+    fn a_run_is_one_entry_that_counts_its_messages_against_the_capacity() {
+        let (handle, outbox) = outbox(4, &CancellationToken::new());
+        let run: Published = vec![
+            (text("p1"), None),
+            (text("p2"), Some(7)),
+            (text("p3"), None),
+        ]
+        .into();
+        // Connection 7 is excluded from one of the three.
+        handle.push_run(&run, 2, 7).unwrap();
+        handle.push(text("a")).unwrap();
+        handle.push(text("b")).unwrap();
+        assert_eq!(handle.push_run(&run, 2, 7).err(), Some(PushError::Full));
+        assert!(outbox.stop().is_cancelled());
+
+        let (handle, taken) = super::outbox(3, &CancellationToken::new());
+        handle.push_run(&run, 3, 1).unwrap();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut into = VecDeque::new();
+        assert_eq!(taken.poll_take(&mut cx, &mut into), Poll::Ready(true));
+        assert_eq!(
+            into,
+            [Outbound::Run {
+                messages: run.clone(),
+                next: 0,
+                conn: 1
+            }]
+        );
+        // What the session took no longer counts.
+        handle.push_run(&run, 3, 1).unwrap();
     }
 }

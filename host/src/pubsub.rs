@@ -24,7 +24,7 @@ use std::sync::{Arc, RwLock};
 use rustc_hash::FxHashMap;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::outbox::ConnHandle;
+use crate::outbox::{ConnHandle, Published};
 
 /// Subscribers of one topic, by connection id.
 type Subscribers = FxHashMap<u64, ConnHandle>;
@@ -66,7 +66,7 @@ struct Run {
 impl Run {
     fn deliver(self) {
         self.broker
-            .deliver(&self.namespace, &self.topic, &self.messages);
+            .deliver(&self.namespace, &self.topic, self.messages.into());
     }
 }
 
@@ -193,7 +193,7 @@ impl Broker {
             return 0;
         }
         if !BATCHING.get() {
-            self.deliver(namespace, topic, &[(msg, exclude)]);
+            self.deliver(namespace, topic, Arc::new([(msg, exclude)]));
             return count;
         }
         let finished = RUN.with_borrow_mut(|held| {
@@ -223,24 +223,27 @@ impl Broker {
 
     /// Queues `messages` at once for the local subscribers of `topic`, each
     /// but the connection it excludes; for publishes from other nodes too.
-    pub(crate) fn deliver(
-        &self,
-        namespace: &str,
-        topic: &str,
-        messages: &[(WsMessage, Option<u64>)],
-    ) {
+    /// Every subscriber's queue gets the same run, not its own copy.
+    pub(crate) fn deliver(&self, namespace: &str, topic: &str, messages: Published) {
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
         let Some(subscribers) = namespaces.get(namespace).and_then(|t| t.get(topic)) else {
             return;
         };
+        // How many messages of the run each excluded connection is not sent.
+        let mut excluded: FxHashMap<u64, usize> = FxHashMap::default();
+        for conn in messages.iter().filter_map(|(_, exclude)| *exclude) {
+            *excluded.entry(conn).or_default() += 1;
+        }
         for (&conn, handle) in subscribers {
-            // Cloning a message clones a reference to its bytes, not the bytes.
-            let _ = handle.push_many(
-                messages
-                    .iter()
-                    .filter(|(_, exclude)| *exclude != Some(conn))
-                    .map(|(msg, _)| msg.clone()),
-            );
+            let skipped = if excluded.is_empty() {
+                0
+            } else {
+                excluded.get(&conn).copied().unwrap_or(0)
+            };
+            let count = messages.len() - skipped;
+            if count > 0 {
+                let _ = handle.push_run(&messages, count, conn);
+            }
         }
     }
 }
@@ -248,16 +251,29 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{Outbox, outbox};
+    use crate::outbox::{Outbound, Outbox, outbox};
     use std::task::{Context, Waker};
     use tokio_util::sync::CancellationToken;
 
+    /// The texts queued for a connection, as its session would write them.
     fn texts(outbox: &Outbox) -> Vec<String> {
         let mut got = std::collections::VecDeque::new();
         let mut cx = Context::from_waker(Waker::noop());
         let _ = outbox.poll_take(&mut cx, &mut got);
-        got.into_iter()
-            .map(|msg| msg.into_text().unwrap().to_string())
+        let text = |msg: &WsMessage| msg.to_text().unwrap().to_string();
+        got.iter()
+            .flat_map(|out| match out {
+                Outbound::One(msg) => vec![text(msg)],
+                Outbound::Run {
+                    messages,
+                    next,
+                    conn,
+                } => messages[*next..]
+                    .iter()
+                    .filter(|(_, exclude)| *exclude != Some(*conn))
+                    .map(|(msg, _)| text(msg))
+                    .collect(),
+            })
             .collect()
     }
 

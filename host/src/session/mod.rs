@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RouteConfig;
 use crate::metrics::{RouteMetrics, Traffic};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbound, Outbox};
 use crate::runtime::{CloseInfo, PluginHandle};
 use gate::Gate;
 
@@ -171,7 +171,7 @@ enum Io {
 /// the socket has taken it.
 fn poll_outbound<S>(
     wire: &mut Wire<S>,
-    queue: &mut VecDeque<WsMessage>,
+    queue: &mut VecDeque<Outbound>,
     outbox: &Outbox,
     open: bool,
     sent: &mut Traffic,
@@ -186,7 +186,7 @@ where
             if open {
                 match outbox.poll_take(cx, queue) {
                     Poll::Ready(true) => {
-                        if let Some(at) = queue.iter().position(WsMessage::is_close) {
+                        if let Some(at) = queue.iter().position(Outbound::is_close) {
                             queue.truncate(at + 1);
                             return Poll::Ready(Ok(Turn::Closing));
                         }
@@ -250,7 +250,7 @@ impl Session {
         // Starts empty and grows with use: an idle connection holds no queue
         // memory. It swaps buffers with the outbound queue, so it is written
         // out whole before more is taken.
-        let mut queue: VecDeque<WsMessage> = VecDeque::new();
+        let mut queue: VecDeque<Outbound> = VecDeque::new();
         let interval = self.route.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -284,7 +284,7 @@ impl Session {
                         self.metrics.slow_consumer_closes.inc();
                         host_close(CloseCode::Again, "slow consumer")
                     };
-                    queue.push_back(WsMessage::Close(Some(frame)));
+                    queue.push_back(WsMessage::Close(Some(frame)).into());
                     closing = Some((info, Instant::now() + close_timeout));
                 }
                 // Deadlines come before reads, so a client that floods the
@@ -310,7 +310,7 @@ impl Session {
                     } else {
                         tracing::debug!(conn = self.conn, route = %self.route.path, "no data message in time; closing the connection");
                         let (frame, info) = host_close(CloseCode::Normal, "idle timeout");
-                        queue.push_back(WsMessage::Close(Some(frame)));
+                        queue.push_back(WsMessage::Close(Some(frame)).into());
                         closing = Some((info, Instant::now() + close_timeout));
                     }
                 }
@@ -331,7 +331,7 @@ impl Session {
                     Io::Out(Ok(Turn::Closing)) => {
                         // A close asked for by the plugin ends what is written.
                         let info = match queue.back() {
-                            Some(WsMessage::Close(Some(frame))) => close_info(frame.code.into(), &frame.reason),
+                            Some(Outbound::One(WsMessage::Close(Some(frame)))) => close_info(frame.code.into(), &frame.reason),
                             _ => close_info(1005, ""),
                         };
                         closing = Some((info, Instant::now() + close_timeout));
@@ -340,7 +340,7 @@ impl Session {
                         // The plugin runtime dropped this connection (its
                         // instance could not be restarted).
                         let (frame, info) = host_close(CloseCode::Error, "plugin unavailable");
-                        queue.push_back(WsMessage::Close(Some(frame)));
+                        queue.push_back(WsMessage::Close(Some(frame)).into());
                         closing = Some((info, Instant::now() + close_timeout));
                     }
                     Io::Out(Err(error)) => {
@@ -391,7 +391,7 @@ impl Session {
                         self.outbound.shrink();
                         wire.shrink();
                     }
-                    queue.push_back(WsMessage::Ping(Bytes::new()));
+                    queue.push_back(WsMessage::Ping(Bytes::new()).into());
                     pong_deadline.get_or_insert(Instant::now() + self.route.pong_timeout);
                 }
             }
@@ -403,7 +403,7 @@ impl Session {
     async fn fail<S>(
         &self,
         wire: &mut Wire<S>,
-        queue: &mut VecDeque<WsMessage>,
+        queue: &mut VecDeque<Outbound>,
         closing: Option<(CloseInfo, Instant)>,
         error: WsError,
         sent: &mut Traffic,
@@ -440,10 +440,10 @@ impl Session {
                 Poll::Ready(())
             })
             .await;
-            if let Some(at) = queue.iter().position(WsMessage::is_close) {
+            if let Some(at) = queue.iter().position(Outbound::is_close) {
                 queue.truncate(at);
             }
-            queue.push_back(WsMessage::Close(Some(frame)));
+            queue.push_back(WsMessage::Close(Some(frame)).into());
             wire.drain(queue, sent).await
         })
         .await;

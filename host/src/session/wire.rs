@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::gate::Gate;
 use crate::metrics::Traffic;
+use crate::outbox::Outbound;
 
 /// Stop framing more messages once this much output is waiting: a burst
 /// leaves in writes of about this size, and a connection's buffer stays
@@ -163,36 +164,79 @@ where
     /// close frames and pings the session sends.
     pub(crate) fn frame(
         &mut self,
-        queue: &mut VecDeque<WsMessage>,
+        queue: &mut VecDeque<Outbound>,
         sent: &mut Traffic,
     ) -> Result<(), WsError> {
         self.take_control();
-        while self.tail.is_none() && self.out.len() - self.written < BATCH {
-            let Some(msg) = queue.pop_front() else { break };
-            let (opcode, payload) = match msg {
-                WsMessage::Text(text) => (0x1, Bytes::from(text)),
-                WsMessage::Binary(bytes) => (0x2, bytes),
-                control => {
-                    let mut ws = Pin::new(&mut self.ws);
-                    ws.as_mut().start_send(control)?;
-                    let waker = std::task::Waker::noop();
-                    // Into `control`, which never blocks.
-                    if let Poll::Ready(Err(error)) = ws.poll_flush(&mut Context::from_waker(waker))
-                    {
-                        return Err(error);
+        while !self.full() {
+            match queue.front_mut() {
+                None => break,
+                Some(Outbound::Run {
+                    messages,
+                    next,
+                    conn,
+                }) => {
+                    // A shared run: frame from it in place, up to the batch.
+                    while *next < messages.len() && !self.full() {
+                        let (msg, exclude) = &messages[*next];
+                        *next += 1;
+                        if *exclude != Some(*conn) {
+                            self.data(msg, sent);
+                        }
                     }
-                    self.take_control();
-                    continue;
+                    if *next == messages.len() {
+                        queue.pop_front();
+                    }
                 }
-            };
-            sent.count(payload.len());
-            self.header(opcode, payload.len());
-            if payload.len() >= LARGE {
-                self.tail = Some((payload, 0));
-            } else {
-                self.out.extend_from_slice(&payload);
+                Some(Outbound::One(_)) => {
+                    let Some(Outbound::One(msg)) = queue.pop_front() else {
+                        unreachable!("the front was one message");
+                    };
+                    if !self.data(&msg, sent) {
+                        self.control(msg)?;
+                    }
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Whether framing must wait for the socket: a batch is waiting, or a
+    /// large payload must be written before anything follows its header.
+    fn full(&self) -> bool {
+        self.tail.is_some() || self.out.len() - self.written >= BATCH
+    }
+
+    /// Frames `msg` if it is a data message; payloads of [`LARGE`] bytes or
+    /// more are written later from their own bytes, not copied.
+    fn data(&mut self, msg: &WsMessage, sent: &mut Traffic) -> bool {
+        let (opcode, payload): (u8, &[u8]) = match msg {
+            WsMessage::Text(text) => (0x1, text.as_bytes()),
+            WsMessage::Binary(bytes) => (0x2, bytes),
+            _ => return false,
+        };
+        sent.count(payload.len());
+        self.header(opcode, payload.len());
+        if payload.len() >= LARGE {
+            // Another reference to the same bytes.
+            self.tail = Some((msg.clone().into_data(), 0));
+        } else {
+            self.out.extend_from_slice(payload);
+        }
+        true
+    }
+
+    /// Has tungstenite write a control frame, which lands in `control` and
+    /// from there in the output.
+    fn control(&mut self, msg: WsMessage) -> Result<(), WsError> {
+        let mut ws = Pin::new(&mut self.ws);
+        ws.as_mut().start_send(msg)?;
+        let waker = std::task::Waker::noop();
+        // Into `control`, which never blocks.
+        if let Poll::Ready(Err(error)) = ws.poll_flush(&mut Context::from_waker(waker)) {
+            return Err(error);
+        }
+        self.take_control();
         Ok(())
     }
 
@@ -255,7 +299,7 @@ where
     /// Writes and flushes everything `queue` and the output hold.
     pub(crate) async fn drain(
         &mut self,
-        queue: &mut VecDeque<WsMessage>,
+        queue: &mut VecDeque<Outbound>,
         sent: &mut Traffic,
     ) -> Result<(), WsError> {
         std::future::poll_fn(|cx| {
@@ -372,7 +416,7 @@ mod tests {
             sent.push(binary(len, seed as u8));
             sent.push(WsMessage::text("é".repeat(len / 2)));
         }
-        let mut queue: VecDeque<_> = sent.iter().cloned().collect();
+        let mut queue: VecDeque<_> = sent.iter().cloned().map(Outbound::from).collect();
         let mut traffic = Traffic::default();
         let reader = read(client, sent.len());
         wire.drain(&mut queue, &mut traffic).await.unwrap();
@@ -383,7 +427,7 @@ mod tests {
     async fn a_pong_waits_until_the_frame_being_written_is_whole() {
         let (mut wire, mut client) = pair(4096).await;
         let big = binary(200_000, 7);
-        let mut queue = VecDeque::from([big.clone(), WsMessage::text("after")]);
+        let mut queue = VecDeque::from([big.clone().into(), WsMessage::text("after").into()]);
         let mut traffic = Traffic::default();
         wire.frame(&mut queue, &mut traffic).unwrap();
         // The pipe takes a part of the large frame and is then full.
@@ -417,7 +461,7 @@ mod tests {
             reason: "bye".into(),
         };
         let sent = [WsMessage::text("last words"), WsMessage::Close(Some(close))];
-        let mut queue = VecDeque::from(sent.clone());
+        let mut queue = sent.iter().cloned().map(Outbound::from).collect();
         let mut traffic = Traffic::default();
         let reader = read(client, 2);
         wire.drain(&mut queue, &mut traffic).await.unwrap();
@@ -425,10 +469,50 @@ mod tests {
         // tungstenite knows the close frame went out: it sends nothing more.
         assert!(
             wire.frame(
-                &mut VecDeque::from([WsMessage::Ping(Bytes::new())]),
+                &mut VecDeque::from([WsMessage::Ping(Bytes::new()).into()]),
                 &mut traffic
             )
             .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn a_shared_run_is_framed_in_parts_without_the_excluded_messages() {
+        let (mut wire, client) = pair(1000).await;
+        // Several batches' worth, with a large payload among them, and every
+        // tenth message published by the connection itself.
+        let messages: Vec<(WsMessage, Option<u64>)> = (0..3000)
+            .map(|i| {
+                let msg = if i == 1500 {
+                    binary(LARGE * 2, 3)
+                } else {
+                    WsMessage::text(format!("{i:0>100}"))
+                };
+                (msg, (i % 10 == 0).then_some(7))
+            })
+            .collect();
+        let expected: Vec<WsMessage> = messages
+            .iter()
+            .filter(|(_, exclude)| exclude.is_none())
+            .map(|(msg, _)| msg.clone())
+            .chain([WsMessage::text("sent after")])
+            .collect();
+        let mut queue = VecDeque::from([
+            Outbound::Run {
+                messages: messages.into(),
+                next: 0,
+                conn: 7,
+            },
+            WsMessage::text("sent after").into(),
+        ]);
+        let mut traffic = Traffic::default();
+        wire.frame(&mut queue, &mut traffic).unwrap();
+        assert!(
+            matches!(queue.front(), Some(Outbound::Run { next, .. }) if *next < 3000),
+            "one framing stops at a batch, in the middle of the run"
+        );
+        let reader = read(client, expected.len());
+        wire.drain(&mut queue, &mut traffic).await.unwrap();
+        assert_eq!(reader.await.unwrap(), expected);
     }
 }
