@@ -39,24 +39,21 @@ pub(crate) enum PushError {
     Gone,
 }
 
-/// Consecutive publishes to one topic, shared by every subscriber that
-/// queues them, each with the connection it must skip (its sender, say).
-pub(crate) type Published = Arc<[(WsMessage, Option<u64>)]>;
+/// Consecutive publishes to one topic, shared by the subscribers that queue
+/// them.
+pub(crate) type Published = Arc<[WsMessage]>;
 
 /// One entry of a connection's outbound queue.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Outbound {
     /// A message for this connection alone: a send, a close, a ping.
     One(WsMessage),
-    /// Publishes this connection, `conn`, subscribes to, from `next` on;
-    /// those that exclude `conn` are not for it.
+    /// Publishes to a topic this connection subscribes to, from `next` on.
     Run {
         /// The run, shared with the topic's other subscribers.
         messages: Published,
         /// The first message not yet written.
         next: usize,
-        /// The connection whose queue this is.
-        conn: u64,
     },
 }
 
@@ -75,8 +72,7 @@ impl From<WsMessage> for Outbound {
 
 struct State {
     queue: VecDeque<Outbound>,
-    /// The messages `queue` holds for this connection: a run counts those
-    /// it does not exclude.
+    /// The messages `queue` holds, each of a run's counted.
     len: usize,
     /// The session, while it waits on an empty queue.
     waiter: Option<Waker>,
@@ -166,22 +162,15 @@ impl ConnHandle {
         self.queue(1, Outbound::One(out))
     }
 
-    /// Queues a run of publishes as [`Self::push`] does one message; `count`
-    /// is how many of them are for this connection, `conn` (at least one).
-    /// A run that does not fit whole is not queued: the client is a slow
-    /// consumer, and its session closes it.
-    pub(crate) fn push_run(
-        &self,
-        messages: &Published,
-        count: usize,
-        conn: u64,
-    ) -> Result<(), PushError> {
+    /// Queues a run of publishes as [`Self::push`] does one message, each
+    /// counted against the capacity. A run that does not fit whole is not
+    /// queued: the client is a slow consumer, and its session closes it.
+    pub(crate) fn push_run(&self, messages: &Published) -> Result<(), PushError> {
         let run = Outbound::Run {
             messages: messages.clone(),
             next: 0,
-            conn,
         };
-        self.queue(count, run)
+        self.queue(messages.len(), run)
     }
 
     fn queue(&self, count: usize, out: Outbound) -> Result<(), PushError> {
@@ -356,21 +345,15 @@ mod tests {
     #[test]
     fn a_run_is_one_entry_that_counts_its_messages_against_the_capacity() {
         let (handle, outbox) = outbox(4, &CancellationToken::new());
-        let run: Published = vec![
-            (text("p1"), None),
-            (text("p2"), Some(7)),
-            (text("p3"), None),
-        ]
-        .into();
-        // Connection 7 is excluded from one of the three.
-        handle.push_run(&run, 2, 7).unwrap();
+        let run: Published = vec![text("p1"), text("p2")].into();
+        handle.push_run(&run).unwrap();
         handle.push(text("a")).unwrap();
         handle.push(text("b")).unwrap();
-        assert_eq!(handle.push_run(&run, 2, 7).err(), Some(PushError::Full));
+        assert_eq!(handle.push_run(&run).err(), Some(PushError::Full));
         assert!(outbox.stop().is_cancelled());
 
-        let (handle, taken) = super::outbox(3, &CancellationToken::new());
-        handle.push_run(&run, 3, 1).unwrap();
+        let (handle, taken) = super::outbox(2, &CancellationToken::new());
+        handle.push_run(&run).unwrap();
         let mut cx = Context::from_waker(Waker::noop());
         let mut into = VecDeque::new();
         assert_eq!(taken.poll_take(&mut cx, &mut into), Poll::Ready(true));
@@ -378,11 +361,10 @@ mod tests {
             into,
             [Outbound::Run {
                 messages: run.clone(),
-                next: 0,
-                conn: 1
+                next: 0
             }]
         );
         // What the session took no longer counts.
-        handle.push_run(&run, 3, 1).unwrap();
+        handle.push_run(&run).unwrap();
     }
 }

@@ -23,7 +23,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::outbox::{ConnHandle, Published};
@@ -68,7 +68,7 @@ struct Run {
 impl Run {
     fn deliver(self) {
         self.broker
-            .deliver(&self.namespace, &self.topic, self.messages.into());
+            .deliver(&self.namespace, &self.topic, &self.messages);
     }
 }
 
@@ -195,7 +195,7 @@ impl Broker {
             return 0;
         }
         if !BATCHING.get() {
-            self.deliver(namespace, topic, Arc::new([(msg, exclude)]));
+            self.deliver(namespace, topic, &[(msg, exclude)]);
             return count;
         }
         let finished = RUN.with_borrow_mut(|held| {
@@ -225,26 +225,35 @@ impl Broker {
 
     /// Queues `messages` at once for the local subscribers of `topic`, each
     /// but the connection it excludes; for publishes from other nodes too.
-    /// Every subscriber's queue gets the same run, not its own copy.
-    pub(crate) fn deliver(&self, namespace: &str, topic: &str, messages: Published) {
+    /// Every subscriber's queue gets the same shared run, except that a
+    /// connection some of them exclude (their sender) gets a run of its own
+    /// without those: a queue then holds only what it will write, and
+    /// `write-queue` bounds its memory as it bounds its count.
+    pub(crate) fn deliver(
+        &self,
+        namespace: &str,
+        topic: &str,
+        messages: &[(WsMessage, Option<u64>)],
+    ) {
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
         let Some(subscribers) = namespaces.get(namespace).and_then(|t| t.get(topic)) else {
             return;
         };
-        // How many messages of the run each excluded connection is not sent.
-        let mut excluded: FxHashMap<u64, usize> = FxHashMap::default();
-        for conn in messages.iter().filter_map(|(_, exclude)| *exclude) {
-            *excluded.entry(conn).or_default() += 1;
-        }
+        // Cloning a message clones a reference to its bytes, not the bytes.
+        let shared: Published = messages.iter().map(|(msg, _)| msg.clone()).collect();
+        let excluded: FxHashSet<u64> = messages.iter().filter_map(|(_, e)| *e).collect();
         for (&conn, handle) in subscribers {
-            let skipped = if excluded.is_empty() {
-                0
-            } else {
-                excluded.get(&conn).copied().unwrap_or(0)
-            };
-            let count = messages.len() - skipped;
-            if count > 0 {
-                let _ = handle.push_run(&messages, count, conn);
+            if excluded.is_empty() || !excluded.contains(&conn) {
+                let _ = handle.push_run(&shared);
+                continue;
+            }
+            let own: Published = messages
+                .iter()
+                .filter(|(_, exclude)| *exclude != Some(conn))
+                .map(|(msg, _)| msg.clone())
+                .collect();
+            if !own.is_empty() {
+                let _ = handle.push_run(&own);
             }
         }
     }
@@ -262,20 +271,12 @@ mod tests {
         let mut got = std::collections::VecDeque::new();
         let mut cx = Context::from_waker(Waker::noop());
         let _ = outbox.poll_take(&mut cx, &mut got);
-        let text = |msg: &WsMessage| msg.to_text().unwrap().to_string();
         got.iter()
             .flat_map(|out| match out {
-                Outbound::One(msg) => vec![text(msg)],
-                Outbound::Run {
-                    messages,
-                    next,
-                    conn,
-                } => messages[*next..]
-                    .iter()
-                    .filter(|(_, exclude)| *exclude != Some(*conn))
-                    .map(|(msg, _)| text(msg))
-                    .collect(),
+                Outbound::One(msg) => std::slice::from_ref(msg),
+                Outbound::Run { messages, next } => &messages[*next..],
             })
+            .map(|msg| msg.to_text().unwrap().to_string())
             .collect()
     }
 

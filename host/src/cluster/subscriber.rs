@@ -311,8 +311,8 @@ impl Subscriber {
             if let Some((namespace, topic)) = channel.and_then(|c| wanted.get(c))
                 && !run.is_empty()
             {
+                broker.deliver(namespace, topic, run);
                 metrics.received.inc_by(run.len() as u64);
-                broker.deliver(namespace, topic, run.drain(..).collect());
             }
             run.clear();
         };

@@ -171,18 +171,11 @@ where
         while !self.full() {
             match queue.front_mut() {
                 None => break,
-                Some(Outbound::Run {
-                    messages,
-                    next,
-                    conn,
-                }) => {
+                Some(Outbound::Run { messages, next }) => {
                     // A shared run: frame from it in place, up to the batch.
                     while *next < messages.len() && !self.full() {
-                        let (msg, exclude) = &messages[*next];
+                        self.data(&messages[*next], sent);
                         *next += 1;
-                        if *exclude != Some(*conn) {
-                            self.data(msg, sent);
-                        }
                     }
                     if *next == messages.len() {
                         queue.pop_front();
@@ -477,31 +470,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_shared_run_is_framed_in_parts_without_the_excluded_messages() {
+    async fn a_shared_run_is_framed_in_parts_across_batches() {
         let (mut wire, client) = pair(1000).await;
-        // Several batches' worth, with a large payload among them, and every
-        // tenth message published by the connection itself.
-        let messages: Vec<(WsMessage, Option<u64>)> = (0..3000)
+        // Several batches' worth, with a large payload among them.
+        let messages: Vec<WsMessage> = (0..3000)
             .map(|i| {
-                let msg = if i == 1500 {
+                if i == 1500 {
                     binary(LARGE * 2, 3)
                 } else {
                     WsMessage::text(format!("{i:0>100}"))
-                };
-                (msg, (i % 10 == 0).then_some(7))
+                }
             })
             .collect();
         let expected: Vec<WsMessage> = messages
             .iter()
-            .filter(|(_, exclude)| exclude.is_none())
-            .map(|(msg, _)| msg.clone())
+            .cloned()
             .chain([WsMessage::text("sent after")])
             .collect();
         let mut queue = VecDeque::from([
             Outbound::Run {
                 messages: messages.into(),
                 next: 0,
-                conn: 7,
             },
             WsMessage::text("sent after").into(),
         ]);
