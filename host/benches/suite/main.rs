@@ -4,6 +4,8 @@
 //! generator to CPU 1.
 //!
 //! `cargo bench --bench suite` runs, 3 rounds each:
+//! 0. crossing: the cost of one call into a plugin, per message, for each
+//!    shape a batched contract could take, in this process;
 //! 1. echo one message at a time per connection: rate and latency;
 //! 2. pipelined echo: rate and server CPU time per message;
 //! 3. fan-out from 1 publisher to 1,000 subscribers: delivery rate and latency;
@@ -22,7 +24,7 @@
 //!
 //! `cargo bench --bench suite -- --smoke` (or `BERTH_BENCH_SMOKE=1`) runs every
 //! scenario once with tiny counts: it proves each completes, not how fast.
-//! Scenario names as arguments (`echo pipelined fanout idle connect reload
+//! Scenario names as arguments (`crossing echo pipelined fanout idle connect reload
 //! languages cluster`) run only those (with `--smoke` too: tiny counts for just
 //! those);
 //! `BERTH_BENCH_IDLE=N` sets the number of idle connections, and
@@ -34,6 +36,7 @@
 mod baseline;
 mod cluster;
 mod connect;
+mod crossing;
 mod echo;
 mod fanout;
 mod idle;
@@ -53,7 +56,8 @@ use servers::{Server, has_taskset};
 pub const LIMIT: Duration = Duration::from_secs(60);
 
 /// The scenarios, by the names that select them on the command line.
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
+    "crossing",
     "echo",
     "pipelined",
     "fanout",
@@ -411,6 +415,9 @@ instance = "connection"
 
     let wants = |name: &str| only.is_empty() || only.contains(&name);
     let mut summary = report::Summary::new(smoke);
+    if wants("crossing") {
+        crossing::scenario(smoke);
+    }
     if wants("echo") {
         echo::one_at_a_time(&bench, &mut summary).await;
     }
