@@ -52,6 +52,12 @@ impl CompileCache {
     /// A cache in `dir` (created if missing), or none when `dir` is `None` or
     /// cannot be created (which is logged: plugins still load, only slower).
     pub(crate) fn open(engine: &Engine, dir: Option<&Path>) -> CompileCache {
+        // wasmtime's compatibility hash covers the compiler's target and
+        // flags, the engine's tunables and wasm features, and the wasmtime
+        // crate's full version (through `Config::module_version`, whose
+        // default hashes e.g. "50.0.1"), so any upgrade, a patch release
+        // included, starts a fresh set of entries. `Component::deserialize`
+        // alone would compare the major version only.
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_tag = format!("{:016x}", hasher.finish());
