@@ -17,7 +17,7 @@ use wit_parser::{Function, Interface, Resolve, Type, TypeDefKind, WorldItem, Wor
 pub const WORLD_WIT: &str = include_str!("../../wit/berth.wit");
 
 /// The world a plugin must implement, as `package/world@version`.
-pub const WORLD: &str = "berth:plugin/plugin@0.2.0";
+pub const WORLD: &str = "berth:plugin/plugin@0.3.0";
 
 /// Why a file could not be checked at all: it is not a component.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,7 @@ pub enum NotAComponent {
 /// One interface or function a component imports or exports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
-    /// Its full name, such as `wasi:cli/stdout@0.2.3` or `berth:plugin/host@0.2.0`.
+    /// Its full name, such as `wasi:cli/stdout@0.2.3` or `berth:plugin/host@0.3.0`.
     pub name: String,
     /// The functions it carries, in the component's order.
     pub functions: Vec<String>,

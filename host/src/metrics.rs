@@ -79,34 +79,33 @@ struct ResultLabel {
     result: &'static str,
 }
 
+/// The `kind` label of the events a plugin is handed, in the order counted.
+const EVENT_KINDS: [&str; 3] = ["message", "close", "timer"];
+
+/// The labels of the plugin events counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    route: String,
+    kind: &'static str,
+}
+
 /// A plugin export whose calls are timed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Export {
     /// `on-connect`.
     Connect,
-    /// `on-message`.
-    Message,
-    /// `on-close`.
-    Close,
-    /// `on-timer`.
-    Timer,
+    /// `on-events`: one call per batch of messages, closes and timer firings.
+    Events,
 }
 
 impl Export {
-    const ALL: [Export; 4] = [
-        Export::Connect,
-        Export::Message,
-        Export::Close,
-        Export::Timer,
-    ];
+    const ALL: [Export; 2] = [Export::Connect, Export::Events];
 
     /// The value of the `export` label.
     fn label(self) -> &'static str {
         match self {
             Export::Connect => "on_connect",
-            Export::Message => "on_message",
-            Export::Close => "on_close",
-            Export::Timer => "on_timer",
+            Export::Events => "on_events",
         }
     }
 }
@@ -242,6 +241,7 @@ pub(crate) struct Metrics {
     received_bytes: Family<RouteLabel, Counter>,
     sent_bytes: Family<RouteLabel, Counter>,
     calls: Family<CallLabels, Histogram, fn() -> Histogram>,
+    events: Family<EventLabels, Counter>,
     traps: Family<RouteLabel, Counter>,
     quarantines: Family<RouteLabel, Counter>,
     slow_consumer_closes: Family<RouteLabel, Counter>,
@@ -308,6 +308,12 @@ impl Metrics {
             Unit::Seconds,
             calls.clone(),
         );
+        let events = Family::default();
+        registry.register(
+            "plugin_events",
+            "Events handed to a plugin in its on-events calls, by kind (message, close, timer)",
+            events.clone(),
+        );
         let traps = Family::default();
         registry.register(
             "plugin_traps",
@@ -370,6 +376,7 @@ impl Metrics {
             received_bytes,
             sent_bytes,
             calls,
+            events,
             traps,
             quarantines,
             slow_consumer_closes,
@@ -398,6 +405,12 @@ impl Metrics {
                 self.calls.get_or_create_owned(&CallLabels {
                     route: path.to_string(),
                     export: export.label(),
+                })
+            }),
+            events: EVENT_KINDS.map(|kind| {
+                self.events.get_or_create_owned(&EventLabels {
+                    route: path.to_string(),
+                    kind,
                 })
             }),
             traps: per_route(&self.traps),
@@ -500,6 +513,8 @@ pub(crate) struct RouteMetrics {
     sent_bytes: Counter,
     /// Indexed by [`Export`].
     calls: [Histogram; Export::ALL.len()],
+    /// Events handed over, indexed as [`EVENT_KINDS`].
+    events: [Counter; EVENT_KINDS.len()],
     /// Failed plugin calls.
     pub(crate) traps: Counter,
     /// Quarantines entered.
@@ -514,6 +529,15 @@ impl RouteMetrics {
     /// Records how long one call into `export` took.
     pub(crate) fn observe_call(&self, export: Export, took: Duration) {
         self.calls[export as usize].observe(took.as_secs_f64());
+    }
+
+    /// Counts the messages, closes and timer firings of one `on-events` call.
+    pub(crate) fn delivered(&self, counts: [u64; EVENT_KINDS.len()]) {
+        for (counter, count) in self.events.iter().zip(counts) {
+            if count != 0 {
+                counter.inc_by(count);
+            }
+        }
     }
 
     /// Counts a connection that has opened; it counts as open until the
@@ -614,7 +638,7 @@ mod tests {
         for series in [
             "berth_connections_total{route=\"/r\"}",
             "berth_received_bytes_total{route=\"/r\"}",
-            "berth_plugin_call_duration_seconds_count{route=\"/r\",export=\"on_timer\"}",
+            "berth_plugin_call_duration_seconds_count{route=\"/r\",export=\"on_events\"}",
             "berth_reloads_total{result=\"failed\"}",
             "berth_handshake_rejections_total{reason=\"quarantined\"}",
             "berth_broker_connected{connection=\"subscribe\"}",
@@ -650,7 +674,8 @@ mod tests {
         sent.flush_sent(&second);
         sent.flush_sent(&second);
         let open = second.opened();
-        second.observe_call(Export::Message, Duration::from_micros(3));
+        second.observe_call(Export::Events, Duration::from_micros(3));
+        second.delivered([5, 1, 0]);
         let text = metrics.encode();
         for series in [
             "berth_messages_received_total{route=\"/r\"} 2",
@@ -658,7 +683,10 @@ mod tests {
             "berth_messages_sent_total{route=\"/r\"} 1",
             "berth_sent_bytes_total{route=\"/r\"} 10",
             "berth_connections_open{route=\"/r\"} 1",
-            "berth_plugin_call_duration_seconds_count{route=\"/r\",export=\"on_message\"} 1",
+            "berth_plugin_call_duration_seconds_count{route=\"/r\",export=\"on_events\"} 1",
+            "berth_plugin_events_total{route=\"/r\",kind=\"message\"} 5",
+            "berth_plugin_events_total{route=\"/r\",kind=\"close\"} 1",
+            "berth_plugin_events_total{route=\"/r\",kind=\"timer\"} 0",
         ] {
             assert!(text.contains(series), "{series} missing from\n{text}");
         }

@@ -1,8 +1,9 @@
 //! `berth new`: writes a plugin project, in Rust, JavaScript or Python, that
 //! builds into a component with one command and passes `berth check`.
 //!
-//! Every project carries its own copy of `wit/berth.wit` (and, in Rust, of the
-//! plugin SDK), so it builds wherever it is moved, with no path back to berth.
+//! Every project carries its own copy of `wit/berth.wit` and of the plugin
+//! SDK for its language, so it builds wherever it is moved, with no path back
+//! to berth.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -128,6 +129,10 @@ const JAVASCRIPT: &[File] = &[
         "src/plugin.js",
         include_str!("../templates/js/src/plugin.js"),
     ),
+    vendored(
+        "src/berth.js",
+        include_str!("../../plugins/js/sdk/berth.js"),
+    ),
     vendored("wit/berth.wit", WORLD_WIT),
 ];
 
@@ -143,6 +148,11 @@ const PYTHON: &[File] = &[
     template(".gitignore", include_str!("../templates/python/gitignore")),
     template("README.md", include_str!("../templates/python/README.md")),
     template("app.py", include_str!("../templates/python/app.py")),
+    // The SDK sits beside app.py, on componentize-py's search path (`.`).
+    vendored(
+        "berth/__init__.py",
+        include_str!("../../plugins/python/sdk/berth/__init__.py"),
+    ),
     vendored("wit/berth.wit", WORLD_WIT),
 ];
 
@@ -276,6 +286,63 @@ mod tests {
             project.output,
             PathBuf::from("target/wasm32-wasip2/release/live_feed.wasm")
         );
+    }
+
+    #[test]
+    fn a_javascript_project_carries_the_sdk_its_plugin_imports() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("p");
+        let project = write("live-feed", Lang::JavaScript, &root).unwrap();
+        let sdk = include_str!("../../plugins/js/sdk/berth.js");
+        assert_eq!(
+            std::fs::read_to_string(root.join("src/berth.js")).unwrap(),
+            sdk
+        );
+        assert!(project.files.contains(&PathBuf::from("src/berth.js")));
+        let plugin = std::fs::read_to_string(root.join("src/plugin.js")).unwrap();
+        assert!(plugin.contains("from './berth.js';"), "{plugin}");
+        assert!(plugin.contains("hello from live-feed") && !plugin.contains("{{"));
+        let build = std::fs::read_to_string(root.join("build.mjs")).unwrap();
+        assert!(build.contains("'./live-feed.wasm'") && !build.contains("{{"));
+        assert_eq!(project.output, PathBuf::from("live-feed.wasm"));
+        // The SDK imports the host interface of the contract it is shipped with.
+        let version = WORLD_WIT
+            .lines()
+            .find_map(|line| line.strip_prefix("package berth:plugin@"))
+            .and_then(|rest| rest.strip_suffix(';'))
+            .unwrap();
+        assert!(
+            sdk.contains(&format!("from 'berth:plugin/host@{version}';")),
+            "the SDK imports another version than {version}"
+        );
+    }
+
+    #[test]
+    fn python_projects_carry_the_sdk_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = write("live-feed", Lang::Python, &dir.path().join("p")).unwrap();
+        let root = dir.path().join("p");
+        let app = std::fs::read_to_string(root.join("app.py")).unwrap();
+        assert!(app.contains("class Handler(berth.Plugin):"));
+        assert!(app.contains("hello from live-feed") && !app.contains("{{"));
+        let build = std::fs::read_to_string(root.join("build.sh")).unwrap();
+        assert!(build.contains("--output live-feed.wasm"));
+        assert_eq!(
+            std::fs::read_to_string(root.join("berth/__init__.py")).unwrap(),
+            include_str!("../../plugins/python/sdk/berth/__init__.py")
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("wit/berth.wit")).unwrap(),
+            WORLD_WIT
+        );
+        assert!(project.files.contains(&PathBuf::from("berth/__init__.py")));
+        assert_eq!(project.output, PathBuf::from("live-feed.wasm"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(root.join("build.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o111, 0o111);
     }
 
     /// The templates pin the same tool versions berth's own plugins are built

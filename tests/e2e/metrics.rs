@@ -55,6 +55,14 @@ impl Scrape {
         )
     }
 
+    /// How many events of `kind` (message, close, timer) `route`'s plugin was handed.
+    fn events(&self, route: &str, kind: &str) -> f64 {
+        self.value(
+            "berth_plugin_events_total",
+            &[("route", route), ("kind", kind)],
+        )
+    }
+
     /// The rejections counted for `reason`.
     fn rejections(&self, reason: &str) -> f64 {
         self.value("berth_handshake_rejections_total", &[("reason", reason)])
@@ -357,8 +365,8 @@ async fn echo_traffic_is_counted_exactly_in_messages_bytes_connections_and_calls
     assert_eq!(after.route("berth_connections_total", "/echo"), 1.0);
     assert_eq!(after.route("berth_connections_open", "/echo"), 1.0);
     assert_eq!(after.calls("/echo", "on_connect"), 1.0);
-    assert_eq!(after.calls("/echo", "on_message"), count);
-    assert_eq!(after.calls("/echo", "on_close"), 0.0);
+    assert_eq!(after.events("/echo", "message"), count);
+    assert_eq!(after.events("/echo", "close"), 0.0);
 
     // A second connection, then both gone: open goes back to 0, and each
     // close was one on-close call.
@@ -368,13 +376,13 @@ async fn echo_traffic_is_counted_exactly_in_messages_bytes_connections_and_calls
     client.close(None).await.unwrap();
     second.close(None).await.unwrap();
     let closed = scrape_until(addr, "both connections closed", |s| {
-        s.route("berth_connections_open", "/echo") == 0.0 && s.calls("/echo", "on_close") >= 2.0
+        s.route("berth_connections_open", "/echo") == 0.0 && s.events("/echo", "close") >= 2.0
     })
     .await;
     assert_eq!(closed.route("berth_connections_total", "/echo"), 2.0);
     assert_eq!(closed.calls("/echo", "on_connect"), 2.0);
-    assert_eq!(closed.calls("/echo", "on_message"), count + 1.0);
-    assert_eq!(closed.calls("/echo", "on_close"), 2.0);
+    assert_eq!(closed.events("/echo", "message"), count + 1.0);
+    assert_eq!(closed.events("/echo", "close"), 2.0);
     assert_eq!(
         closed.route("berth_messages_received_total", "/echo"),
         count + 1.0
@@ -498,8 +506,8 @@ async fn slow_consumers_traps_quarantines_and_heartbeat_timeouts_are_counted() {
     .await;
     assert_eq!(after.route("berth_plugin_traps_total", "/kit"), 2.0);
     assert_eq!(after.route("berth_quarantines_total", "/kit"), 1.0);
-    // Failed calls are timed too: flood, whoami, two panics.
-    assert_eq!(after.calls("/kit", "on_message"), 4.0);
+    // Failed calls count too: flood, whoami, two panics.
+    assert_eq!(after.events("/kit", "message"), 4.0);
     assert_eq!(refusal(request(&kit, &[])).await, Some(503));
     assert_eq!(scrape(addr).await.rejections("quarantined"), 1.0);
 

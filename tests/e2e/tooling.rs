@@ -43,13 +43,10 @@ fn check_accepts_plugins_that_fit_in_every_language_and_lists_what_they_ask_for(
     for plugin in plugins {
         let (code, out) = berth(&["check", &plugin]);
         assert_eq!(code, 0, "{out}");
-        assert!(out.contains("fits berth:plugin/plugin@0.2.0"), "{out}");
-        assert!(out.contains("berth:plugin/host@0.2.0"), "{out}");
-        assert!(out.contains("berth:plugin/handler@0.2.0"), "{out}");
-        assert!(
-            out.contains("on-connect, on-message, on-close, on-timer"),
-            "{out}"
-        );
+        assert!(out.contains("fits berth:plugin/plugin@0.3.0"), "{out}");
+        assert!(out.contains("berth:plugin/host@0.3.0"), "{out}");
+        assert!(out.contains("berth:plugin/handler@0.3.0"), "{out}");
+        assert!(out.contains("on-connect, on-events"), "{out}");
     }
     // A plugin that asks for files says so in words an operator can act on.
     let (code, out) = berth(&["check", &built("testkit.wasm")]);
@@ -65,23 +62,13 @@ fn check_lists_every_missing_export_and_wrong_type() {
     let (code, out) = berth(&["check", &built("misfit.wasm")]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("does not fit berth:plugin/plugin@0.2.0"),
+        out.contains("does not fit berth:plugin/plugin@0.3.0"),
         "{out}"
     );
-    for missing in ["on-close", "on-timer"] {
-        assert!(
-            out.contains(&format!("does not export `{missing}`")),
-            "{missing}: {out}"
-        );
-    }
-    for wrong in ["on-connect", "on-message"] {
-        assert!(
-            out.contains(&format!("`{wrong}` has the wrong type")),
-            "{wrong}: {out}"
-        );
-    }
+    assert!(out.contains("does not export `on-events`"), "{out}");
+    assert!(out.contains("`on-connect` has the wrong type"), "{out}");
     assert!(
-        out.contains("func(conn: u64, msg: variant { text(string), binary(list<u8>) })"),
+        out.contains("func(payload: list<u8>, events: list<variant { message(record { conn: u64, kind: enum { text, binary }, start: u32, len: u32 })"),
         "berth's side is spelled out: {out}"
     );
 }
@@ -175,7 +162,7 @@ async fn new_project_builds_fits_and_serves(lang: &str) {
 
     let (code, out) = berth(&["check", &check]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("fits berth:plugin/plugin@0.2.0"), "{out}");
+    assert!(out.contains("fits berth:plugin/plugin@0.3.0"), "{out}");
 
     let wasm = Path::new(&check);
     let folder = wasm.parent().unwrap().display().to_string();

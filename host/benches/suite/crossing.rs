@@ -6,8 +6,8 @@
 //! what berth's route thread does around a call: it hands over messages that
 //! arrived as shared bytes and turns each reply into shared bytes for an
 //! outbound queue. Figures are nanoseconds per message, medians of several
-//! runs, for batches of 1, 16 and 256 messages of 64 B text. The first rows
-//! are an empty export call, into the fixture and into the real echo plugin.
+//! runs, for batches of 1, 16 and 256 messages of 64 B text. The first row
+//! is an empty export call into the fixture.
 
 use std::path::Path;
 use std::time::Instant;
@@ -145,12 +145,6 @@ pub fn scenario(smoke: bool) {
         "",
         &[ns(noop), "".into(), "".into()],
     );
-    let echo_timer = echo_plugin_timer(&engine, dir, runs, messages);
-    table.row(
-        "empty export (echo's on-timer)",
-        "",
-        &[ns(echo_timer), "".into(), "".into()],
-    );
 
     // 0.2: one export call per message, text copied into a String for the call.
     let mut cells = Vec::new();
@@ -249,40 +243,4 @@ pub fn scenario(smoke: bool) {
         })));
     }
     table.row("C: payload + spans, replies returned", "", &cells);
-}
-
-/// An empty export into the real echo plugin: its `on-timer`, which the Rust
-/// SDK leaves empty. berth's host imports are linked as traps, since the call
-/// makes none.
-fn echo_plugin_timer(engine: &Engine, dir: &Path, runs: usize, calls: usize) -> f64 {
-    let component = Component::from_file(engine, dir.join("echo.wasm")).expect("the echo plugin");
-    let mut linker: Linker<State> = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).expect("WASI links");
-    linker
-        .define_unknown_imports_as_traps(&component)
-        .expect("berth's imports as traps");
-    let mut store = store(engine);
-    let instance = linker
-        .instantiate(&mut store, &component)
-        .expect("the echo plugin instantiates");
-    let handler = component
-        .component_type()
-        .exports(engine)
-        .map(|(name, _)| name.to_string())
-        .find(|name| name.starts_with("berth:plugin/handler@"))
-        .expect("a handler export");
-    let interface = instance
-        .get_export_index(&mut store, None, &handler)
-        .expect("the handler interface");
-    let func = instance
-        .get_export_index(&mut store, Some(&interface), "on-timer")
-        .expect("on-timer");
-    let on_timer = instance
-        .get_typed_func::<(u64,), ()>(&mut store, &func)
-        .expect("on-timer takes a u64");
-    per_message(runs, calls, || {
-        for token in 0..calls as u64 {
-            on_timer.call(&mut store, (token,)).unwrap();
-        }
-    })
 }

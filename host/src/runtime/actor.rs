@@ -21,12 +21,13 @@ use wasmtime::Store;
 use wasmtime::error::Context as _;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
+use super::batch::{Batch, Named};
 use super::bindings::Plugin;
-use super::bindings::berth::plugin::types::{CloseInfo, Message, Request};
+use super::bindings::berth::plugin::types::{MessageKind, Request};
 use super::host::{ConnEntry, HostState, Quarantine, RouteShared};
 use super::stdio::{LineBudget, LogTarget, Stdio};
 use super::timers::Timers;
-use super::{Compiled, EPOCH_TICK, RouteActor, RuntimeError};
+use super::{CloseInfo, Compiled, EPOCH_TICK, RouteActor, RuntimeError};
 use crate::config::{InstanceModel, RouteConfig};
 use crate::metrics::{Export, RouteMetrics};
 use crate::outbox::{ConnHandle, deferring_wakes};
@@ -179,6 +180,10 @@ struct Worker {
     current_conn: Arc<AtomicU64>,
     deadline_ticks: u64,
     instances: Instances,
+    /// The events taken for the next `on-events` call.
+    batch: Batch,
+    /// The event the last failed call was handling.
+    failed_at: Option<u32>,
     metrics: Arc<RouteMetrics>,
 }
 
@@ -223,6 +228,8 @@ pub(super) fn spawn(
             current_conn: Arc::new(AtomicU64::new(0)),
             deadline_ticks,
             instances: Instances::PerConnection(FxHashMap::default()),
+            batch: Batch::default(),
+            failed_at: None,
             metrics: metrics.clone(),
         };
         if route.instance == InstanceModel::Route {
@@ -252,24 +259,6 @@ pub(super) fn spawn(
     })
 }
 
-/// An export's name in the WIT, for logs.
-fn export_name(export: Export) -> &'static str {
-    match export {
-        Export::Connect => "on-connect",
-        Export::Message => "on-message",
-        Export::Close => "on-close",
-        Export::Timer => "on-timer",
-    }
-}
-
-fn to_plugin_message(msg: WsMessage) -> Option<Message> {
-    match msg {
-        WsMessage::Text(text) => Some(Message::Text(text.as_str().to_owned())),
-        WsMessage::Binary(bytes) => Some(Message::Binary(bytes.into())),
-        _ => None,
-    }
-}
-
 impl Worker {
     fn run(mut self, mut rx: QueueRx<Event>) {
         let mut batch = Vec::with_capacity(BATCH);
@@ -281,6 +270,7 @@ impl Worker {
                     for event in batch.drain(..) {
                         self.handle(event);
                     }
+                    self.flush();
                 })
             });
         }
@@ -355,29 +345,34 @@ impl Worker {
         }
     }
 
-    /// Calls into instance `key` under the route's deadline, tagging logs with
-    /// `conn`, and times the call. A failed call leaves the instance
-    /// unusable: see [`Self::fail`].
+    /// Calls into instance `key` under the route's deadline and times the
+    /// call. `f` tags the call's logs with its connection (see
+    /// `HostState::set_current`). A failed call leaves the instance unusable:
+    /// see [`Self::fail`], told which connection and event failed by
+    /// `failed`, given the event the plugin last said it handled; that event
+    /// is then in `self.failed_at`.
     fn call<R>(
         &mut self,
         key: u64,
-        conn: u64,
         export: Export,
+        failed: impl FnOnce(u32) -> (u64, Named),
         f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Option<R> {
         let ticks = self.deadline_ticks;
         let live = self.live(key)?;
-        live.store.data().set_current(conn);
         live.store.set_epoch_deadline(ticks);
         let started = std::time::Instant::now();
         let result = f(&live.plugin, &mut live.store);
         let took = started.elapsed();
         live.store.data().set_current(0);
+        let at = live.store.data().handled_at();
         self.metrics.observe_call(export, took);
         match result {
             Ok(value) => Some(value),
             Err(error) => {
-                self.fail(key, conn, export, error);
+                self.failed_at = Some(at);
+                let (conn, named) = failed(at);
+                self.fail(key, conn, named, error);
                 None
             }
         }
@@ -386,8 +381,8 @@ impl Worker {
     /// Replaces a failed route-model instance with a fresh one (the route's
     /// connections stay open; the old state is lost), or drops a failed
     /// connection-model instance and closes its connection with 1011.
-    fn fail(&mut self, key: u64, conn: u64, export: Export, error: wasmtime::Error) {
-        let export = export_name(export);
+    fn fail(&mut self, key: u64, conn: u64, named: Named, error: wasmtime::Error) {
+        let export = named.as_str();
         let reason = match error.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => format!(
                 "ran longer than call-timeout ({})",
@@ -457,6 +452,9 @@ impl Worker {
         self.instances = Instances::Shared(live);
     }
 
+    /// Adds `event` to the batch for the next call, or handles it at once,
+    /// handing over the batch first when the event must not wait behind it
+    /// or cannot join it.
     fn handle(&mut self, event: Event) {
         match event {
             Event::Connect {
@@ -464,34 +462,78 @@ impl Worker {
                 request,
                 handle,
                 reply,
-            } => self.connect(conn, *request, handle, reply),
+            } => {
+                self.flush();
+                self.connect(conn, *request, handle, reply);
+            }
             Event::Message { conn, msg } => {
-                let Some(msg) = to_plugin_message(msg) else {
-                    return;
+                let (kind, bytes) = match &msg {
+                    WsMessage::Text(text) => (MessageKind::Text, text.as_bytes()),
+                    WsMessage::Binary(bytes) => (MessageKind::Binary, &bytes[..]),
+                    _ => return,
                 };
                 let key = self.key(conn);
-                self.call(key, conn, Export::Message, |plugin, store| {
-                    plugin
-                        .berth_plugin_handler()
-                        .call_on_message(store, conn, &msg)
-                });
+                if !self.batch.fits(key, bytes.len()) {
+                    self.flush();
+                }
+                let bytes = match msg {
+                    WsMessage::Text(text) => text.into(),
+                    WsMessage::Binary(bytes) => bytes,
+                    _ => return,
+                };
+                self.batch.message(key, conn, kind, &bytes);
             }
             Event::Close { conn, info } => self.close(conn, info),
             Event::Settled { reply } => {
                 // Publishes held in this batch belong before the answer too.
+                self.flush();
                 pubsub::deliver_held();
                 let _ = reply.send(());
             }
             Event::Timer { key, timer } => {
+                // The plugin may cancel the timer while handling what came
+                // before it: those events go first, then the timer is looked up.
+                self.flush();
                 let Some(token) = self
                     .live(key)
                     .and_then(|live| live.store.data_mut().timers().fired(timer))
                 else {
                     return; // cancelled, or its instance is gone
                 };
-                self.call(key, key, Export::Timer, |plugin, store| {
-                    plugin.berth_plugin_handler().call_on_timer(store, token)
-                });
+                self.batch.timer(key, token);
+            }
+        }
+    }
+
+    /// Hands the batch to its instance in one `on-events` call. If the call
+    /// fails in the route model, the events after the one that failed go to
+    /// the fresh instance, so that one plugin fault costs one event.
+    fn flush(&mut self) {
+        while let Some(key) = self.batch.key() {
+            let counts = self.batch.counts();
+            let batch = std::mem::take(&mut self.batch);
+            self.failed_at = None;
+            self.call(
+                key,
+                Export::Events,
+                |at| batch.event(at),
+                |plugin, store| {
+                    store.data_mut().begin_events(batch.conns());
+                    let (payload, events) = batch.contents();
+                    plugin
+                        .berth_plugin_handler()
+                        .call_on_events(store, payload, events)
+                },
+            );
+            self.metrics.delivered(counts);
+            let rest = match (self.failed_at.take(), &self.instances) {
+                (Some(at), Instances::Shared(Some(_))) => batch.after(at),
+                _ => Batch::default(),
+            };
+            self.batch = batch;
+            self.batch.clear();
+            if rest.key().is_some() {
+                self.batch = rest;
             }
         }
     }
@@ -550,11 +592,17 @@ impl Worker {
         if let Some(live) = self.live(key) {
             live.store.data_mut().add_conn(conn, handle);
         }
-        let result = self.call(key, conn, Export::Connect, |plugin, store| {
-            plugin
-                .berth_plugin_handler()
-                .call_on_connect(store, conn, &request)
-        });
+        let result = self.call(
+            key,
+            Export::Connect,
+            |_| (conn, Named::Connect),
+            |plugin, store| {
+                store.data().set_current(conn);
+                plugin
+                    .berth_plugin_handler()
+                    .call_on_connect(store, conn, &request)
+            },
+        );
         let outcome = match result {
             Some(Ok(accept)) => match accept.subprotocol {
                 Some(chosen) if !request.subprotocols.contains(&chosen) => {
@@ -601,19 +649,25 @@ impl Worker {
         }
     }
 
+    /// Adds the end of `conn` to the batch. The connection leaves the
+    /// plugin's store now, so events before it in the batch go first.
     fn close(&mut self, conn: u64, info: CloseInfo) {
         let key = self.key(conn);
+        if !self.batch.fits(key, info.reason.len()) || self.batch.has_other_than_closes() {
+            self.flush();
+        }
         if let Some(live) = self.live(key) {
             live.store.data_mut().remove_conn(conn);
+        } else {
+            return; // its instance failed and is gone, and the plugin with it
         }
-        self.call(key, conn, Export::Close, |plugin, store| {
-            plugin
-                .berth_plugin_handler()
-                .call_on_close(store, conn, &info)
-        });
-        if let Instances::PerConnection(map) = &mut self.instances {
-            // The connection's instance, and with it its timers, ends here.
-            map.remove(&conn);
+        self.batch.close(key, conn, info.code, &info.reason);
+        if let Instances::PerConnection(_) = self.instances {
+            self.flush();
+            if let Instances::PerConnection(map) = &mut self.instances {
+                // The connection's instance, and with it its timers, ends here.
+                map.remove(&conn);
+            }
         }
     }
 

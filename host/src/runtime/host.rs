@@ -125,6 +125,11 @@ pub(crate) struct HostState {
     conns: FxHashMap<u64, ConnEntry>,
     timers: Timers,
     limits: StoreLimits,
+    /// The connection of each event of the `on-events` call in progress (0
+    /// for a timer), to tag logs as the plugin moves through them.
+    event_conns: Vec<u64>,
+    /// The event of the call in progress that the plugin said it handles.
+    handling: u32,
 }
 
 /// Core instances, tables and memories one plugin instance may hold: a small
@@ -164,7 +169,23 @@ impl HostState {
             conns: FxHashMap::default(),
             timers,
             limits,
+            event_conns: Vec::new(),
+            handling: 0,
         }
+    }
+
+    /// Starts an `on-events` call whose events are about `conns`, in order:
+    /// the first event is being handled until the plugin says otherwise.
+    pub(crate) fn begin_events(&mut self, conns: impl Iterator<Item = u64>) {
+        self.event_conns.clear();
+        self.event_conns.extend(conns);
+        self.handling = 0;
+        self.set_current(self.event_conns.first().copied().unwrap_or(0));
+    }
+
+    /// The event the plugin last said it handles, for a call that failed.
+    pub(crate) fn handled_at(&self) -> u32 {
+        self.handling
     }
 
     /// The store's resource limits, for `Store::limiter`.
@@ -228,12 +249,24 @@ fn conn_error(err: PushError) -> types::ConnError {
     }
 }
 
-/// A plugin's message as a WebSocket message; the bytes move, they are not copied.
-fn to_wire(msg: types::Message) -> WsMessage {
-    match msg {
+/// A plugin's message as a WebSocket message, or `None` if its text is not
+/// UTF-8 or its Latin-1 string has a character above U+00FF. The bytes move;
+/// only a Latin-1 string with characters above U+007F is decoded into new ones.
+fn to_wire(msg: types::Message) -> Option<WsMessage> {
+    Some(match msg {
         types::Message::Text(text) => WsMessage::Text(text.into()),
+        types::Message::TextUtf8(bytes) => WsMessage::Text(String::from_utf8(bytes).ok()?.into()),
         types::Message::Binary(bytes) => WsMessage::Binary(bytes.into()),
+        types::Message::BinaryLatin1(text) => WsMessage::Binary(latin1(text)?.into()),
+    })
+}
+
+/// The bytes whose characters `text` holds, if each is below U+0100.
+fn latin1(text: String) -> Option<Vec<u8>> {
+    if text.is_ascii() {
+        return Some(text.into_bytes());
     }
+    text.chars().map(|c| u8::try_from(c).ok()).collect()
 }
 
 /// Whether a plugin may close with `code`: the codes an endpoint may put in
@@ -269,7 +302,9 @@ impl host::Host for HostState {
             Ok(entry) => entry,
             Err(e) => return Ok(Err(e)),
         };
-        let msg = to_wire(msg);
+        let Some(msg) = to_wire(msg) else {
+            return Ok(Err(types::ConnError::InvalidMessage));
+        };
         Ok(entry.push(msg).map_err(conn_error))
     }
 
@@ -338,10 +373,17 @@ impl host::Host for HostState {
         topic: String,
         msg: types::Message,
         exclude: Option<u64>,
-    ) -> wasmtime::Result<u32> {
-        let msg = to_wire(msg);
+    ) -> wasmtime::Result<Result<u32, types::PublishError>> {
+        let Some(msg) = to_wire(msg) else {
+            return Ok(Err(types::PublishError::InvalidMessage));
+        };
         let route = &self.route;
-        Ok(route.broker.publish(&route.namespace, &topic, msg, exclude))
+        Ok(Ok(route.broker.publish(
+            &route.namespace,
+            &topic,
+            msg,
+            exclude,
+        )))
     }
 
     fn set_timer(
@@ -386,6 +428,15 @@ impl host::Host for HostState {
         }
         Ok(())
     }
+
+    fn handling(&mut self, index: u32) -> wasmtime::Result<()> {
+        // An index past the batch is the plugin's mistake; it tags nothing.
+        if let Some(&conn) = self.event_conns.get(index as usize) {
+            self.handling = index;
+            self.set_current(conn);
+        }
+        Ok(())
+    }
 }
 
 impl WasiView for HostState {
@@ -399,7 +450,34 @@ impl WasiView for HostState {
 
 #[cfg(test)]
 mod tests {
-    use super::{close_reason, sendable_close_code};
+    use super::{close_reason, latin1, sendable_close_code, to_wire, types};
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    #[test]
+    fn every_way_of_carrying_a_message_reaches_the_wire_intact() {
+        let all: Vec<u8> = (0..=255).collect();
+        let as_latin1: String = all.iter().map(|&b| char::from(b)).collect();
+        assert_eq!(latin1(as_latin1.clone()), Some(all.clone()));
+        assert_eq!(
+            to_wire(types::Message::BinaryLatin1(as_latin1)),
+            Some(WsMessage::Binary(all.clone().into()))
+        );
+        assert_eq!(latin1("ascii only".into()), Some(b"ascii only".to_vec()));
+        assert_eq!(latin1("€".into()), None, "U+20AC is not a byte");
+        assert_eq!(
+            to_wire(types::Message::TextUtf8("héllo".as_bytes().to_vec())),
+            Some(WsMessage::Text("héllo".into()))
+        );
+        assert_eq!(to_wire(types::Message::TextUtf8(vec![0xff, 0x41])), None);
+        assert_eq!(
+            to_wire(types::Message::Text("t".into())),
+            Some(WsMessage::Text("t".into()))
+        );
+        assert_eq!(
+            to_wire(types::Message::Binary(all.clone())),
+            Some(WsMessage::Binary(all.into()))
+        );
+    }
 
     #[test]
     fn close_reason_is_cut_at_a_char_boundary() {

@@ -11,6 +11,7 @@
 //! once per message.
 
 mod actor;
+mod batch;
 mod bindings;
 mod cache;
 mod host;
@@ -30,7 +31,7 @@ use wasmtime::{
 };
 
 pub(crate) use actor::{ConnectOutcome, PluginHandle};
-pub(crate) use bindings::berth::plugin::types::{CloseInfo, Request};
+pub(crate) use bindings::berth::plugin::types::Request;
 use bindings::{Plugin, PluginPre};
 use cache::CompileCache;
 pub use cache::Origin;
@@ -39,6 +40,15 @@ use host::HostState;
 use crate::config::{Config, RouteConfig};
 use crate::metrics::RouteMetrics;
 use crate::pubsub::Broker;
+
+/// Why a connection ended, as its plugin hears it in a close event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CloseInfo {
+    /// The WebSocket close code, or the host's own (1006, 1001, 1009, 1013).
+    pub(crate) code: u16,
+    /// The close reason; may be empty.
+    pub(crate) reason: String,
+}
 
 /// How often the engine's epoch advances; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);

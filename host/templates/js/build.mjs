@@ -1,4 +1,10 @@
 // Builds src/plugin.js into {{name}}.wasm with componentize-js.
+//
+// src/berth.js, the berth SDK, needs no bundling: while building,
+// componentize-js reads the modules src/plugin.js imports from the file
+// system, resolving them against the importing file's folder. Keep imported
+// modules in src/: when the build runs from another folder than this one, the
+// engine sees no further than src/.
 import { writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { componentize } from '@bytecodealliance/componentize-js';

@@ -22,8 +22,8 @@ impl Plugin for Auth {
         }
     }
 
-    fn on_message(conn: ConnectionId, msg: Message) {
-        let _ = host::send(conn, &msg);
+    fn on_message(conn: ConnectionId, msg: Message<'_>) {
+        let _ = host::send(conn, msg);
     }
 }
 

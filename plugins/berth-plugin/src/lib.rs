@@ -10,9 +10,9 @@
 //! struct Echo;
 //!
 //! impl Plugin for Echo {
-//!     fn on_message(conn: ConnectionId, msg: Message) {
+//!     fn on_message(conn: ConnectionId, msg: Message<'_>) {
 //!         // A failed send means the client is gone or too slow; the host closes it.
-//!         let _ = host::send(conn, &msg);
+//!         let _ = host::send(conn, msg);
 //!     }
 //! }
 //!
@@ -22,7 +22,12 @@
 //! `cargo build --release --target wasm32-wasip2` then writes the component to
 //! `target/wasm32-wasip2/release/<crate>.wasm`, ready for a route in berth's config.
 //!
-//! The host calls an instance one event at a time, never concurrently, so a
+//! The host hands an instance every event that is waiting for it in one call
+//! (the contract's `on-events`); this crate calls [`Plugin::on_message`],
+//! [`Plugin::on_close`] and [`Plugin::on_timer`] once per event, in order, with
+//! messages borrowed from that call's buffer: nothing is copied on the way in.
+//!
+//! The host calls an instance one batch at a time, never concurrently, so a
 //! plugin keeps its state in `thread_local!` cells. In the `route` instance model
 //! that state is shared by every connection of the route; in the `connection`
 //! model each connection has its own instance and so its own state.
@@ -37,16 +42,74 @@ pub mod __bindings {
         // bindings (and wit-bindgen's runtime) through this crate alone.
         pub_export_macro: true,
         default_bindings_module: "berth_plugin::__bindings",
+        // Outgoing messages are lent to the host call, not copied into an
+        // owned value first.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
+use __bindings::berth::plugin::host as raw;
+use __bindings::berth::plugin::types::{Event, Message as Outgoing, MessageKind};
 use __bindings::exports::berth::plugin::handler::Guest;
 
-pub use __bindings::berth::plugin::host;
 pub use __bindings::berth::plugin::types::{
-    Accept, CloseInfo, ConnError, ConnectionId, LogLevel, Message, Reject, Request, TimerError,
-    TimerId,
+    Accept, ConnError, ConnectionId, LogLevel, Reject, Request, TimerError, TimerId,
 };
+
+/// A data message: text or bytes, borrowed from the call that delivered it
+/// (or from the plugin, to send). Copy what must outlive the handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    /// A text message.
+    Text(&'a str),
+    /// A binary message.
+    Binary(&'a [u8]),
+}
+
+impl<'a> Message<'a> {
+    /// A text message.
+    pub fn text(text: &'a str) -> Self {
+        Message::Text(text)
+    }
+
+    /// A binary message.
+    pub fn binary(bytes: &'a [u8]) -> Self {
+        Message::Binary(bytes)
+    }
+
+    /// The text of a text message, or `None` for a binary one.
+    pub fn as_text(&self) -> Option<&'a str> {
+        match *self {
+            Message::Text(text) => Some(text),
+            Message::Binary(_) => None,
+        }
+    }
+
+    /// The message's bytes: a text message's UTF-8, or a binary message's bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match *self {
+            Message::Text(text) => text.as_bytes(),
+            Message::Binary(bytes) => bytes,
+        }
+    }
+
+    /// The message as the contract carries it out: the bytes are lent, not copied.
+    fn lend(self) -> Outgoing<'a> {
+        match self {
+            Message::Text(text) => Outgoing::Text(text),
+            Message::Binary(bytes) => Outgoing::Binary(bytes),
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseInfo<'a> {
+    /// The WebSocket close code; 1006 when the peer vanished (see the WIT for the others).
+    pub code: u16,
+    /// The close reason; may be empty.
+    pub reason: &'a str,
+}
 
 /// The events a plugin handles; each one defaults to doing nothing (accepting, for `on_connect`).
 ///
@@ -60,12 +123,12 @@ pub trait Plugin {
     }
 
     /// A complete data message arrived on `conn`.
-    fn on_message(conn: ConnectionId, msg: Message) {
+    fn on_message(conn: ConnectionId, msg: Message<'_>) {
         let _ = (conn, msg);
     }
 
     /// `conn` has ended (called once per accepted connection; it can no longer be sent to).
-    fn on_close(conn: ConnectionId, info: CloseInfo) {
+    fn on_close(conn: ConnectionId, info: CloseInfo<'_>) {
         let _ = (conn, info);
     }
 
@@ -75,6 +138,20 @@ pub trait Plugin {
     }
 }
 
+/// The bytes of `start..start + len` in `payload`; empty if the host sent a span outside it.
+fn span(payload: &[u8], start: u32, len: u32) -> &[u8] {
+    let start = start as usize;
+    payload
+        .get(start..start.saturating_add(len as usize))
+        .unwrap_or_default()
+}
+
+/// Text the host has checked; checked again here, which costs little beside
+/// the call, rather than trusted with `unsafe`.
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap_or_default()
+}
+
 // A blanket impl rather than a wrapper type, because the generated export
 // macro accepts only a bare type name.
 impl<T: Plugin> Guest for T {
@@ -82,16 +159,33 @@ impl<T: Plugin> Guest for T {
         <T as Plugin>::on_connect(conn, req)
     }
 
-    fn on_message(conn: ConnectionId, msg: Message) {
-        <T as Plugin>::on_message(conn, msg)
-    }
-
-    fn on_close(conn: ConnectionId, info: CloseInfo) {
-        <T as Plugin>::on_close(conn, info)
-    }
-
-    fn on_timer(token: u64) {
-        <T as Plugin>::on_timer(token)
+    fn on_events(payload: Vec<u8>, events: Vec<Event>) {
+        for (index, event) in events.into_iter().enumerate() {
+            // Tells the host where a failure would leave the batch, so that
+            // the events after a failed one are not lost.
+            if index > 0 {
+                raw::handling(index as u32);
+            }
+            match event {
+                Event::Message(m) => {
+                    let bytes = span(&payload, m.start, m.len);
+                    let msg = match m.kind {
+                        MessageKind::Text => Message::Text(text(bytes)),
+                        MessageKind::Binary => Message::Binary(bytes),
+                    };
+                    <T as Plugin>::on_message(m.conn, msg);
+                }
+                Event::Close(c) => {
+                    let reason = text(span(&payload, c.start, c.len));
+                    let info = CloseInfo {
+                        code: c.code,
+                        reason,
+                    };
+                    <T as Plugin>::on_close(c.conn, info);
+                }
+                Event::Timer(token) => <T as Plugin>::on_timer(token),
+            }
+        }
     }
 }
 
@@ -103,23 +197,31 @@ macro_rules! export {
     };
 }
 
-impl Message {
-    /// A text message.
-    pub fn text(text: impl Into<String>) -> Self {
-        Message::Text(text.into())
+/// What a plugin may ask of the host: every call is checked, and takes effect at once.
+pub mod host {
+    use super::raw;
+    pub use super::raw::{cancel_timer, config_get, set_timer, subscribe, unsubscribe};
+    use crate::{ConnError, ConnectionId, Message};
+
+    /// Queues `msg` for `conn`; messages to one connection arrive in the order sent.
+    pub fn send(conn: ConnectionId, msg: Message<'_>) -> Result<(), ConnError> {
+        raw::send(conn, msg.lend())
     }
 
-    /// A binary message.
-    pub fn binary(bytes: impl Into<Vec<u8>>) -> Self {
-        Message::Binary(bytes.into())
+    /// Starts closing `conn` with `code` and `reason` (cut to 123 bytes), after what is queued.
+    pub fn close(conn: ConnectionId, code: u16, reason: &str) -> Result<(), ConnError> {
+        raw::close(conn, code, reason)
     }
 
-    /// The text of a text message, or `None` for a binary one.
-    pub fn as_text(&self) -> Option<&str> {
-        match self {
-            Message::Text(text) => Some(text),
-            Message::Binary(_) => None,
-        }
+    /// Sends `msg` to every subscriber of `topic` but `exclude`; returns how many it is for.
+    pub fn publish(topic: &str, msg: Message<'_>, exclude: Option<ConnectionId>) -> u32 {
+        // A Rust `&str` is UTF-8, the one thing publish can refuse.
+        raw::publish(topic, msg.lend(), exclude).unwrap_or(0)
+    }
+
+    /// Writes `message` to the host's log at `level`.
+    pub fn log(level: crate::LogLevel, message: &str) {
+        raw::log(level, message)
     }
 }
 

@@ -75,25 +75,25 @@ impl Plugin for Chat {
         let mut welcome = format!(r#"{{"type":"welcome","id":{conn},"room":"#);
         push_json_string(&mut welcome, &room);
         welcome.push_str(&format!(r#","members":[{members}]}}"#));
-        let _ = host::send(conn, &Message::text(welcome));
-        let join = Message::text(format!(r#"{{"type":"join","id":{conn}}}"#));
-        host::publish(&topic(&room), &join, None);
+        let _ = host::send(conn, Message::text(&welcome));
+        let join = format!(r#"{{"type":"join","id":{conn}}}"#);
+        host::publish(&topic(&room), Message::text(&join), None);
         let _ = host::subscribe(conn, &topic(&room));
         ROOMS.with_borrow_mut(|rooms| rooms.insert(conn, room));
         Ok(Accept::new())
     }
 
-    fn on_message(conn: ConnectionId, msg: Message) {
+    fn on_message(conn: ConnectionId, msg: Message<'_>) {
         let (Some(text), Some(room)) = (msg.as_text(), room_of_conn(conn)) else {
             return;
         };
         let mut out = format!(r#"{{"type":"message","from":{conn},"text":"#);
         push_json_string(&mut out, text);
         out.push('}');
-        host::publish(&topic(&room), &Message::text(out), Some(conn));
+        host::publish(&topic(&room), Message::text(&out), Some(conn));
     }
 
-    fn on_close(conn: ConnectionId, info: CloseInfo) {
+    fn on_close(conn: ConnectionId, info: CloseInfo<'_>) {
         let Some(room) = ROOMS.with_borrow_mut(|rooms| rooms.remove(&conn)) else {
             return;
         };
@@ -101,10 +101,10 @@ impl Plugin for Chat {
             r#"{{"type":"leave","id":{conn},"code":{},"reason":"#,
             info.code
         );
-        push_json_string(&mut out, &info.reason);
+        push_json_string(&mut out, info.reason);
         out.push('}');
         // The host ended the connection's subscription before this call.
-        host::publish(&topic(&room), &Message::text(out), None);
+        host::publish(&topic(&room), Message::text(&out), None);
     }
 }
 

@@ -13,10 +13,10 @@ thread_local! {
 struct Counter;
 
 impl Plugin for Counter {
-    fn on_message(conn: ConnectionId, _msg: Message) {
+    fn on_message(conn: ConnectionId, _msg: Message<'_>) {
         let count = COUNT.get() + 1;
         COUNT.set(count);
-        let _ = host::send(conn, &Message::text(count.to_string()));
+        let _ = host::send(conn, Message::text(&count.to_string()));
     }
 }
 

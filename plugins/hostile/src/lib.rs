@@ -70,7 +70,7 @@ thread_local! {
 /// Sends `text` to `conn`. A refusal is ignored: the test that sent the
 /// command notices the missing answer.
 fn reply(conn: ConnectionId, text: String) {
-    let _ = host::send(conn, &Message::text(text));
+    let _ = host::send(conn, Message::text(&text));
 }
 
 /// `ok` for success, else the error's name.
@@ -157,7 +157,7 @@ fn publish_flood(topic: &str, count: u64, size: usize) -> u64 {
         FLOODED.set(seq + 1);
         let mut body = format!("{seq}|");
         body.extend(std::iter::repeat_n('.', size.saturating_sub(body.len())));
-        reached += u64::from(host::publish(topic, &Message::text(body), None));
+        reached += u64::from(host::publish(topic, Message::text(&body), None));
     }
     reached
 }
@@ -170,7 +170,7 @@ impl Plugin for Hostile {
         Ok(Accept::new())
     }
 
-    fn on_message(conn: ConnectionId, msg: Message) {
+    fn on_message(conn: ConnectionId, msg: Message<'_>) {
         MESSAGES.set(MESSAGES.get() + 1);
         let Some(text) = msg.as_text() else { return };
         let (command, rest) = text.split_once(' ').unwrap_or((text, ""));
@@ -201,7 +201,7 @@ impl Plugin for Hostile {
             }
             "send" => {
                 let answer = match rest.parse() {
-                    Ok(target) => outcome(host::send(target, &Message::text("hostile")), "ok"),
+                    Ok(target) => outcome(host::send(target, Message::text("hostile")), "ok"),
                     Err(_) => "bad-id".into(),
                 };
                 reply(conn, answer);
@@ -226,7 +226,7 @@ impl Plugin for Hostile {
         }
     }
 
-    fn on_close(conn: ConnectionId, info: CloseInfo) {
+    fn on_close(conn: ConnectionId, info: CloseInfo<'_>) {
         CLOSES.with_borrow_mut(|closes| closes.push(format!("{conn}:{}", info.code)));
         if SPIN_ON_CLOSE.with_borrow(|conns| conns.contains(&conn)) {
             spin();

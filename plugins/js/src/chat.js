@@ -12,7 +12,7 @@
 // the Rust chat, whose output this matches byte for byte, writes \u0008 and
 // \u000c.
 
-import { send, subscribe, publish } from 'berth:plugin/host@0.2.0';
+import { plugin, publish, send, subscribe } from '../sdk/berth.js';
 
 // One instance serves the whole route, so who is in which room lives here:
 // connection id (BigInt) -> room name.
@@ -42,8 +42,6 @@ function roomOf(query) {
 
 const topic = (room) => `room:${room}`;
 
-const text = (val) => ({ tag: 'text', val });
-
 // Host calls that fail return err, which the bindings raise as an exception.
 // A failed send or subscribe means the client is already gone or too slow,
 // and the host closes it on its own, so there is nothing to do about it here.
@@ -55,10 +53,9 @@ function ignoringConnError(call) {
   }
 }
 
-export const handler = {
-  // result<accept, reject>: a returned value is `ok`; a thrown value is `err`
-  // (a plain object, not an Error: the bindings take a thrown Error as a
-  // fault and trap).
+export const handler = plugin({
+  // Throwing a plain object { status, reason } refuses the connection with
+  // that HTTP status.
   onConnect(conn, req) {
     const room = roomOf(req.query);
     if (room === undefined) {
@@ -71,42 +68,33 @@ export const handler = {
     const welcome =
       `{"type":"welcome","id":${conn},"room":${jsonString(room)},` +
       `"members":[${members.join(',')}]}`;
-    ignoringConnError(() => send(conn, text(welcome)));
+    ignoringConnError(() => send(conn, welcome));
     // Announced before subscribing, so the newcomer does not hear its own join.
-    publish(topic(room), text(`{"type":"join","id":${conn}}`), undefined);
+    publish(topic(room), `{"type":"join","id":${conn}}`);
     ignoringConnError(() => subscribe(conn, topic(room)));
     rooms.set(conn, room);
-    return { subprotocol: undefined };
   },
 
   onMessage(conn, msg) {
-    if (msg.tag === 'binary') {
-      // Ignored, but freed now: the collector lets binary messages' buffers
-      // pile up to some 60 MiB before reclaiming them, beyond the 64 MiB an
-      // instance gets by default, and a trap would lose every room.
-      msg.val.buffer.transfer(0);
+    // Binary messages (Uint8Array) are ignored.
+    if (typeof msg !== 'string') {
       return;
     }
     const room = rooms.get(conn);
     if (room === undefined) {
       return;
     }
-    const out = `{"type":"message","from":${conn},"text":${jsonString(msg.val)}}`;
-    publish(topic(room), text(out), conn);
+    publish(topic(room), `{"type":"message","from":${conn},"text":${jsonString(msg)}}`, conn);
   },
 
-  onClose(conn, info) {
+  onClose(conn, { code, reason }) {
     const room = rooms.get(conn);
     if (room === undefined) {
       return;
     }
     rooms.delete(conn);
-    const out =
-      `{"type":"leave","id":${conn},"code":${info.code},` +
-      `"reason":${jsonString(info.reason)}}`;
+    const out = `{"type":"leave","id":${conn},"code":${code},"reason":${jsonString(reason)}}`;
     // The host ended the connection's subscription before this call.
-    publish(topic(room), text(out), undefined);
+    publish(topic(room), out);
   },
-
-  onTimer(_token) {},
-};
+});

@@ -1,5 +1,6 @@
-//! A test fixture for `berth check`: a real component whose handler has two
-//! functions of the wrong type and lacks two others.
+//! A test fixture for `berth check`: a real component whose handler has a
+//! function of the wrong type, exports one berth no longer calls, and lacks
+//! `on-events`.
 
 wit_bindgen::generate!({ path: "wit", world: "misfit" });
 

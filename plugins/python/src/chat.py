@@ -13,17 +13,7 @@ cannot tell the two apart.
 
 import string
 
-from componentize_py_types import Err
-from wit_world import exports
-from wit_world.imports import host
-from wit_world.imports.types import (
-    Accept,
-    CloseInfo,
-    Message,
-    Message_Text,
-    Reject,
-    Request,
-)
+import berth
 
 # One instance serves the whole route, so who is in which room lives here:
 # connection id -> room name.
@@ -46,55 +36,50 @@ def json_string(s: str) -> str:
     return '"' + s.translate(_JSON_ESCAPES) + '"'
 
 
-def room_of(query: str | None) -> str:
+def room_of(req: berth.Request) -> str:
     """The room named by `?room=NAME`: 1 to 64 of A-Z, a-z, 0-9, '-' and '_'."""
-    name = next(
-        (pair[len("room="):] for pair in (query or "").split("&") if pair.startswith("room=")),
-        "lobby",
-    )
+    name = berth.query_param(req, "room")
+    if name is None:
+        name = "lobby"
     if 1 <= len(name) <= 64 and all(c in _ROOM_CHARS for c in name):
         return name
-    raise Err(Reject(status=400, reason="room names are 1-64 of A-Z, a-z, 0-9, '-' and '_'"))
+    raise berth.Reject(400, "room names are 1-64 of A-Z, a-z, 0-9, '-' and '_'")
 
 
 def topic(room: str) -> str:
     return f"room:{room}"
 
 
-class Handler(exports.Handler):
-    def on_connect(self, conn: int, req: Request) -> Accept:
-        room = room_of(req.query)
+class Handler(berth.Plugin):
+    def on_connect(self, conn: int, req: berth.Request) -> None:
+        room = room_of(req)
         members = ",".join(str(member) for member in sorted(rooms) if rooms[member] == room)
         welcome = f'{{"type":"welcome","id":{conn},"room":{json_string(room)},"members":[{members}]}}'
         # A failed send or subscribe means the client is already gone or too
-        # slow; the host closes it and on-close cleans up, so neither is fatal.
+        # slow; the host closes it and on_close cleans up, so neither is fatal.
         try:
-            host.send(conn, Message_Text(welcome))
-        except Err:
+            berth.send(conn, welcome)
+        except berth.HostError:
             pass
         # Announce before subscribing, so that the newcomer does not hear its own join.
-        host.publish(topic(room), Message_Text(f'{{"type":"join","id":{conn}}}'), None)
+        berth.publish(topic(room), f'{{"type":"join","id":{conn}}}')
         try:
-            host.subscribe(conn, topic(room))
-        except Err:
+            berth.subscribe(conn, topic(room))
+        except berth.HostError:
             pass
         rooms[conn] = room
-        return Accept(subprotocol=None)
 
-    def on_message(self, conn: int, msg: Message) -> None:
+    def on_message(self, conn: int, msg: str | bytes) -> None:
         room = rooms.get(conn)
-        if not isinstance(msg, Message_Text) or room is None:
+        if type(msg) is not str or room is None:
             return
-        out = f'{{"type":"message","from":{conn},"text":{json_string(msg.value)}}}'
-        host.publish(topic(room), Message_Text(out), conn)
+        out = f'{{"type":"message","from":{conn},"text":{json_string(msg)}}}'
+        berth.publish(topic(room), out, exclude=conn)
 
-    def on_close(self, conn: int, info: CloseInfo) -> None:
+    def on_close(self, conn: int, code: int, reason: str) -> None:
         room = rooms.pop(conn, None)
         if room is None:
             return
-        out = f'{{"type":"leave","id":{conn},"code":{info.code},"reason":{json_string(info.reason)}}}'
+        out = f'{{"type":"leave","id":{conn},"code":{code},"reason":{json_string(reason)}}}'
         # The host ended the connection's subscription before this call.
-        host.publish(topic(room), Message_Text(out), None)
-
-    def on_timer(self, token: int) -> None:
-        pass
+        berth.publish(topic(room), out)

@@ -49,7 +49,7 @@ thread_local! {
 }
 
 fn reply(conn: ConnectionId, text: String) {
-    let _ = host::send(conn, &Message::text(text));
+    let _ = host::send(conn, Message::text(&text));
 }
 
 fn outcome(result: Result<(), ConnError>, ok: &str) -> String {
@@ -73,7 +73,7 @@ impl Plugin for Testkit {
         }
     }
 
-    fn on_message(conn: ConnectionId, msg: Message) {
+    fn on_message(conn: ConnectionId, msg: Message<'_>) {
         MESSAGES.set(MESSAGES.get() + 1);
         let Some(text) = msg.as_text() else { return };
         let (command, rest) = text.split_once(' ').unwrap_or((text, ""));
@@ -89,7 +89,7 @@ impl Plugin for Testkit {
             "send" => {
                 let (target, body) = rest.split_once(' ').unwrap_or((rest, ""));
                 let answer = match target.parse() {
-                    Ok(target) => outcome(host::send(target, &Message::text(body)), "sent"),
+                    Ok(target) => outcome(host::send(target, Message::text(body)), "sent"),
                     Err(_) => "error bad-id".into(),
                 };
                 reply(conn, answer);
@@ -104,9 +104,10 @@ impl Plugin for Testkit {
             "flood" => {
                 let mut args = rest.split(' ').map(|n| n.parse::<usize>().unwrap_or(0));
                 let (count, size) = (args.next().unwrap_or(0), args.next().unwrap_or(0));
-                let payload = Message::binary(vec![b'f'; size]);
+                let bytes = vec![b'f'; size];
+                let payload = Message::binary(&bytes);
                 for _ in 0..count {
-                    if host::send(conn, &payload).is_err() {
+                    if host::send(conn, payload).is_err() {
                         break;
                     }
                 }
@@ -115,7 +116,7 @@ impl Plugin for Testkit {
             "unsubscribe" => reply(conn, outcome(host::unsubscribe(conn, rest), "unsubscribed")),
             "publish" => {
                 let (topic, body) = rest.split_once(' ').unwrap_or((rest, ""));
-                let count = host::publish(topic, &Message::text(body), None);
+                let count = host::publish(topic, Message::text(body), None);
                 reply(conn, format!("published {count}"));
             }
             "publish-many" => {
@@ -131,7 +132,7 @@ impl Plugin for Testkit {
                     let mut body = i.to_string();
                     body.push('|');
                     body.extend(std::iter::repeat_n('.', size.saturating_sub(body.len())));
-                    host::publish(topic, &Message::text(body), None);
+                    host::publish(topic, Message::text(&body), None);
                 }
                 reply(conn, "published".into());
             }
@@ -191,10 +192,10 @@ impl Plugin for Testkit {
         if let Some(conn) = TIMER_OWNERS.with_borrow(|owners| owners.get(&token).copied()) {
             reply(conn, tick.clone());
         }
-        host::publish("ticks", &Message::text(tick), None);
+        host::publish("ticks", Message::text(&tick), None);
     }
 
-    fn on_close(conn: ConnectionId, info: CloseInfo) {
+    fn on_close(conn: ConnectionId, info: CloseInfo<'_>) {
         println!(
             "on-close conn={conn} code={} reason={}",
             info.code, info.reason

@@ -72,15 +72,16 @@ impl Feed {
     }
 }
 
-fn update(symbol: &str, cents: i64) -> Message {
+/// A price update for `symbol`, as the JSON text to send.
+fn update(symbol: &str, cents: i64) -> String {
     let time = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    Message::text(format!(
+    format!(
         r#"{{"type":"price","symbol":"{symbol}","price":{}.{:02},"time":{time}}}"#,
         cents / 100,
         cents % 100
-    ))
+    )
 }
 
 /// A symbol is 1 to 12 upper-case letters or digits.
@@ -94,17 +95,17 @@ fn valid_symbol(symbol: &str) -> bool {
 struct Ticker;
 
 impl Plugin for Ticker {
-    fn on_message(conn: ConnectionId, msg: Message) {
+    fn on_message(conn: ConnectionId, msg: Message<'_>) {
         let Some(text) = msg.as_text() else { return };
         if let Some(symbol) = text.strip_prefix("subscribe:") {
             if !valid_symbol(symbol) {
                 let error = r#"{"type":"error","reason":"symbols are 1-12 of A-Z and 0-9"}"#;
-                let _ = host::send(conn, &Message::text(error));
+                let _ = host::send(conn, Message::text(error));
                 return;
             }
             if host::subscribe(conn, symbol).is_ok() {
                 let price = FEED.with_borrow_mut(|feed| feed.watch(conn, symbol));
-                let _ = host::send(conn, &update(symbol, price));
+                let _ = host::send(conn, Message::text(&update(symbol, price)));
             }
         } else if let Some(symbol) = text.strip_prefix("unsubscribe:") {
             let _ = host::unsubscribe(conn, symbol);
@@ -112,7 +113,7 @@ impl Plugin for Ticker {
         }
     }
 
-    fn on_close(conn: ConnectionId, _info: CloseInfo) {
+    fn on_close(conn: ConnectionId, _info: CloseInfo<'_>) {
         // The host has already ended the connection's subscriptions.
         FEED.with_borrow_mut(|feed| {
             let symbols: Vec<String> = feed
@@ -142,7 +143,7 @@ impl Plugin for Ticker {
                 .collect()
         });
         for (symbol, cents) in updates {
-            host::publish(&symbol, &update(&symbol, cents), None);
+            host::publish(&symbol, Message::text(&update(&symbol, cents)), None);
         }
     }
 }

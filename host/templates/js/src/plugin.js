@@ -1,11 +1,13 @@
 // {{name}}: a berth plugin. It greets each connection and echoes its messages.
 //
-// berth calls the `handler` functions as connections come and go; the host
-// functions imported below are what a plugin can ask of berth (send, close,
-// topics, timers, config values, log lines; see wit/berth.wit). Connection ids
-// are u64 and arrive as BigInt.
+// `plugin`, from berth.js (the berth SDK), turns the hooks below into the
+// `handler` berth calls as connections come and go; every hook is optional.
+// berth.js also exports what a plugin can ask of berth: send (used here),
+// publish, close, subscribe, timers, config values, log lines. Its opening
+// comment describes them all; wit/berth.wit is the contract underneath.
+// Connection ids are u64 and arrive as BigInt.
 
-import { send } from 'berth:plugin/host@0.2.0';
+import { plugin, send } from './berth.js';
 
 // A host call that fails throws; a failed send means the client is gone or
 // too slow, and berth closes it on its own.
@@ -17,27 +19,23 @@ function trySend(conn, msg) {
   }
 }
 
-export const handler = {
-  // Return an accept record to open the connection, or throw a plain object
+export const handler = plugin({
+  // Return nothing to open the connection, or throw a plain object
   // { status, reason } to refuse it with that HTTP status.
   onConnect(conn, _req) {
     // Sent now, delivered right after the handshake completes.
-    trySend(conn, { tag: 'text', val: 'hello from {{name}}' });
-    return { subprotocol: undefined };
+    trySend(conn, 'hello from {{name}}');
   },
 
+  // A text message arrives as a string, a binary one as a Uint8Array that is
+  // valid during this call only: keep `msg.slice()` to use it later.
   onMessage(conn, msg) {
     trySend(conn, msg);
-    if (msg.tag === 'binary') {
-      // Each binary message arrives in a fresh ArrayBuffer that the garbage
-      // collector reclaims only after some 60 MiB have piled up, more than an
-      // instance's default 64 MiB; detaching it frees it now. Text is cheap
-      // to receive but costs about half a microsecond per character to send.
-      msg.val.buffer.transfer(0);
-    }
   },
 
+  // The connection has ended; `info` is { code, reason }.
   onClose(_conn, _info) {},
 
+  // A timer set with setTimer(delayMs, repeat, token) fired.
   onTimer(_token) {},
-};
+});

@@ -12,13 +12,14 @@ struct {{type}};
 impl Plugin for {{type}} {
     fn on_connect(conn: ConnectionId, _req: Request) -> Result<Accept, Reject> {
         // Sent now, delivered right after the handshake completes.
-        let _ = host::send(conn, &Message::text("hello from {{name}}"));
+        let _ = host::send(conn, Message::text("hello from {{name}}"));
         Ok(Accept::new())
     }
 
-    fn on_message(conn: ConnectionId, msg: Message) {
+    fn on_message(conn: ConnectionId, msg: Message<'_>) {
+        // `msg` is borrowed from berth's batch: copy what must outlive the call.
         // A failed send means the client is gone or too slow; berth closes it.
-        let _ = host::send(conn, &msg);
+        let _ = host::send(conn, msg);
     }
 }
 
