@@ -182,8 +182,6 @@ struct Worker {
     instances: Instances,
     /// The events taken for the next `on-events` call.
     batch: Batch,
-    /// The event the last failed call was handling.
-    failed_at: Option<u32>,
     metrics: Arc<RouteMetrics>,
 }
 
@@ -229,7 +227,6 @@ pub(super) fn spawn(
             deadline_ticks,
             instances: Instances::PerConnection(FxHashMap::default()),
             batch: Batch::default(),
-            failed_at: None,
             metrics: metrics.clone(),
         };
         if route.instance == InstanceModel::Route {
@@ -350,16 +347,16 @@ impl Worker {
     /// `HostState::set_current`). A failed call leaves the instance unusable:
     /// see [`Self::fail`], told which connection and event failed by
     /// `failed`, given the event the plugin last said it handled; that event
-    /// is then in `self.failed_at`.
+    /// is the error, `None` when there was no instance to call.
     fn call<R>(
         &mut self,
         key: u64,
         export: Export,
         failed: impl FnOnce(u32) -> (u64, Named),
         f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
-    ) -> Option<R> {
+    ) -> Result<R, Option<u32>> {
         let ticks = self.deadline_ticks;
-        let live = self.live(key)?;
+        let live = self.live(key).ok_or(None)?;
         live.store.set_epoch_deadline(ticks);
         let started = std::time::Instant::now();
         let result = f(&live.plugin, &mut live.store);
@@ -367,15 +364,11 @@ impl Worker {
         live.store.data().set_current(0);
         let at = live.store.data().handled_at();
         self.metrics.observe_call(export, took);
-        match result {
-            Ok(value) => Some(value),
-            Err(error) => {
-                self.failed_at = Some(at);
-                let (conn, named) = failed(at);
-                self.fail(key, conn, named, error);
-                None
-            }
-        }
+        result.map_err(|error| {
+            let (conn, named) = failed(at);
+            self.fail(key, conn, named, error);
+            Some(at)
+        })
     }
 
     /// Replaces a failed route-model instance with a fresh one (the route's
@@ -467,20 +460,15 @@ impl Worker {
                 self.connect(conn, *request, handle, reply);
             }
             Event::Message { conn, msg } => {
-                let (kind, bytes) = match &msg {
-                    WsMessage::Text(text) => (MessageKind::Text, text.as_bytes()),
-                    WsMessage::Binary(bytes) => (MessageKind::Binary, &bytes[..]),
+                let (kind, bytes) = match msg {
+                    WsMessage::Text(text) => (MessageKind::Text, text.into()),
+                    WsMessage::Binary(bytes) => (MessageKind::Binary, bytes),
                     _ => return,
                 };
                 let key = self.key(conn);
                 if !self.batch.fits(key, bytes.len()) {
                     self.flush();
                 }
-                let bytes = match msg {
-                    WsMessage::Text(text) => text.into(),
-                    WsMessage::Binary(bytes) => bytes,
-                    _ => return,
-                };
                 self.batch.message(key, conn, kind, &bytes);
             }
             Event::Close { conn, info } => self.close(conn, info),
@@ -512,8 +500,7 @@ impl Worker {
         while let Some(key) = self.batch.key() {
             let counts = self.batch.counts();
             let batch = std::mem::take(&mut self.batch);
-            self.failed_at = None;
-            self.call(
+            let result = self.call(
                 key,
                 Export::Events,
                 |at| batch.event(at),
@@ -526,8 +513,8 @@ impl Worker {
                 },
             );
             self.metrics.delivered(counts);
-            let rest = match (self.failed_at.take(), &self.instances) {
-                (Some(at), Instances::Shared(Some(_))) => batch.after(at),
+            let rest = match (result, &self.instances) {
+                (Err(Some(at)), Instances::Shared(Some(_))) => batch.after(at),
                 _ => Batch::default(),
             };
             self.batch = batch;
@@ -603,7 +590,7 @@ impl Worker {
                     .call_on_connect(store, conn, &request)
             },
         );
-        let outcome = match result {
+        let outcome = match result.ok() {
             Some(Ok(accept)) => match accept.subprotocol {
                 Some(chosen) if !request.subprotocols.contains(&chosen) => {
                     tracing::error!(

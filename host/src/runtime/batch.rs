@@ -19,8 +19,8 @@ const OWN_PAYLOAD: usize = 64 << 10;
 /// Payload capacity kept between calls; more is given back after a call.
 const KEEP: usize = 256 << 10;
 
-/// What a call is named in logs: a batch of one event is named after the
-/// event, so that a log line says what the plugin was doing.
+/// What a failed call is named in logs: after the event it was handling,
+/// so that a log line says what the plugin was doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Named {
     Connect,
@@ -52,8 +52,6 @@ pub(super) struct Batch {
     /// A single large message, when the call's payload is its own bytes.
     own: Option<Bytes>,
     events: Vec<Event>,
-    /// The connection every event so far is about (0 for none, or several).
-    conn: Option<u64>,
     /// Messages, closes and timer firings in the batch.
     counts: [u64; 3],
 }
@@ -83,14 +81,9 @@ impl Batch {
         self.counts[0] + self.counts[2] > 0
     }
 
-    fn join(&mut self, key: u64, conn: u64) {
+    fn join(&mut self, key: u64) {
         debug_assert!(self.fits(key, 0));
         self.key = Some(key);
-        self.conn = match self.conn {
-            None => Some(conn),
-            Some(seen) if seen == conn => Some(seen),
-            Some(_) => Some(0),
-        };
     }
 
     /// The span that `bytes` will occupy, after copying them into the payload.
@@ -104,7 +97,7 @@ impl Batch {
 
     /// Adds a data message that arrived on `conn`.
     pub(super) fn message(&mut self, key: u64, conn: u64, kind: MessageKind, bytes: &Bytes) {
-        self.join(key, conn);
+        self.join(key);
         let (start, len) = if self.events.is_empty() && bytes.len() >= OWN_PAYLOAD {
             self.own = Some(bytes.clone());
             (0, bytes.len() as u32)
@@ -122,7 +115,7 @@ impl Batch {
 
     /// Adds the end of `conn`.
     pub(super) fn close(&mut self, key: u64, conn: u64, code: u16, reason: &str) {
-        self.join(key, conn);
+        self.join(key);
         let (start, len) = self.append(reason.as_bytes());
         self.events.push(Event::Close(CloseEvent {
             conn,
@@ -135,7 +128,7 @@ impl Batch {
 
     /// Adds a timer firing of instance `key`.
     pub(super) fn timer(&mut self, key: u64, token: u64) {
-        self.join(key, 0);
+        self.join(key);
         self.events.push(Event::Timer(token));
         self.counts[2] += 1;
     }
@@ -144,18 +137,6 @@ impl Batch {
     pub(super) fn contents(&self) -> (&[u8], &[Event]) {
         let payload = self.own.as_deref().unwrap_or(&self.payload);
         (payload, &self.events)
-    }
-
-    /// The connection to tag the call's logs with (0 when it is about several
-    /// or none), and the name to give the call.
-    pub(super) fn describe(&self) -> (u64, Named) {
-        let named = match (self.events.len(), self.events.first()) {
-            (1, Some(Event::Message(_))) => Named::Message,
-            (1, Some(Event::Close(_))) => Named::Close,
-            (1, Some(Event::Timer(_))) => Named::Timer,
-            _ => Named::Events,
-        };
-        (self.conn.unwrap_or(0), named)
     }
 
     /// The connection each event is about, in order (0 for a timer).
@@ -174,7 +155,7 @@ impl Batch {
             Some(Event::Message(m)) => (m.conn, Named::Message),
             Some(Event::Close(c)) => (c.conn, Named::Close),
             Some(Event::Timer(_)) => (0, Named::Timer),
-            None => self.describe(),
+            None => (0, Named::Events),
         }
     }
 
@@ -216,7 +197,6 @@ impl Batch {
     /// that one large batch grew.
     pub(super) fn clear(&mut self) {
         self.key = None;
-        self.conn = None;
         self.own = None;
         self.events.clear();
         self.counts = [0; 3];
@@ -273,19 +253,17 @@ mod tests {
             })
         ));
         assert_eq!(batch.counts(), [2, 1, 1]);
-        assert_eq!(batch.describe(), (0, Named::Events));
+        assert_eq!(batch.event(4), (0, Named::Events), "past the batch");
     }
 
     #[test]
-    fn a_batch_of_one_connection_is_tagged_with_it() {
+    fn a_batch_of_closes_holds_nothing_else() {
         let mut batch = Batch::default();
-        batch.message(3, 3, MessageKind::Text, &text("a"));
-        batch.message(3, 3, MessageKind::Text, &text("b"));
-        assert_eq!(batch.describe(), (3, Named::Events));
-        batch.clear();
         batch.close(0, 9, 1006, "");
-        assert_eq!(batch.describe(), (9, Named::Close));
+        assert_eq!(batch.event(0), (9, Named::Close));
         assert!(!batch.has_other_than_closes());
+        batch.message(0, 3, MessageKind::Text, &text("a"));
+        assert!(batch.has_other_than_closes());
     }
 
     #[test]
