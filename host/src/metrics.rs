@@ -235,6 +235,7 @@ impl Reload {
 pub(crate) struct Metrics {
     registry: Registry,
     connections_open: Family<RouteLabel, Gauge>,
+    plugin_memory: Family<RouteLabel, Gauge>,
     connections: Family<RouteLabel, Counter>,
     messages_received: Family<RouteLabel, Counter>,
     messages_sent: Family<RouteLabel, Counter>,
@@ -268,6 +269,13 @@ impl Metrics {
             "connections_open",
             "WebSocket connections open now",
             connections_open.clone(),
+        );
+        let plugin_memory = Family::default();
+        registry.register_with_unit(
+            "plugin_memory",
+            "Linear memory the route's plugin instances hold now, all versions together",
+            Unit::Bytes,
+            plugin_memory.clone(),
         );
         let connections = Family::default();
         registry.register(
@@ -370,6 +378,7 @@ impl Metrics {
         Metrics {
             registry,
             connections_open,
+            plugin_memory,
             connections,
             messages_received,
             messages_sent,
@@ -396,6 +405,7 @@ impl Metrics {
         let per_route = |family: &Family<RouteLabel, Counter>| family.get_or_create_owned(&label);
         RouteMetrics {
             connections_open: self.connections_open.get_or_create_owned(&label),
+            plugin_memory: self.plugin_memory.get_or_create_owned(&label),
             connections: per_route(&self.connections),
             messages_received: per_route(&self.messages_received),
             messages_sent: per_route(&self.messages_sent),
@@ -506,6 +516,8 @@ impl Metrics {
 /// The metric handles of one route, resolved once per route version.
 pub(crate) struct RouteMetrics {
     connections_open: Gauge,
+    /// Linear memory held by the route's instances, kept by their limiters.
+    pub(crate) plugin_memory: Gauge,
     connections: Counter,
     messages_received: Counter,
     messages_sent: Counter,

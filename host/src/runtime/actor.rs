@@ -25,6 +25,7 @@ use super::batch::{Batch, Named};
 use super::bindings::Plugin;
 use super::bindings::berth::plugin::types::{MessageKind, Request};
 use super::host::{ConnEntry, HostState, Quarantine, RouteShared};
+use super::limits::Limits;
 use super::stdio::{LineBudget, LogTarget, Stdio};
 use super::timers::Timers;
 use super::{CloseInfo, Compiled, EPOCH_TICK, RouteActor, RuntimeError};
@@ -317,7 +318,7 @@ impl Worker {
             self.shared.clone(),
             self.current_conn.clone(),
             timers,
-            self.route.max_memory,
+            Limits::new(self.route.max_memory, self.metrics.plugin_memory.clone()),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state.limits());

@@ -13,10 +13,10 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::berth::plugin::{host, types};
+use super::limits::Limits;
 use super::timers::Timers;
 use crate::config;
 use crate::outbox::{ConnHandle, PushError};
@@ -124,7 +124,7 @@ pub(crate) struct HostState {
     current_conn: Arc<AtomicU64>,
     conns: FxHashMap<u64, ConnEntry>,
     timers: Timers,
-    limits: StoreLimits,
+    limits: Limits,
     /// The connection of each event of the `on-events` call in progress (0
     /// for a timer), to tag logs as the plugin moves through them.
     event_conns: Vec<u64>,
@@ -132,35 +132,15 @@ pub(crate) struct HostState {
     handling: u32,
 }
 
-/// Core instances, tables and memories one plugin instance may hold: a small
-/// Rust component has a handful; language runtimes (JavaScript, Python) a few
-/// dozen. Far above that is a component built to exhaust the host.
-const MAX_INSTANCES: usize = 100;
-const MAX_TABLES: usize = 100;
-const MAX_MEMORIES: usize = 16;
-/// Elements in one table (function references, mostly).
-const MAX_TABLE_ELEMENTS: usize = 1 << 20;
-
 impl HostState {
-    /// A store's state for one instance of the route, whose memory may grow
-    /// to `max_memory` bytes.
+    /// A store's state for one instance of the route, held to `limits`.
     pub(crate) fn new(
         wasi: WasiCtx,
         route: Arc<RouteShared>,
         current_conn: Arc<AtomicU64>,
         timers: Timers,
-        max_memory: u64,
+        limits: Limits,
     ) -> Self {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
-            .table_elements(MAX_TABLE_ELEMENTS)
-            .instances(MAX_INSTANCES)
-            .tables(MAX_TABLES)
-            .memories(MAX_MEMORIES)
-            // A failed memory.grow traps at once with the reason, rather than
-            // returning -1 to a guest whose allocator then aborts with none.
-            .trap_on_grow_failure(true)
-            .build();
         HostState {
             wasi,
             table: ResourceTable::new(),
@@ -189,7 +169,7 @@ impl HostState {
     }
 
     /// The store's resource limits, for `Store::limiter`.
-    pub(crate) fn limits(&mut self) -> &mut StoreLimits {
+    pub(crate) fn limits(&mut self) -> &mut Limits {
         &mut self.limits
     }
 

@@ -15,6 +15,7 @@ mod batch;
 mod bindings;
 mod cache;
 mod host;
+mod limits;
 mod queue;
 mod stdio;
 mod timers;
