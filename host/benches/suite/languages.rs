@@ -39,11 +39,12 @@ const SETTLE: Duration = Duration::from_millis(500);
 /// At most this many times a payload's least count of round trips: a guest
 /// that keeps binary messages' bytes grows with the count (see [`MAX_MEMORY`]).
 const MOST_FACTOR: usize = 10;
-/// berth's `max-memory`, raised from 64 MiB: guest runtimes may keep binary
-/// messages' bytes (componentize-py never frees its copy of a `bytes` argument
-/// to a host call, so the Python echo keeps 64 KiB per 64 KiB message), and a
-/// route-model instance that reaches the limit traps and loses the message in
-/// hand. A full run sends each language some 6,000 of them.
+/// berth's `max-memory`, raised from 64 MiB: a guest runtime's heap may keep
+/// something of every message (kept/msg shows it; the JavaScript engine's
+/// heap grows a little with each), and a route-model instance that reaches
+/// the limit traps and loses the message in hand, which would end the run
+/// rather than measure it. A full run sends each language some 6,000 large
+/// messages.
 const MAX_MEMORY: &str = "1GiB";
 /// berth's `max-instances`: the pool reserves address space for `max-memory`
 /// per slot, and 50 connection-model instances at a time are all it needs.
@@ -590,7 +591,7 @@ pub async fn scenario(bench: &Bench) {
                 .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
         };
         let mut line = format!(
-            "    {}: {mib:.2} MiB per instance{}, opened in {}{}; cpu/msg",
+            "    {}: {mib:.2} MiB per instance{}, opened in {}{}; cpu/rtt",
             lang.name(),
             versus(mib, rust_mib),
             micros(open),
@@ -714,8 +715,11 @@ async fn calls_part(bench: &Bench, server: &Server) -> Vec<Vec<CallMedians>> {
     println!(
         "  7b. call cost, route model: one client per language sends and waits for each echo; \
          16 B payloads at least {} round trips, 64 KiB ones at least {}, each for at least \
-         {:.1} s (at most {MOST_FACTOR}x the count); every echo compared whole; server cpu \
-         per message from /proc/PID/stat (10 ms ticks, shown for runs of 0.5 s or more); \
+         {:.1} s (at most {MOST_FACTOR}x the count); every echo compared whole; cpu/rtt = \
+         server cpu per round trip of this lone client, from /proc/PID/stat (10 ms ticks, \
+         shown for runs of 0.5 s or more): with nothing to batch, mostly the wake-ups of \
+         the session task and the route thread, not the per-message cost under load that \
+         the pipelined scenario gives; \
          cpu/KiB = the 64 KiB message's extra cpu over the 16 B one of the same kind, per \
          KiB; kept/msg = growth of berth's VmRSS over the run / round trips",
         plan.language_small,
@@ -726,7 +730,7 @@ async fn calls_part(bench: &Bench, server: &Server) -> Vec<Vec<CallMedians>> {
         "round trips",
         "rtt p50",
         "x Rust",
-        "cpu/msg",
+        "cpu/rtt",
         "x Rust",
         "cpu/KiB",
         "x Rust",

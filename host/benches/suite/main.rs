@@ -15,9 +15,9 @@
 //!    new version's first reply, compiled or from the compile cache, beside a
 //!    restart (10 versions per case);
 //! 7. languages: the echo plugin in Rust, JavaScript and Python on one berth:
-//!    memory and open time per connection-model instance, and server CPU time
-//!    and round trip per message in the route model, 16 B and 64 KiB, text
-//!    and binary, beside Rust's;
+//!    memory and open time per connection-model instance, and the round trip
+//!    of a lone client and the server CPU time it costs in the route model,
+//!    16 B and 64 KiB, text and binary, beside Rust's;
 //! 8. cross-node fan-out: scenario 3 with the subscribers spread over three
 //!    berth nodes that share topics through a `redis-server` (skipped when it
 //!    is not installed), beside the single node.
