@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod check;
+mod close_code;
 pub mod cluster;
 pub mod config;
 pub mod demo;

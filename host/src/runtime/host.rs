@@ -249,15 +249,6 @@ fn latin1(text: String) -> Option<Vec<u8>> {
     text.chars().map(|c| u8::try_from(c).ok()).collect()
 }
 
-/// Whether a plugin may close with `code`: the codes an endpoint may put in
-/// a close frame (RFC 6455 section 7.4 and the IANA registry it set up, which
-/// added 1012-1014). 1005, 1006 and 1015 only report what happened and must
-/// never be sent; 1004 and 1016-2999 are reserved; below 1000 and above 4999
-/// are not close codes. tungstenite's own check is not used: it refuses 1014.
-fn sendable_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
-}
-
 /// Cuts `reason` to what fits in a close frame, at a character boundary.
 fn close_reason(mut reason: String) -> String {
     if reason.len() > MAX_CLOSE_REASON {
@@ -294,7 +285,7 @@ impl host::Host for HostState {
         code: u16,
         reason: String,
     ) -> wasmtime::Result<Result<(), types::ConnError>> {
-        if !sendable_close_code(code) {
+        if !crate::close_code::sendable(code) {
             return Ok(Err(types::ConnError::InvalidCode));
         }
         // tungstenite names no 1014 (it is `Bad(1014)` there), but writes
@@ -430,7 +421,7 @@ impl WasiView for HostState {
 
 #[cfg(test)]
 mod tests {
-    use super::{close_reason, latin1, sendable_close_code, to_wire, types};
+    use super::{close_reason, latin1, to_wire, types};
     use tokio_tungstenite::tungstenite::Message as WsMessage;
 
     #[test]
@@ -470,17 +461,5 @@ mod tests {
         // A three-byte character ending at byte 123 stays whole.
         let euro = format!("{}€€", "x".repeat(120));
         assert_eq!(close_reason(euro), format!("{}€", "x".repeat(120)));
-    }
-
-    #[test]
-    fn only_codes_meant_for_the_wire_are_sendable() {
-        for code in [
-            1000, 1001, 1002, 1003, 1007, 1011, 1012, 1013, 1014, 3000, 4999,
-        ] {
-            assert!(sendable_close_code(code), "{code}");
-        }
-        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
-            assert!(!sendable_close_code(code), "{code}");
-        }
     }
 }

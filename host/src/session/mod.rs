@@ -28,6 +28,7 @@ use crate::runtime::{CloseInfo, PluginHandle};
 use gate::Gate;
 
 mod gate;
+mod reader;
 mod wire;
 
 use wire::Wire;
@@ -73,19 +74,6 @@ fn close_info(code: u16, reason: &str) -> CloseInfo {
     }
 }
 
-/// Sets up tungstenite for a route: a small read buffer (a server holds many
-/// connections; the read buffer is the bulk of an idle connection's memory,
-/// and a larger one does not read small messages faster), no write buffer
-/// (it writes only control frames, into memory: see [`Wire`]) and the
-/// route's message limit.
-fn ws_config(route: &RouteConfig) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
-        .max_message_size(Some(route.max_message_size))
-        .max_frame_size(Some(route.max_message_size))
-}
-
 /// Serves one upgraded connection until it ends, then reports `on-close`.
 /// `outbox`'s stop signal must be a child of `stops.retired`; the
 /// connection's traffic and closes are counted in `metrics`.
@@ -103,7 +91,7 @@ pub(crate) async fn run<S>(
     // Made here rather than by the caller: an argument of an async fn is
     // stored in its future beside the callee's copy, and the wire is the
     // largest part of an idle connection's task.
-    let wire = Wire::new(io, ws_config(&route)).await;
+    let wire = Wire::new(io, route.max_message_size);
     let plugin = report.plugin.clone();
     let mut received = Traffic::default();
     let mut sent = Traffic::default();
@@ -202,7 +190,7 @@ where
             }
         }
         ready!(wire.poll_write(cx))?;
-        wire.frame(queue, sent)?;
+        wire.frame(queue, sent);
     }
 }
 
@@ -359,7 +347,7 @@ impl Session {
                             self.plugin.message(self.conn, msg).await;
                         }
                     }
-                    // tungstenite's pong waits in the wire's output.
+                    // The pong waits in the wire's output.
                     Io::In(Some(Ok(WsMessage::Ping(_)))) => {}
                     Io::In(Some(Ok(WsMessage::Pong(_)))) => pong_deadline = None,
                     Io::In(Some(Ok(WsMessage::Close(frame)))) => {
