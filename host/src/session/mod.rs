@@ -33,6 +33,10 @@ mod wire;
 
 use wire::Wire;
 
+/// At most this many inbound messages are handed on per turn of a
+/// session's loop.
+const BURST: usize = 64;
+
 /// Reports `on-close` exactly once: explicitly at the end of a session, or from
 /// `Drop` if the session never ran or was cut short.
 pub(crate) struct CloseReport {
@@ -338,13 +342,23 @@ impl Session {
                         };
                     }
                     Io::In(Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_))))) => {
-                        received.count(msg.len());
-                        // Data that arrives after our close frame is dropped (RFC 6455 5.5.1).
-                        if open {
-                            if idle_timer.is_some() {
-                                last_data = Instant::now();
+                        // The messages already read come along in this turn:
+                        // a pass over every branch per message cost more than
+                        // handing the message on. Bounded, so that deadlines
+                        // and the outbound side keep their turns.
+                        let mut next = Some(msg);
+                        let mut taken = 0;
+                        while let Some(msg) = next {
+                            received.count(msg.len());
+                            // Data that arrives after our close frame is dropped (RFC 6455 5.5.1).
+                            if open {
+                                if idle_timer.is_some() {
+                                    last_data = Instant::now();
+                                }
+                                self.plugin.message(self.conn, msg).await;
                             }
-                            self.plugin.message(self.conn, msg).await;
+                            taken += 1;
+                            next = if taken < BURST { wire.buffered_data() } else { None };
                         }
                     }
                     // The pong waits in the wire's output.

@@ -54,6 +54,9 @@ pub(crate) struct Wire<S> {
     control: Vec<u8>,
     /// A close frame has been framed: nothing but a close answer follows.
     close_sent: bool,
+    /// What [`Self::buffered_data`] met after the data it took: the next
+    /// thing [`Self::poll_read`] returns.
+    held: Option<Result<WsMessage, WsError>>,
     /// Whole frames waiting for the socket, from `written` on.
     out: Vec<u8>,
     written: usize,
@@ -77,6 +80,7 @@ where
             read_gate: Gate::new(),
             control: Vec::new(),
             close_sent: false,
+            held: None,
             out: Vec::new(),
             written: 0,
             tail: None,
@@ -95,8 +99,33 @@ where
             // socket) and polls this again once it has written.
             return Poll::Pending;
         }
+        if let Some(next) = self.held.take() {
+            return Poll::Ready(Some(next));
+        }
         let gate = self.read_gate.clone();
         gate.poll(cx, |cx| self.poll_next(cx))
+    }
+
+    /// The next data message already in the read buffer, without reading
+    /// the socket: a session takes a burst of messages in one turn of its
+    /// loop this way. Anything else found there waits for `poll_read`.
+    pub(crate) fn buffered_data(&mut self) -> Option<WsMessage> {
+        if self.held.is_some() {
+            return None;
+        }
+        match self.reader.next() {
+            Ok(Some(msg @ (WsMessage::Text(_) | WsMessage::Binary(_)))) => Some(msg),
+            Ok(Some(msg)) => {
+                self.answer(&msg);
+                self.held = Some(Ok(msg));
+                None
+            }
+            Ok(None) => None,
+            Err(error) => {
+                self.held = Some(Err(error));
+                None
+            }
+        }
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<WsMessage, WsError>>> {
@@ -467,6 +496,33 @@ mod tests {
             &mut traffic,
         );
         assert!(!wire.has_output());
+    }
+
+    #[tokio::test]
+    async fn buffered_data_stops_at_a_control_frame_which_poll_read_returns_next() {
+        let (mut wire, mut client) = pair(1 << 16).await;
+        for msg in [
+            WsMessage::text("a"),
+            WsMessage::text("b"),
+            WsMessage::Ping(Bytes::from_static(b"p")),
+            WsMessage::binary(vec![1]),
+        ] {
+            client.feed(msg).await.unwrap();
+        }
+        client.flush().await.unwrap();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let Poll::Ready(Some(Ok(first))) = wire.poll_read(&mut cx) else {
+            panic!("a message is ready");
+        };
+        assert_eq!(first, WsMessage::text("a"));
+        assert_eq!(wire.buffered_data(), Some(WsMessage::text("b")));
+        assert_eq!(wire.buffered_data(), None, "the ping is held");
+        assert!(wire.has_output(), "and already answered");
+        let Poll::Ready(Some(Ok(WsMessage::Ping(_)))) = wire.poll_read(&mut cx) else {
+            panic!("the held ping comes next");
+        };
+        assert_eq!(wire.buffered_data(), Some(WsMessage::binary(vec![1])));
+        assert_eq!(wire.buffered_data(), None);
     }
 
     #[tokio::test]
