@@ -99,6 +99,10 @@ pub struct RouteConfig {
     pub pong_timeout: Duration,
     /// How many outbound messages may wait for one slow client before it is closed.
     pub write_queue: usize,
+    /// How many bytes of outbound payload may wait for one slow client,
+    /// counted until the socket has taken them, before it is closed; a
+    /// single message larger than this is refused to the plugin.
+    pub write_queue_bytes: usize,
     /// The longest a single plugin call may run before it is stopped.
     pub call_timeout: Duration,
     /// Whether one instance serves the route or each connection gets its own.
@@ -169,6 +173,7 @@ impl RouteConfig {
             ping_interval: defaults::PING_INTERVAL,
             pong_timeout: defaults::PONG_TIMEOUT,
             write_queue: defaults::WRITE_QUEUE,
+            write_queue_bytes: defaults::WRITE_QUEUE_BYTES,
             call_timeout: defaults::CALL_TIMEOUT,
             instance: InstanceModel::Route,
             values: BTreeMap::new(),
@@ -486,6 +491,7 @@ struct RawRoute {
     ping_interval: Option<Spanned<HumanDuration>>,
     pong_timeout: Option<Spanned<HumanDuration>>,
     write_queue: Option<Spanned<usize>>,
+    write_queue_bytes: Option<Spanned<ByteSize>>,
     call_timeout: Option<Spanned<HumanDuration>>,
     #[serde(default)]
     instance: InstanceModel,
@@ -539,6 +545,9 @@ pub mod defaults {
     pub const PONG_TIMEOUT: Duration = Duration::from_secs(10);
     /// 1024 queued outbound messages per connection.
     pub const WRITE_QUEUE: usize = 1024;
+    /// 1 MiB of queued outbound payload per connection (or the route's
+    /// `max-message-size`, if that is larger).
+    pub const WRITE_QUEUE_BYTES: usize = 1 << 20;
     /// One plugin call may run for at most 1 second.
     pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
     /// 10,000 open connections.
@@ -1009,6 +1018,8 @@ fn check_route(
         window: nonzero(source, raw.quarantine_window, defaults::QUARANTINE_WINDOW)?,
     };
 
+    let max_message_size = positive(source, raw.max_message_size, defaults::MAX_MESSAGE_SIZE)?;
+    let write_queue_bytes = write_queue_bytes(source, raw.write_queue_bytes, max_message_size)?;
     Ok(RouteConfig {
         max_connections: match raw.max_connections {
             Some(v) if *v.get_ref() == 0 => {
@@ -1038,12 +1049,36 @@ fn check_route(
             OriginPolicy::List(origins)
         },
         subprotocols,
-        max_message_size: positive(source, raw.max_message_size, defaults::MAX_MESSAGE_SIZE)?,
+        max_message_size,
         ping_interval: nonzero(source, raw.ping_interval, defaults::PING_INTERVAL)?,
         pong_timeout: nonzero(source, raw.pong_timeout, defaults::PONG_TIMEOUT)?,
         write_queue: positive(source, raw.write_queue, defaults::WRITE_QUEUE)?,
+        write_queue_bytes,
         call_timeout: nonzero(source, raw.call_timeout, defaults::CALL_TIMEOUT)?,
     })
+}
+
+/// A route's `write-queue-bytes`: at least its `max-message-size`, so that
+/// the echo of the largest message a client may send can always be queued.
+fn write_queue_bytes(
+    source: &Source,
+    value: Option<Spanned<ByteSize>>,
+    max_message_size: usize,
+) -> Result<usize, ConfigError> {
+    let Some(value) = value else {
+        return Ok(defaults::WRITE_QUEUE_BYTES.max(max_message_size));
+    };
+    let bytes = usize::try_from(value.get_ref().0).unwrap_or(usize::MAX);
+    if bytes < max_message_size {
+        return Err(source.error(
+            value.span(),
+            format!(
+                "must be at least the route's max-message-size ({max_message_size} bytes), \
+                 or the answer to a largest message could never be queued"
+            ),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Whether `b` may appear in an HTTP token (RFC 9110 section 5.6.2).
@@ -1058,6 +1093,35 @@ mod tests {
     fn parse(text: &str) -> Result<Config, ConfigError> {
         let dir = std::env::temp_dir();
         Config::from_toml(text, Path::new("berth.toml"), &dir)
+    }
+
+    #[test]
+    fn write_queue_bytes_defaults_to_cover_max_message_size_and_may_not_be_below_it() {
+        let route =
+            |extra: &str| format!("[[route]]\npath = \"/r\"\nplugin = \"echo.wasm\"\n{extra}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        std::fs::write(dir.path().join("plugins/echo.wasm"), b"").unwrap();
+        let bytes = |text: &str| {
+            Config::from_toml(text, Path::new("berth.toml"), dir.path())
+                .map(|c| c.routes[0].write_queue_bytes)
+        };
+        assert_eq!(bytes(&route("")).unwrap(), 1 << 20);
+        assert_eq!(
+            bytes(&route("max-message-size = 4194304")).unwrap(),
+            4 << 20
+        );
+        assert_eq!(
+            bytes(&route("write-queue-bytes = \"256KiB\"")).unwrap(),
+            256 << 10
+        );
+        let err = bytes(&route("write-queue-bytes = 1000"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("at least the route's max-message-size"),
+            "{err}"
+        );
     }
 
     #[test]

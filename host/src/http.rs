@@ -350,7 +350,12 @@ impl App {
 
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let request = plugin_request(&req, peer, offer.subprotocols);
-        let (handle, outbox) = outbox::outbox(route.config.write_queue, &route.retired);
+        let bounds = outbox::Bounds {
+            messages: route.config.write_queue,
+            bytes: route.config.write_queue_bytes,
+            held: route.metrics.queued_bytes.clone(),
+        };
+        let (handle, outbox) = outbox::outbox(bounds, &route.retired);
         let asked = route.plugin.connect(conn, request, handle);
         let outcome = match tokio::time::timeout_at(deadline, asked).await {
             Ok(Some(outcome)) => outcome,

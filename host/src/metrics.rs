@@ -49,6 +49,31 @@ struct CallLabels {
     export: &'static str,
 }
 
+/// The labels of a plugin limit series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    route: String,
+    limit: &'static str,
+}
+
+/// A bound a plugin's host call ran into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// A message larger than the connection's `write-queue-bytes`.
+    WriteQueueBytes,
+}
+
+impl Limit {
+    const ALL: [Limit; 1] = [Limit::WriteQueueBytes];
+
+    /// The value of the `limit` label: the config key that sets the bound.
+    fn label(self) -> &'static str {
+        match self {
+            Limit::WriteQueueBytes => "write_queue_bytes",
+        }
+    }
+}
+
 /// The label of a rejection series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
@@ -236,6 +261,8 @@ pub(crate) struct Metrics {
     registry: Registry,
     connections_open: Family<RouteLabel, Gauge>,
     plugin_memory: Family<RouteLabel, Gauge>,
+    queued_bytes: Family<RouteLabel, Gauge>,
+    limit_hits: Family<LimitLabels, Counter>,
     connections: Family<RouteLabel, Counter>,
     messages_received: Family<RouteLabel, Counter>,
     messages_sent: Family<RouteLabel, Counter>,
@@ -276,6 +303,19 @@ impl Metrics {
             "Linear memory the route's plugin instances hold now, all versions together",
             Unit::Bytes,
             plugin_memory.clone(),
+        );
+        let queued_bytes = Family::default();
+        registry.register_with_unit(
+            "queued",
+            "Payload bytes the route's connections hold for their clients, until the socket takes them",
+            Unit::Bytes,
+            queued_bytes.clone(),
+        );
+        let limit_hits = Family::default();
+        registry.register(
+            "plugin_limit_hits",
+            "Host calls of the route's plugin refused by a bound, by the config key that sets it",
+            limit_hits.clone(),
         );
         let connections = Family::default();
         registry.register(
@@ -379,6 +419,8 @@ impl Metrics {
             registry,
             connections_open,
             plugin_memory,
+            queued_bytes,
+            limit_hits,
             connections,
             messages_received,
             messages_sent,
@@ -406,6 +448,13 @@ impl Metrics {
         RouteMetrics {
             connections_open: self.connections_open.get_or_create_owned(&label),
             plugin_memory: self.plugin_memory.get_or_create_owned(&label),
+            queued_bytes: self.queued_bytes.get_or_create_owned(&label),
+            limit_hits: Limit::ALL.map(|limit| {
+                self.limit_hits.get_or_create_owned(&LimitLabels {
+                    route: path.to_string(),
+                    limit: limit.label(),
+                })
+            }),
             connections: per_route(&self.connections),
             messages_received: per_route(&self.messages_received),
             messages_sent: per_route(&self.messages_sent),
@@ -518,6 +567,10 @@ pub(crate) struct RouteMetrics {
     connections_open: Gauge,
     /// Linear memory held by the route's instances, kept by their limiters.
     pub(crate) plugin_memory: Gauge,
+    /// Payload bytes held for the route's clients, kept by their outboxes.
+    pub(crate) queued_bytes: Gauge,
+    /// Indexed by [`Limit`].
+    limit_hits: [Counter; Limit::ALL.len()],
     connections: Counter,
     messages_received: Counter,
     messages_sent: Counter,
@@ -541,6 +594,11 @@ impl RouteMetrics {
     /// Records how long one call into `export` took.
     pub(crate) fn observe_call(&self, export: Export, took: Duration) {
         self.calls[export as usize].observe(took.as_secs_f64());
+    }
+
+    /// Counts a host call refused by `limit`.
+    pub(crate) fn limit_hit(&self, limit: Limit) {
+        self.limit_hits[limit as usize].inc();
     }
 
     /// Counts the messages, closes and timer firings of one `on-events` call.

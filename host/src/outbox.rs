@@ -1,5 +1,5 @@
-//! One connection's outbound queue: bounded, filled by the plugin runtime and
-//! by topics, drained by the connection's session. It holds WebSocket
+//! One connection's outbound queue: bounded in messages and in bytes, filled
+//! by the plugin runtime and by topics, drained by the connection's session. It holds WebSocket
 //! messages ready for the wire, and runs of publishes shared with every
 //! other subscriber of their topic; a close message in it ends the
 //! connection.
@@ -17,6 +17,12 @@
 //!   empty one: no message is moved, and both buffers are reused;
 //! - an idle connection's queue allocates nothing.
 //!
+//! The byte bound counts what the connection holds until the socket has
+//! taken it: the queue, and what the session took from it last, which it
+//! frames and writes before it takes again. A message shared with other
+//! subscribers counts in each queue that holds it, as each could hold it
+//! alone.
+//!
 //! Only a push onto an empty queue needs to wake the session: a non-empty
 //! queue means a wake-up is already on its way, and the session always takes
 //! everything there is before it sleeps again.
@@ -27,6 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +42,9 @@ use tokio_util::sync::CancellationToken;
 pub(crate) enum PushError {
     /// The queue is full: the client is too slow, and the session will close it.
     Full,
+    /// One message larger than the whole byte bound: refused, and the
+    /// connection stays open.
+    TooLarge,
     /// The session has ended.
     Gone,
 }
@@ -74,6 +84,11 @@ struct State {
     queue: VecDeque<Outbound>,
     /// The messages `queue` holds, each of a run's counted.
     len: usize,
+    /// The payload bytes `queue` holds.
+    bytes: usize,
+    /// The payload bytes the session took last, until it takes again (it
+    /// takes only once everything it took before has reached the socket).
+    taken: usize,
     /// The session, while it waits on an empty queue.
     waiter: Option<Waker>,
     /// The session has ended; pushes are refused.
@@ -83,6 +98,9 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     capacity: usize,
+    byte_capacity: usize,
+    /// The route's gauge of the bytes its connections hold for clients.
+    held: Gauge,
     /// Live [`ConnHandle`]s: at zero nobody can reach the connection any more.
     handles: AtomicUsize,
     /// The connection's stop signal, cancelled when the client is too slow.
@@ -159,32 +177,41 @@ impl ConnHandle {
     /// Queues `out` without waiting. A full queue marks the client as a slow
     /// consumer: its session closes it with 1013.
     pub(crate) fn push(&self, out: WsMessage) -> Result<(), PushError> {
-        self.queue(1, Outbound::One(out))
+        let bytes = out.len();
+        if bytes > self.shared.byte_capacity {
+            return Err(PushError::TooLarge);
+        }
+        self.queue(1, bytes, Outbound::One(out))
     }
 
-    /// Queues a run of publishes as [`Self::push`] does one message, each
-    /// counted against the capacity. A run that does not fit whole is not
-    /// queued: the client is a slow consumer, and its session closes it.
-    pub(crate) fn push_run(&self, messages: &Published) -> Result<(), PushError> {
+    /// Queues a run of publishes whose payloads add up to `bytes`, as
+    /// [`Self::push`] does one message, each counted against the bounds. A
+    /// run that does not fit whole is not queued: the client is a slow
+    /// consumer, and its session closes it.
+    pub(crate) fn push_run(&self, messages: &Published, bytes: usize) -> Result<(), PushError> {
         let run = Outbound::Run {
             messages: messages.clone(),
             next: 0,
         };
-        self.queue(messages.len(), run)
+        self.queue(messages.len(), bytes, run)
     }
 
-    fn queue(&self, count: usize, out: Outbound) -> Result<(), PushError> {
+    fn queue(&self, count: usize, bytes: usize, out: Outbound) -> Result<(), PushError> {
         let mut state = self.shared.lock();
         if state.closed {
             return Err(PushError::Gone);
         }
-        if state.len + count > self.shared.capacity {
+        if state.len + count > self.shared.capacity
+            || state.bytes + state.taken + bytes > self.shared.byte_capacity
+        {
             drop(state);
             self.shared.stop.cancel();
             return Err(PushError::Full);
         }
         state.queue.push_back(out);
         state.len += count;
+        state.bytes += bytes;
+        self.shared.held.inc_by(bytes as i64);
         // Set only while the session waits on an empty queue.
         let waiter = state.waiter.take();
         drop(state);
@@ -210,6 +237,11 @@ impl Outbox {
         into: &mut VecDeque<Outbound>,
     ) -> Poll<bool> {
         let mut state = self.shared.lock();
+        // Called only once everything taken before has reached the socket.
+        if state.taken > 0 {
+            self.shared.held.dec_by(state.taken as i64);
+            state.taken = 0;
+        }
         if state.queue.is_empty() {
             if self.shared.handles.load(Ordering::Acquire) == 0 {
                 return Poll::Ready(false);
@@ -223,6 +255,7 @@ impl Outbox {
             into.append(&mut state.queue);
         }
         state.len = 0;
+        state.taken = std::mem::take(&mut state.bytes);
         Poll::Ready(true)
     }
 
@@ -250,21 +283,39 @@ impl Drop for Outbox {
         // Messages nobody will write go now, not when the last handle does.
         state.queue = VecDeque::new();
         state.len = 0;
+        self.shared
+            .held
+            .dec_by((std::mem::take(&mut state.bytes) + std::mem::take(&mut state.taken)) as i64);
     }
 }
 
-/// Makes the outbound queue for a new connection, holding at most `capacity`
-/// messages. The connection's own stop signal is a child of `parent` (the signal
-/// that stops every connection of its route version).
-pub(crate) fn outbox(capacity: usize, parent: &CancellationToken) -> (ConnHandle, Outbox) {
+/// The bounds of one connection's outbound queue, and where it counts the
+/// bytes it holds.
+pub(crate) struct Bounds {
+    /// Messages, each of a run counted.
+    pub(crate) messages: usize,
+    /// Payload bytes, until the socket has taken them.
+    pub(crate) bytes: usize,
+    /// The route's gauge of the bytes its connections hold.
+    pub(crate) held: Gauge,
+}
+
+/// Makes the outbound queue for a new connection, within `bounds`. The
+/// connection's own stop signal is a child of `parent` (the signal that stops
+/// every connection of its route version).
+pub(crate) fn outbox(bounds: Bounds, parent: &CancellationToken) -> (ConnHandle, Outbox) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             queue: VecDeque::new(),
             len: 0,
+            bytes: 0,
+            taken: 0,
             waiter: None,
             closed: false,
         }),
-        capacity,
+        capacity: bounds.messages,
+        byte_capacity: bounds.bytes,
+        held: bounds.held,
         handles: AtomicUsize::new(1),
         stop: parent.child_token(),
     });
@@ -297,9 +348,26 @@ mod tests {
         Outbound::One(text(s))
     }
 
+    /// A queue of `messages` and `bytes`, with its gauge.
+    fn queue(messages: usize, bytes: usize) -> (ConnHandle, Outbox, Gauge) {
+        let held = Gauge::default();
+        let bounds = Bounds {
+            messages,
+            bytes,
+            held: held.clone(),
+        };
+        let (handle, outbox) = super::outbox(bounds, &CancellationToken::new());
+        (handle, outbox, held)
+    }
+
+    fn bounded(messages: usize, _: &CancellationToken) -> (ConnHandle, Outbox) {
+        let (handle, outbox, _) = queue(messages, 1 << 20);
+        (handle, outbox)
+    }
+
     #[test]
     fn wakes_are_held_until_the_batch_ends_and_then_sent_once() {
-        let (handle, outbox) = outbox(8, &CancellationToken::new());
+        let (handle, outbox) = bounded(8, &CancellationToken::new());
         let flag = Arc::new(Flag(AtomicBool::new(false)));
         let waker = Waker::from(flag.clone());
         let mut into = VecDeque::new();
@@ -318,7 +386,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_stops_the_connection_and_a_closed_one_refuses() {
-        let (handle, outbox) = outbox(2, &CancellationToken::new());
+        let (handle, outbox) = bounded(2, &CancellationToken::new());
         handle.push(text("a")).unwrap();
         handle.push(text("b")).unwrap();
         assert_eq!(handle.push(text("c")).err(), Some(PushError::Full));
@@ -329,7 +397,7 @@ mod tests {
 
     #[test]
     fn the_last_handle_gone_ends_the_queue_after_what_it_holds() {
-        let (handle, outbox) = outbox(4, &CancellationToken::new());
+        let (handle, outbox) = bounded(4, &CancellationToken::new());
         let second = handle.clone();
         handle.push(text("a")).unwrap();
         drop(handle);
@@ -344,16 +412,16 @@ mod tests {
 
     #[test]
     fn a_run_is_one_entry_that_counts_its_messages_against_the_capacity() {
-        let (handle, outbox) = outbox(4, &CancellationToken::new());
+        let (handle, outbox) = bounded(4, &CancellationToken::new());
         let run: Published = vec![text("p1"), text("p2")].into();
-        handle.push_run(&run).unwrap();
+        handle.push_run(&run, 4).unwrap();
         handle.push(text("a")).unwrap();
         handle.push(text("b")).unwrap();
-        assert_eq!(handle.push_run(&run).err(), Some(PushError::Full));
+        assert_eq!(handle.push_run(&run, 4).err(), Some(PushError::Full));
         assert!(outbox.stop().is_cancelled());
 
-        let (handle, taken) = super::outbox(2, &CancellationToken::new());
-        handle.push_run(&run).unwrap();
+        let (handle, taken) = bounded(2, &CancellationToken::new());
+        handle.push_run(&run, 4).unwrap();
         let mut cx = Context::from_waker(Waker::noop());
         let mut into = VecDeque::new();
         assert_eq!(taken.poll_take(&mut cx, &mut into), Poll::Ready(true));
@@ -364,7 +432,36 @@ mod tests {
                 next: 0
             }]
         );
-        // What the session took no longer counts.
-        handle.push_run(&run).unwrap();
+        // What the session took no longer counts against the message count.
+        handle.push_run(&run, 4).unwrap();
+    }
+
+    #[test]
+    fn bytes_count_until_the_session_comes_back_for_more() {
+        let (handle, outbox, held) = queue(100, 10);
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut into = VecDeque::new();
+        // Larger than the whole bound: refused, and the connection stays.
+        assert_eq!(
+            handle.push(text("elevenbytes")).err(),
+            Some(PushError::TooLarge)
+        );
+        assert!(!outbox.stop().is_cancelled());
+        handle.push(text("123456")).unwrap();
+        assert_eq!(held.get(), 6);
+        assert_eq!(outbox.poll_take(&mut cx, &mut into), Poll::Ready(true));
+        // Taken but not yet written: still held, still counted.
+        assert_eq!(held.get(), 6);
+        handle.push(text("1234")).unwrap();
+        assert_eq!(held.get(), 10);
+        // The session wrote what it took and comes back: that is released.
+        into.clear();
+        assert_eq!(outbox.poll_take(&mut cx, &mut into), Poll::Ready(true));
+        assert_eq!(held.get(), 4);
+        handle.push(text("123456")).unwrap();
+        assert_eq!(handle.push(text("1")).err(), Some(PushError::Full));
+        assert!(outbox.stop().is_cancelled());
+        drop(outbox);
+        assert_eq!(held.get(), 0);
     }
 }

@@ -241,10 +241,11 @@ impl Broker {
         };
         // Cloning a message clones a reference to its bytes, not the bytes.
         let shared: Published = messages.iter().map(|(msg, _)| msg.clone()).collect();
+        let shared_bytes = shared.iter().map(WsMessage::len).sum();
         let excluded: FxHashSet<u64> = messages.iter().filter_map(|(_, e)| *e).collect();
         for (&conn, handle) in subscribers {
             if excluded.is_empty() || !excluded.contains(&conn) {
-                let _ = handle.push_run(&shared);
+                let _ = handle.push_run(&shared, shared_bytes);
                 continue;
             }
             let own: Published = messages
@@ -253,7 +254,7 @@ impl Broker {
                 .map(|(msg, _)| msg.clone())
                 .collect();
             if !own.is_empty() {
-                let _ = handle.push_run(&own);
+                let _ = handle.push_run(&own, own.iter().map(WsMessage::len).sum());
             }
         }
     }
@@ -262,7 +263,7 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{Outbound, Outbox, outbox};
+    use crate::outbox::{Bounds, Outbound, Outbox};
     use std::task::{Context, Waker};
     use tokio_util::sync::CancellationToken;
 
@@ -278,6 +279,15 @@ mod tests {
             })
             .map(|msg| msg.to_text().unwrap().to_string())
             .collect()
+    }
+
+    fn outbox(messages: usize, parent: &CancellationToken) -> (ConnHandle, Outbox) {
+        let bounds = Bounds {
+            messages,
+            bytes: 1 << 20,
+            held: Default::default(),
+        };
+        crate::outbox::outbox(bounds, parent)
     }
 
     #[test]

@@ -894,6 +894,8 @@ async fn pings_from_a_client_that_does_not_read_are_answered_between_whole_frame
 path = "/echo"
 plugin = "echo.wasm"
 max-message-size = 1048576
+# Room for all four echoes: this is about pongs, not the byte bound.
+write-queue-bytes = "8MiB"
 "#,
     )
     .await;
@@ -970,4 +972,61 @@ async fn a_ping_flood_from_a_client_that_does_not_read_leaves_memory_bounded() {
     assert_memory_grew_less_than(&berth, before, 16 * 1024);
     echo_still_answers(&echo, &mut bystander).await;
     drop(flooder);
+}
+
+/// Ten clients that send the echo 1,100 messages of 64 KiB each and never read
+/// the answers: each is closed with 1013 once its connection holds
+/// `write-queue-bytes` (1 MiB by default) for it, and berth's memory grows by
+/// a small part of the 700 MB they sent. Counting messages alone let each
+/// such client make berth hold 64 MiB.
+#[tokio::test]
+async fn clients_that_never_read_large_echoes_are_closed_with_1013_in_bounded_memory() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let berth = berth_process(&dir, ROUTES);
+    let echo = berth.url("/echo");
+    let mut bystander = connect(&echo).await;
+    let before = resident_kib(&berth);
+
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(connect_small_window(&echo, berth.addr).await);
+    }
+    let payload = bytes::Bytes::from(vec![0x42; 64 * 1024]);
+    let sends = clients.iter_mut().map(|client| {
+        let payload = payload.clone();
+        async move {
+            for _ in 0..1_100 {
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    client.send(Message::Binary(payload.clone())),
+                );
+                match sent.await {
+                    Ok(Ok(())) => {}
+                    // The server closed the connection, or stopped reading it.
+                    Ok(Err(_)) | Err(_) => break,
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(sends).await;
+    assert_memory_grew_less_than(&berth, before, 32 * 1024);
+    echo_still_answers(&echo, &mut bystander).await;
+
+    // Now they read: what was queued, then the close frame.
+    for client in &mut clients {
+        let code = tokio::time::timeout(WAIT, async {
+            while let Some(Ok(msg)) = client.next().await {
+                if let Message::Close(frame) = msg {
+                    return frame.map(|f| u16::from(f.code));
+                }
+            }
+            None
+        })
+        .await
+        .expect("a close frame in time");
+        assert_eq!(code, Some(1013));
+    }
 }

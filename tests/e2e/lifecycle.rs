@@ -39,6 +39,12 @@ plugin = "testkit.wasm"
 path = "/tiny-queue"
 plugin = "testkit.wasm"
 write-queue = 4
+
+[[route]]
+path = "/small-bytes"
+plugin = "testkit.wasm"
+max-message-size = 1024
+write-queue-bytes = "64KiB"
 "#;
 
 #[tokio::test]
@@ -167,6 +173,35 @@ async fn a_client_too_slow_for_its_queue_is_closed_with_1013() {
     };
     assert_eq!(frame.code, CloseCode::Again);
     assert_eq!(frame.reason.as_str(), "slow consumer");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_larger_than_write_queue_bytes_is_refused_and_the_client_stays() {
+    let server = TestServer::start(ROUTES).await;
+    let mut client = connect(&server.url("/small-bytes")).await;
+    // One message over the whole bound: refused to the plugin, nothing queued.
+    send_text(&mut client, "flood 1 70000").await;
+    assert_eq!(recv_text(&mut client).await, "flood stopped: too-large");
+    send_text(&mut client, "whoami").await;
+    assert!(recv_text(&mut client).await.starts_with("id "));
+    let hits = crate::metrics::scrape(server.addr).await.value(
+        "berth_plugin_limit_hits_total",
+        &[("route", "/small-bytes"), ("limit", "write_queue_bytes")],
+    );
+    assert_eq!(hits, 1.0);
+    // Many that fit one by one but not together: the client is too slow.
+    send_text(&mut client, "flood 100 40000").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let frame = loop {
+        assert!(tokio::time::Instant::now() < deadline, "no close frame");
+        match recv(&mut client).await {
+            Message::Close(frame) => break frame.expect("close frame has a code"),
+            Message::Binary(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(frame.code, CloseCode::Again);
     server.stop().await;
 }
 

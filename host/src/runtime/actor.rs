@@ -37,6 +37,9 @@ use crate::pubsub::{self, Broker};
 /// How many events may wait for a worker before sessions stop reading their
 /// sockets (TCP backpressure reaches the clients).
 const QUEUE: usize = 4096;
+/// The bytes of the messages a route worker's queue may hold: a count of
+/// events alone would let 4,096 messages of the largest size wait.
+const QUEUE_BYTES: usize = 8 << 20;
 /// The most events handled per wake-up of a worker.
 const BATCH: usize = 256;
 /// The instance key of a route-model instance (connection ids start at 1).
@@ -118,7 +121,11 @@ impl PluginHandle {
 
     /// Delivers a data message; waits while the worker's queue is full.
     pub(crate) async fn message(&self, conn: u64, msg: WsMessage) {
-        let _ = self.worker(conn).send(Event::Message { conn, msg }).await;
+        let bytes = msg.len();
+        let _ = self
+            .worker(conn)
+            .send_sized(Event::Message { conn, msg }, bytes)
+            .await;
     }
 
     /// Waits until the worker has handled every event sent before for `conn`,
@@ -204,6 +211,8 @@ pub(super) fn spawn(
         .max(1) as u64;
     let shared = Arc::new(RouteShared {
         name: route.path.as_str().into(),
+        write_queue_bytes: route.write_queue_bytes,
+        metrics: metrics.clone(),
         namespace: route.namespace.as_str().into(),
         values: route.values.clone(),
         broker: broker.clone(),
@@ -216,7 +225,7 @@ pub(super) fn spawn(
     let mut senders = Vec::with_capacity(count);
     let mut threads = Vec::with_capacity(count);
     for index in 0..count {
-        let (tx, rx) = queue(QUEUE, runtime);
+        let (tx, rx) = queue(QUEUE, QUEUE_BYTES, runtime);
         let mut worker = Worker {
             route: route.clone(),
             shared: shared.clone(),
@@ -265,9 +274,14 @@ impl Worker {
             // Each session wakes once per batch, to write all the batch queued for it.
             deferring_wakes(&mut wakes, || {
                 pubsub::batching(|| {
+                    let mut taken = 0;
                     for event in batch.drain(..) {
+                        if let Event::Message { msg, .. } = &event {
+                            taken += rx.room(msg.len());
+                        }
                         self.handle(event);
                     }
+                    rx.release(taken);
                     self.flush();
                 })
             });

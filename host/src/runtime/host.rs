@@ -19,6 +19,7 @@ use super::bindings::berth::plugin::{host, types};
 use super::limits::Limits;
 use super::timers::Timers;
 use crate::config;
+use crate::metrics::{Limit, RouteMetrics};
 use crate::outbox::{ConnHandle, PushError};
 use crate::pubsub::{self, Broker};
 
@@ -26,6 +27,10 @@ use crate::pubsub::{self, Broker};
 /// config values, and the server's broker.
 pub(crate) struct RouteShared {
     pub(crate) name: Arc<str>,
+    /// The route's `write-queue-bytes`: no message larger than this is sent.
+    pub(crate) write_queue_bytes: usize,
+    /// The route's metrics, for the limits its plugin runs into.
+    pub(crate) metrics: Arc<RouteMetrics>,
     pub(crate) namespace: Arc<str>,
     pub(crate) values: BTreeMap<String, String>,
     pub(crate) broker: Arc<Broker>,
@@ -225,6 +230,7 @@ impl HostState {
 fn conn_error(err: PushError) -> types::ConnError {
     match err {
         PushError::Full => types::ConnError::QueueFull,
+        PushError::TooLarge => types::ConnError::TooLarge,
         PushError::Gone => types::ConnError::Closing,
     }
 }
@@ -276,7 +282,11 @@ impl host::Host for HostState {
         let Some(msg) = to_wire(msg) else {
             return Ok(Err(types::ConnError::InvalidMessage));
         };
-        Ok(entry.push(msg).map_err(conn_error))
+        let pushed = entry.push(msg);
+        if pushed == Err(PushError::TooLarge) {
+            self.route.metrics.limit_hit(Limit::WriteQueueBytes);
+        }
+        Ok(pushed.map_err(conn_error))
     }
 
     fn close(
@@ -349,6 +359,10 @@ impl host::Host for HostState {
             return Ok(Err(types::PublishError::InvalidMessage));
         };
         let route = &self.route;
+        if msg.len() > route.write_queue_bytes {
+            route.metrics.limit_hit(Limit::WriteQueueBytes);
+            return Ok(Err(types::PublishError::TooLarge));
+        }
         Ok(Ok(route.broker.publish(
             &route.namespace,
             &topic,

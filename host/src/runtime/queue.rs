@@ -1,4 +1,5 @@
-//! The queue from sessions to a route worker thread, with coalesced wake-ups.
+//! The queue from sessions to a route worker thread, with coalesced wake-ups,
+//! bounded in items and in the bytes of the messages it holds.
 //!
 //! A worker sleeping on a plain channel is woken by every send, and on a busy
 //! core the woken thread runs at once: it handles one event, sleeps, and is
@@ -11,7 +12,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 /// The worker's side of the wake-up.
 struct Poke {
@@ -42,6 +43,23 @@ impl Poke {
 struct Link<T> {
     tx: Option<mpsc::Sender<T>>,
     poke: Arc<Poke>,
+    bytes: Arc<Budget>,
+}
+
+/// The bytes an item may hold while it waits in the queue, so that a count of
+/// large messages cannot add up to more than this: senders wait for room,
+/// and their sockets fill instead of our memory.
+struct Budget {
+    room: Semaphore,
+    total: usize,
+}
+
+impl Budget {
+    /// What an item of `bytes` takes: all of the budget at most, so that one
+    /// item larger than the whole budget still goes through, alone.
+    fn share(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes.min(self.total)).unwrap_or(u32::MAX)
+    }
 }
 
 impl<T> Drop for Link<T> {
@@ -104,6 +122,23 @@ impl<T> QueueTx<T> {
         Ok(())
     }
 
+    /// Queues `item`, which holds `bytes` until the worker takes it (and
+    /// calls [`QueueRx::release`]), waiting while the queue is full in items
+    /// or in bytes.
+    pub(crate) async fn send_sized(&self, item: T, bytes: usize) -> Result<(), Closed<T>> {
+        let budget = &self.link.bytes;
+        let share = budget.share(bytes);
+        match budget.room.acquire_many(share).await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Err(Closed(item)),
+        }
+        let sent = self.send(item).await;
+        if sent.is_err() {
+            budget.room.add_permits(share as usize);
+        }
+        sent
+    }
+
     /// Queues `item` if there is room now.
     pub(crate) fn try_send(&self, item: T) -> Result<(), mpsc::error::TrySendError<T>> {
         self.tx().try_send(item)?;
@@ -123,9 +158,23 @@ impl<T> QueueTx<T> {
 pub(crate) struct QueueRx<T> {
     rx: mpsc::Receiver<T>,
     poke: Arc<Poke>,
+    bytes: Arc<Budget>,
 }
 
 impl<T> QueueRx<T> {
+    /// The room an item of `bytes` sent with [`QueueTx::send_sized`] took.
+    pub(crate) fn room(&self, bytes: usize) -> usize {
+        self.bytes.share(bytes) as usize
+    }
+
+    /// Gives back `room`, the sum of [`Self::room`] of items taken: once
+    /// per batch, since each call takes the semaphore's lock.
+    pub(crate) fn release(&self, room: usize) {
+        if room > 0 {
+            self.bytes.room.add_permits(room);
+        }
+    }
+
     /// Blocks until there are items, then moves up to `limit` of them into
     /// `into`. Returns 0 once every sender is gone and the queue is empty.
     pub(crate) fn blocking_recv_many(&mut self, into: &mut Vec<T>, limit: usize) -> usize {
@@ -149,10 +198,11 @@ impl<T> QueueRx<T> {
     }
 }
 
-/// Makes a worker queue holding up to `capacity` items, and spawns on
-/// `runtime` the task that wakes the worker thread.
+/// Makes a worker queue holding up to `capacity` items and `bytes` of
+/// messages, and spawns on `runtime` the task that wakes the worker thread.
 pub(crate) fn queue<T>(
     capacity: usize,
+    bytes: usize,
     runtime: &tokio::runtime::Handle,
 ) -> (QueueTx<T>, QueueRx<T>) {
     let (tx, rx) = mpsc::channel(capacity);
@@ -163,11 +213,23 @@ pub(crate) fn queue<T>(
         signal: Condvar::new(),
     });
     runtime.spawn(wake_worker(poke.clone()));
+    let budget = Arc::new(Budget {
+        room: Semaphore::new(bytes.min(Semaphore::MAX_PERMITS)),
+        total: bytes.min(Semaphore::MAX_PERMITS),
+    });
     let link = Arc::new(Link {
         tx: Some(tx),
         poke: poke.clone(),
+        bytes: budget.clone(),
     });
-    (QueueTx { link }, QueueRx { rx, poke })
+    (
+        QueueTx { link },
+        QueueRx {
+            rx,
+            poke,
+            bytes: budget,
+        },
+    )
 }
 
 async fn wake_worker(poke: Arc<Poke>) {
@@ -189,7 +251,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn the_worker_gets_every_item_then_sees_the_queue_close() {
-        let (tx, mut rx) = queue::<u32>(4, &tokio::runtime::Handle::current());
+        let (tx, mut rx) = queue::<u32>(4, 1024, &tokio::runtime::Handle::current());
         let worker = std::thread::spawn(move || {
             let mut got = Vec::new();
             let mut batch = Vec::new();
@@ -208,5 +270,25 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got, (0..100).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn senders_wait_for_room_in_bytes_until_the_worker_releases_it() {
+        let (tx, mut rx) = queue::<usize>(100, 10, &tokio::runtime::Handle::current());
+        tx.send_sized(6, 6).await.unwrap();
+        // 6 + 6 > 10: the second waits.
+        let second = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send_sized(6, 6).await.unwrap() }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!second.is_finished());
+        let mut got = Vec::new();
+        assert_eq!(rx.blocking_recv_many(&mut got, 10), 1);
+        rx.release(rx.room(got[0]));
+        second.await.unwrap();
+        // Larger than the whole budget: it goes alone.
+        rx.release(rx.room(6));
+        tx.send_sized(1000, 1000).await.unwrap();
     }
 }

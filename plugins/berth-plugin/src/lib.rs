@@ -53,7 +53,7 @@ use __bindings::berth::plugin::types::{Event, Message as Outgoing, MessageKind};
 use __bindings::exports::berth::plugin::handler::Guest;
 
 pub use __bindings::berth::plugin::types::{
-    Accept, ConnError, ConnectionId, LogLevel, Reject, Request, TimerError, TimerId,
+    Accept, ConnError, ConnectionId, LogLevel, PublishError, Reject, Request, TimerError, TimerId,
 };
 
 /// A data message: text or bytes, borrowed from the call that delivered it
@@ -201,7 +201,7 @@ macro_rules! export {
 pub mod host {
     use super::raw;
     pub use super::raw::{cancel_timer, config_get, set_timer, subscribe, unsubscribe};
-    use crate::{ConnError, ConnectionId, Message};
+    use crate::{ConnError, ConnectionId, Message, PublishError};
 
     /// Queues `msg` for `conn`; messages to one connection arrive in the order sent.
     pub fn send(conn: ConnectionId, msg: Message<'_>) -> Result<(), ConnError> {
@@ -213,10 +213,15 @@ pub mod host {
         raw::close(conn, code, reason)
     }
 
-    /// Sends `msg` to every subscriber of `topic` but `exclude`; returns how many it is for.
-    pub fn publish(topic: &str, msg: Message<'_>, exclude: Option<ConnectionId>) -> u32 {
-        // A Rust `&str` is UTF-8, the one thing publish can refuse.
-        raw::publish(topic, msg.lend(), exclude).unwrap_or(0)
+    /// Sends `msg` to every subscriber of `topic` but `exclude`; returns how
+    /// many it is for. Fails only for a message larger than the route's
+    /// `write-queue-bytes`, which reaches nobody.
+    pub fn publish(
+        topic: &str,
+        msg: Message<'_>,
+        exclude: Option<ConnectionId>,
+    ) -> Result<u32, PublishError> {
+        raw::publish(topic, msg.lend(), exclude)
     }
 
     /// Writes `message` to the host's log at `level`.

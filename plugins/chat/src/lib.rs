@@ -77,7 +77,7 @@ impl Plugin for Chat {
         welcome.push_str(&format!(r#","members":[{members}]}}"#));
         let _ = host::send(conn, Message::text(&welcome));
         let join = format!(r#"{{"type":"join","id":{conn}}}"#);
-        host::publish(&topic(&room), Message::text(&join), None);
+        let _ = host::publish(&topic(&room), Message::text(&join), None);
         let _ = host::subscribe(conn, &topic(&room));
         ROOMS.with_borrow_mut(|rooms| rooms.insert(conn, room));
         Ok(Accept::new())
@@ -90,7 +90,7 @@ impl Plugin for Chat {
         let mut out = format!(r#"{{"type":"message","from":{conn},"text":"#);
         push_json_string(&mut out, text);
         out.push('}');
-        host::publish(&topic(&room), Message::text(&out), Some(conn));
+        let _ = host::publish(&topic(&room), Message::text(&out), Some(conn));
     }
 
     fn on_close(conn: ConnectionId, info: CloseInfo<'_>) {
@@ -104,7 +104,7 @@ impl Plugin for Chat {
         push_json_string(&mut out, info.reason);
         out.push('}');
         // The host ended the connection's subscription before this call.
-        host::publish(&topic(&room), Message::text(&out), None);
+        let _ = host::publish(&topic(&room), Message::text(&out), None);
     }
 }
 

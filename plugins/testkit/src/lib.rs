@@ -107,7 +107,12 @@ impl Plugin for Testkit {
                 let bytes = vec![b'f'; size];
                 let payload = Message::binary(&bytes);
                 for _ in 0..count {
-                    if host::send(conn, payload).is_err() {
+                    if let Err(e) = host::send(conn, payload) {
+                        // A full queue takes the answer too; others say why.
+                        let _ = host::send(
+                            conn,
+                            Message::text(&format!("flood stopped: {}", e.name())),
+                        );
                         break;
                     }
                 }
@@ -116,8 +121,10 @@ impl Plugin for Testkit {
             "unsubscribe" => reply(conn, outcome(host::unsubscribe(conn, rest), "unsubscribed")),
             "publish" => {
                 let (topic, body) = rest.split_once(' ').unwrap_or((rest, ""));
-                let count = host::publish(topic, Message::text(body), None);
-                reply(conn, format!("published {count}"));
+                match host::publish(topic, Message::text(body), None) {
+                    Ok(count) => reply(conn, format!("published {count}")),
+                    Err(e) => reply(conn, format!("publish failed: {e:?}")),
+                }
             }
             "publish-many" => {
                 let mut args = rest.split(' ');
@@ -132,7 +139,7 @@ impl Plugin for Testkit {
                     let mut body = i.to_string();
                     body.push('|');
                     body.extend(std::iter::repeat_n('.', size.saturating_sub(body.len())));
-                    host::publish(topic, Message::text(&body), None);
+                    let _ = host::publish(topic, Message::text(&body), None);
                 }
                 reply(conn, "published".into());
             }
@@ -192,7 +199,7 @@ impl Plugin for Testkit {
         if let Some(conn) = TIMER_OWNERS.with_borrow(|owners| owners.get(&token).copied()) {
             reply(conn, tick.clone());
         }
-        host::publish("ticks", Message::text(&tick), None);
+        let _ = host::publish("ticks", Message::text(&tick), None);
     }
 
     fn on_close(conn: ConnectionId, info: CloseInfo<'_>) {

@@ -143,7 +143,7 @@ impl Plugin for Ticker {
                 .collect()
         });
         for (symbol, cents) in updates {
-            host::publish(&symbol, Message::text(&update(&symbol, cents)), None);
+            let _ = host::publish(&symbol, Message::text(&update(&symbol, cents)), None);
         }
     }
 }
