@@ -61,15 +61,34 @@ struct LimitLabels {
 pub(crate) enum Limit {
     /// A message larger than the connection's `write-queue-bytes`.
     WriteQueueBytes,
+    /// A topic name longer than the host takes.
+    TopicName,
+    /// A subscription past a connection's allowance.
+    Subscriptions,
+    /// A `log` line past the instance's rate (stdout and stderr share it).
+    LogLines,
+    /// An `on-connect` refusal whose reason was cut to fit an HTTP body.
+    RejectReason,
 }
 
 impl Limit {
-    const ALL: [Limit; 1] = [Limit::WriteQueueBytes];
+    const ALL: [Limit; 5] = [
+        Limit::WriteQueueBytes,
+        Limit::TopicName,
+        Limit::Subscriptions,
+        Limit::LogLines,
+        Limit::RejectReason,
+    ];
 
-    /// The value of the `limit` label: the config key that sets the bound.
+    /// The value of the `limit` label: the config key that sets the bound,
+    /// or the bound's own name where it is fixed.
     fn label(self) -> &'static str {
         match self {
             Limit::WriteQueueBytes => "write_queue_bytes",
+            Limit::TopicName => "topic_name",
+            Limit::Subscriptions => "subscriptions",
+            Limit::LogLines => "log_lines",
+            Limit::RejectReason => "reject_reason",
         }
     }
 }
@@ -314,7 +333,7 @@ impl Metrics {
         let limit_hits = Family::default();
         registry.register(
             "plugin_limit_hits",
-            "Host calls of the route's plugin refused by a bound, by the config key that sets it",
+            "Host calls of the route's plugin refused or cut short by a bound, by the bound",
             limit_hits.clone(),
         );
         let connections = Family::default();

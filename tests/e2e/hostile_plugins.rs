@@ -596,6 +596,10 @@ plugin = "echo.wasm"
 path = "/flood"
 plugin = "hostile.wasm"
 write-queue = {WRITE_QUEUE}
+# The count is the bound under test: a round is 1,000 KB, which the default
+# 1 MiB of write-queue-bytes would take only if the session had already
+# released the round before, a race under load.
+write-queue-bytes = "4MiB"
 # A flood of 50,000 publishes is one call; this test is not about the deadline.
 call-timeout = "10s"
 "#

@@ -352,3 +352,48 @@ async fn a_full_instance_pool_answers_503_until_a_connection_leaves() {
     assert!(admitted, "a freed pool slot was never reused");
     server.stop().await;
 }
+
+/// A plugin cannot make the host keep topic names of any length or any number
+/// of subscriptions: past the bounds it gets an error value, the connection
+/// stays, and each refusal is counted.
+#[tokio::test]
+async fn topic_names_and_subscriptions_are_bounded_with_an_error_to_the_plugin() {
+    let server = TestServer::start(ROUTES).await;
+    let mut client = connect(&server.url("/kit")).await;
+    let long = "t".repeat(257);
+    assert_eq!(
+        ask(&mut client, &format!("subscribe {long}")).await,
+        "error too-large"
+    );
+    assert_eq!(
+        ask(&mut client, &format!("publish {long} hi")).await,
+        "publish failed: too-large"
+    );
+    assert_eq!(
+        ask(&mut client, &format!("subscribe {}", "t".repeat(256))).await,
+        "subscribed"
+    );
+    for i in 1..1024 {
+        assert_eq!(
+            ask(&mut client, &format!("subscribe s{i}")).await,
+            "subscribed"
+        );
+    }
+    assert_eq!(
+        ask(&mut client, "subscribe one-too-many").await,
+        "error too-many-subscriptions"
+    );
+    // Subscribing again to a topic it has is no new subscription.
+    assert_eq!(ask(&mut client, "subscribe s1").await, "subscribed");
+    assert_eq!(ask(&mut client, "unsubscribe s1").await, "unsubscribed");
+    assert_eq!(ask(&mut client, "subscribe one-more").await, "subscribed");
+    let scrape = crate::metrics::scrape(server.addr).await;
+    let hits = |limit| {
+        scrape.value(
+            "berth_plugin_limit_hits_total",
+            &[("route", "/kit"), ("limit", limit)],
+        )
+    };
+    assert_eq!((hits("topic_name"), hits("subscriptions")), (2.0, 1.0));
+    server.stop().await;
+}

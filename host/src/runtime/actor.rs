@@ -30,13 +30,15 @@ use super::stdio::{LineBudget, LogTarget, Stdio};
 use super::timers::Timers;
 use super::{CloseInfo, Compiled, EPOCH_TICK, RouteActor, RuntimeError};
 use crate::config::{InstanceModel, RouteConfig};
-use crate::metrics::{Export, RouteMetrics};
+use crate::metrics::{Export, Limit, RouteMetrics};
 use crate::outbox::{ConnHandle, deferring_wakes};
 use crate::pubsub::{self, Broker};
 
 /// How many events may wait for a worker before sessions stop reading their
 /// sockets (TCP backpressure reaches the clients).
 const QUEUE: usize = 4096;
+/// The longest `reject` reason sent as an HTTP body; the rest is cut.
+const MAX_REJECT_REASON: usize = 1024;
 /// The bytes of the messages a route worker's queue may hold: a count of
 /// events alone would let 4,096 messages of the largest size wait.
 const QUEUE_BYTES: usize = 8 << 20;
@@ -333,6 +335,7 @@ impl Worker {
             self.current_conn.clone(),
             timers,
             Limits::new(self.route.max_memory, self.metrics.plugin_memory.clone()),
+            budget,
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| state.limits());
@@ -618,10 +621,12 @@ impl Worker {
             },
             Some(Err(reject)) => match StatusCode::from_u16(reject.status) {
                 Ok(status) if status.is_client_error() || status.is_server_error() => {
-                    ConnectOutcome::Reject {
-                        status,
-                        reason: reject.reason,
+                    let mut reason = reject.reason;
+                    if reason.len() > MAX_REJECT_REASON {
+                        self.metrics.limit_hit(Limit::RejectReason);
+                        reason.truncate(super::cut(&reason, MAX_REJECT_REASON).len());
                     }
+                    ConnectOutcome::Reject { status, reason }
                 }
                 _ => {
                     tracing::error!(

@@ -17,6 +17,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::berth::plugin::{host, types};
 use super::limits::Limits;
+use super::stdio::{LineBudget, MAX_LINE};
 use super::timers::Timers;
 use crate::config;
 use crate::metrics::{Limit, RouteMetrics};
@@ -120,6 +121,13 @@ impl Drop for ConnEntry {
     }
 }
 
+/// The longest topic name a plugin may use, in bytes: names are kept per
+/// subscription and per topic, so their size is the host's to bound.
+const MAX_TOPIC: usize = 256;
+/// Subscriptions one connection may hold: each is an entry in the topic's
+/// subscriber map and in the connection's own set.
+const MAX_SUBSCRIPTIONS: usize = 1024;
+
 /// Everything a plugin instance's store holds.
 pub(crate) struct HostState {
     wasi: WasiCtx,
@@ -130,6 +138,8 @@ pub(crate) struct HostState {
     conns: FxHashMap<u64, ConnEntry>,
     timers: Timers,
     limits: Limits,
+    /// The instance's log allowance, shared with its stdout and stderr.
+    log_budget: Arc<LineBudget>,
     /// The connection of each event of the `on-events` call in progress (0
     /// for a timer), to tag logs as the plugin moves through them.
     event_conns: Vec<u64>,
@@ -145,6 +155,7 @@ impl HostState {
         current_conn: Arc<AtomicU64>,
         timers: Timers,
         limits: Limits,
+        log_budget: Arc<LineBudget>,
     ) -> Self {
         HostState {
             wasi,
@@ -154,6 +165,7 @@ impl HostState {
             conns: FxHashMap::default(),
             timers,
             limits,
+            log_budget,
             event_conns: Vec::new(),
             handling: 0,
         }
@@ -257,13 +269,7 @@ fn latin1(text: String) -> Option<Vec<u8>> {
 
 /// Cuts `reason` to what fits in a close frame, at a character boundary.
 fn close_reason(mut reason: String) -> String {
-    if reason.len() > MAX_CLOSE_REASON {
-        let mut end = MAX_CLOSE_REASON;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-    }
+    reason.truncate(super::cut(&reason, MAX_CLOSE_REASON).len());
     reason
 }
 
@@ -319,11 +325,19 @@ impl host::Host for HostState {
         conn: u64,
         topic: String,
     ) -> wasmtime::Result<Result<(), types::ConnError>> {
+        if topic.len() > MAX_TOPIC {
+            self.route.metrics.limit_hit(Limit::TopicName);
+            return Ok(Err(types::ConnError::TooLarge));
+        }
         let entry = match self.entry(conn) {
             Ok(entry) => entry,
             Err(e) => return Ok(Err(e)),
         };
         if !entry.topics.contains(topic.as_str()) {
+            if entry.topics.len() >= MAX_SUBSCRIPTIONS {
+                entry.route.metrics.limit_hit(Limit::Subscriptions);
+                return Ok(Err(types::ConnError::TooManySubscriptions));
+            }
             let route = &entry.route;
             route
                 .broker
@@ -359,6 +373,10 @@ impl host::Host for HostState {
             return Ok(Err(types::PublishError::InvalidMessage));
         };
         let route = &self.route;
+        if topic.len() > MAX_TOPIC {
+            route.metrics.limit_hit(Limit::TopicName);
+            return Ok(Err(types::PublishError::TooLarge));
+        }
         if msg.len() > route.write_queue_bytes {
             route.metrics.limit_hit(Limit::WriteQueueBytes);
             return Ok(Err(types::PublishError::TooLarge));
@@ -392,6 +410,11 @@ impl host::Host for HostState {
     }
 
     fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+        if !self.log_budget.take() {
+            self.route.metrics.limit_hit(Limit::LogLines);
+            return Ok(());
+        }
+        let message = super::cut(&message, MAX_LINE);
         let conn = self.current_conn.load(Ordering::Relaxed);
         let route = &*self.route.name;
         match level {

@@ -42,6 +42,20 @@ use crate::config::{Config, RouteConfig};
 use crate::metrics::RouteMetrics;
 use crate::pubsub::Broker;
 
+/// The longest prefix of `text` of at most `max` bytes that ends on a
+/// character boundary: how every string a plugin hands over is cut to its
+/// bound.
+pub(crate) fn cut(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Why a connection ended, as its plugin hears it in a close event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct CloseInfo {

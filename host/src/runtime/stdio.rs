@@ -10,7 +10,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 /// The longest log line kept from a guest; the rest of the line is cut.
-const MAX_LINE: usize = 4096;
+pub(crate) const MAX_LINE: usize = 4096;
 
 /// Which stream a guest wrote to.
 #[derive(Clone, Copy, Debug)]
@@ -63,7 +63,7 @@ impl LineBudget {
     }
 
     /// Whether one more line may be logged now.
-    fn take(&self) -> bool {
+    pub(crate) fn take(&self) -> bool {
         let mut bucket = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let earned = now.duration_since(bucket.refilled).as_secs_f64() * LINES_PER_SECOND;

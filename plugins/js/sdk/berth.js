@@ -51,9 +51,9 @@
 //
 // A host call that fails throws, as componentize-js's bindings do, an Error
 // whose `payload` (and message) is the WIT error case: 'unknown-connection',
-// 'closing', 'queue-full', 'invalid-code', 'invalid-message' or 'too-large'
-// (send, close, subscribe, unsubscribe), 'invalid-message' or 'too-large'
-// (publish), 'too-many-timers' (setTimer). The bindings run in a realm of their own, so `e instanceof
+// 'closing', 'queue-full', 'invalid-code', 'invalid-message', 'too-large' or
+// 'too-many-subscriptions' (send, close, subscribe, unsubscribe),
+// 'invalid-message' or 'too-large' (publish), 'too-many-timers' (setTimer). The bindings run in a realm of their own, so `e instanceof
 // Error` is false for it: look at `e.payload`. A failed send usually means the
 // client is gone or too slow to read, and the host closes it by itself. An
 // exception a hook lets escape traps the instance, and the rest of its batch

@@ -123,7 +123,7 @@ impl Plugin for Testkit {
                 let (topic, body) = rest.split_once(' ').unwrap_or((rest, ""));
                 match host::publish(topic, Message::text(body), None) {
                     Ok(count) => reply(conn, format!("published {count}")),
-                    Err(e) => reply(conn, format!("publish failed: {e:?}")),
+                    Err(e) => reply(conn, format!("publish failed: {}", e.name())),
                 }
             }
             "publish-many" => {
