@@ -370,6 +370,10 @@ async fn topic_names_and_subscriptions_are_bounded_with_an_error_to_the_plugin()
         "publish failed: too-large"
     );
     assert_eq!(
+        ask(&mut client, &format!("unsubscribe {long}")).await,
+        "error too-large"
+    );
+    assert_eq!(
         ask(&mut client, &format!("subscribe {}", "t".repeat(256))).await,
         "subscribed"
     );
@@ -394,6 +398,6 @@ async fn topic_names_and_subscriptions_are_bounded_with_an_error_to_the_plugin()
             &[("route", "/kit"), ("limit", limit)],
         )
     };
-    assert_eq!((hits("topic_name"), hits("subscriptions")), (2.0, 1.0));
+    assert_eq!((hits("topic_name"), hits("subscriptions")), (3.0, 1.0));
     server.stop().await;
 }

@@ -352,6 +352,10 @@ impl host::Host for HostState {
         conn: u64,
         topic: String,
     ) -> wasmtime::Result<Result<(), types::ConnError>> {
+        if topic.len() > MAX_TOPIC {
+            self.route.metrics.limit_hit(Limit::TopicName);
+            return Ok(Err(types::ConnError::TooLarge));
+        }
         let entry = match self.conns.get_mut(&conn) {
             Some(entry) => entry,
             None => return Ok(Err(types::ConnError::UnknownConnection)),
