@@ -103,6 +103,12 @@ pub struct RouteConfig {
     /// counted until the socket has taken them, before it is closed; a
     /// single message larger than this is refused to the plugin.
     pub write_queue_bytes: usize,
+    /// The longest topic name the plugin may subscribe to or publish on, in bytes.
+    pub max_topic_name: usize,
+    /// How many topics one connection may be subscribed to at once.
+    pub max_subscriptions_per_connection: usize,
+    /// How many subscriptions the route's connections may hold together.
+    pub max_subscriptions: usize,
     /// The longest a single plugin call may run before it is stopped.
     pub call_timeout: Duration,
     /// Whether one instance serves the route or each connection gets its own.
@@ -174,6 +180,9 @@ impl RouteConfig {
             pong_timeout: defaults::PONG_TIMEOUT,
             write_queue: defaults::WRITE_QUEUE,
             write_queue_bytes: defaults::WRITE_QUEUE_BYTES,
+            max_topic_name: defaults::MAX_TOPIC_NAME,
+            max_subscriptions_per_connection: defaults::MAX_SUBSCRIPTIONS_PER_CONNECTION,
+            max_subscriptions: defaults::MAX_SUBSCRIPTIONS,
             call_timeout: defaults::CALL_TIMEOUT,
             instance: InstanceModel::Route,
             values: BTreeMap::new(),
@@ -492,12 +501,14 @@ struct RawRoute {
     pong_timeout: Option<Spanned<HumanDuration>>,
     write_queue: Option<Spanned<usize>>,
     write_queue_bytes: Option<Spanned<ByteSize>>,
+    max_topic_name: Option<Spanned<ByteSize>>,
+    max_subscriptions_per_connection: Option<Spanned<usize>>,
+    max_subscriptions: Option<Spanned<usize>>,
     call_timeout: Option<Spanned<HumanDuration>>,
     #[serde(default)]
     instance: InstanceModel,
     namespace: Option<Spanned<String>>,
-    #[serde(default)]
-    config: BTreeMap<String, String>,
+    config: Option<Spanned<BTreeMap<String, String>>>,
     #[serde(default)]
     on_reload: ReloadPolicy,
     max_connections: Option<Spanned<usize>>,
@@ -548,6 +559,14 @@ pub mod defaults {
     /// 1 MiB of queued outbound payload per connection (or the route's
     /// `max-message-size`, if that is larger).
     pub const WRITE_QUEUE_BYTES: usize = 1 << 20;
+    /// Longest topic name a plugin may use: 256 bytes.
+    pub const MAX_TOPIC_NAME: usize = 256;
+    /// Topics one connection may be subscribed to: 1,024.
+    pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 1024;
+    /// Subscriptions a route's connections may hold together: 100,000.
+    pub const MAX_SUBSCRIPTIONS: usize = 100_000;
+    /// Longest `[route.config]` key, and so the longest `config-get` looks up: 256 bytes.
+    pub const MAX_CONFIG_KEY: usize = 256;
     /// One plugin call may run for at most 1 second.
     pub const CALL_TIMEOUT: Duration = Duration::from_secs(1);
     /// 10,000 open connections.
@@ -1018,6 +1037,27 @@ fn check_route(
         window: nonzero(source, raw.quarantine_window, defaults::QUARANTINE_WINDOW)?,
     };
 
+    let values = match raw.config {
+        None => BTreeMap::new(),
+        Some(table) => {
+            if let Some(key) = table
+                .get_ref()
+                .keys()
+                .find(|k| k.len() > defaults::MAX_CONFIG_KEY)
+            {
+                return Err(source.error(
+                    table.span(),
+                    format!(
+                        "config key {:?}... is {} bytes; keys may be at most {} bytes",
+                        &key[..key.floor_char_boundary(32)],
+                        key.len(),
+                        defaults::MAX_CONFIG_KEY
+                    ),
+                ));
+            }
+            table.into_inner()
+        }
+    };
     let max_message_size = positive(source, raw.max_message_size, defaults::MAX_MESSAGE_SIZE)?;
     let write_queue_bytes = write_queue_bytes(source, raw.write_queue_bytes, max_message_size)?;
     Ok(RouteConfig {
@@ -1040,7 +1080,7 @@ fn check_route(
         on_reload: raw.on_reload,
         instance: raw.instance,
         namespace,
-        values: raw.config,
+        values,
         path,
         plugin: PluginSource::File(plugin_path),
         allowed_origins: if any_origin {
@@ -1054,6 +1094,19 @@ fn check_route(
         pong_timeout: nonzero(source, raw.pong_timeout, defaults::PONG_TIMEOUT)?,
         write_queue: positive(source, raw.write_queue, defaults::WRITE_QUEUE)?,
         write_queue_bytes,
+        max_topic_name: match raw.max_topic_name {
+            None => defaults::MAX_TOPIC_NAME,
+            Some(v) if v.get_ref().0 == 0 => {
+                return Err(source.error(v.span(), "must be at least 1 byte"));
+            }
+            Some(v) => usize::try_from(v.into_inner().0).unwrap_or(usize::MAX),
+        },
+        max_subscriptions_per_connection: positive(
+            source,
+            raw.max_subscriptions_per_connection,
+            defaults::MAX_SUBSCRIPTIONS_PER_CONNECTION,
+        )?,
+        max_subscriptions: positive(source, raw.max_subscriptions, defaults::MAX_SUBSCRIPTIONS)?,
         call_timeout: nonzero(source, raw.call_timeout, defaults::CALL_TIMEOUT)?,
     })
 }
@@ -1093,6 +1146,48 @@ mod tests {
     fn parse(text: &str) -> Result<Config, ConfigError> {
         let dir = std::env::temp_dir();
         Config::from_toml(text, Path::new("berth.toml"), &dir)
+    }
+
+    #[test]
+    fn subscription_and_name_bounds_have_defaults_and_refuse_zero_and_long_config_keys() {
+        let route =
+            |extra: &str| format!("[[route]]\npath = \"/r\"\nplugin = \"echo.wasm\"\n{extra}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        std::fs::write(dir.path().join("plugins/echo.wasm"), b"").unwrap();
+        let load = |text: &str| Config::from_toml(text, Path::new("berth.toml"), dir.path());
+        let r = load(&route("")).unwrap().routes.remove(0);
+        assert_eq!(
+            (
+                r.max_topic_name,
+                r.max_subscriptions_per_connection,
+                r.max_subscriptions
+            ),
+            (256, 1024, 100_000)
+        );
+        let set = "max-topic-name = \"1KiB\"\nmax-subscriptions-per-connection = 8\nmax-subscriptions = 50";
+        let r = load(&route(set)).unwrap().routes.remove(0);
+        assert_eq!(
+            (
+                r.max_topic_name,
+                r.max_subscriptions_per_connection,
+                r.max_subscriptions
+            ),
+            (1024, 8, 50)
+        );
+        for zero in [
+            "max-topic-name = 0",
+            "max-subscriptions-per-connection = 0",
+            "max-subscriptions = 0",
+        ] {
+            let err = load(&route(zero)).unwrap_err().to_string();
+            assert!(err.contains("must be at least 1"), "{zero}: {err}");
+        }
+        let long_key = format!("[route.config]\n{} = \"v\"", "k".repeat(257));
+        let err = load(&route(&long_key)).unwrap_err().to_string();
+        assert!(err.contains("keys may be at most 256 bytes"), "{err}");
+        let fits = format!("[route.config]\n{} = \"v\"", "k".repeat(256));
+        assert_eq!(load(&route(&fits)).unwrap().routes[0].values.len(), 1);
     }
 
     #[test]

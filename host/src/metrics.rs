@@ -61,10 +61,16 @@ struct LimitLabels {
 pub(crate) enum Limit {
     /// A message larger than the connection's `write-queue-bytes`.
     WriteQueueBytes,
-    /// A topic name longer than the host takes.
+    /// A topic name longer than the route's `max-topic-name`.
     TopicName,
-    /// A subscription past a connection's allowance.
+    /// A subscription past a connection's `max-subscriptions-per-connection`.
+    SubscriptionsPerConnection,
+    /// A subscription past the route's `max-subscriptions`.
     Subscriptions,
+    /// A `config-get` key longer than any key the config may hold.
+    ConfigKey,
+    /// A timer past the instance's live timers.
+    Timers,
     /// A `log` line past the instance's rate (stdout and stderr share it).
     LogLines,
     /// An `on-connect` refusal whose reason was cut to fit an HTTP body.
@@ -72,10 +78,13 @@ pub(crate) enum Limit {
 }
 
 impl Limit {
-    const ALL: [Limit; 5] = [
+    const ALL: [Limit; 8] = [
         Limit::WriteQueueBytes,
         Limit::TopicName,
+        Limit::SubscriptionsPerConnection,
         Limit::Subscriptions,
+        Limit::ConfigKey,
+        Limit::Timers,
         Limit::LogLines,
         Limit::RejectReason,
     ];
@@ -85,8 +94,11 @@ impl Limit {
     fn label(self) -> &'static str {
         match self {
             Limit::WriteQueueBytes => "write_queue_bytes",
-            Limit::TopicName => "topic_name",
-            Limit::Subscriptions => "subscriptions",
+            Limit::TopicName => "max_topic_name",
+            Limit::SubscriptionsPerConnection => "max_subscriptions_per_connection",
+            Limit::Subscriptions => "max_subscriptions",
+            Limit::ConfigKey => "config_key",
+            Limit::Timers => "timers",
             Limit::LogLines => "log_lines",
             Limit::RejectReason => "reject_reason",
         }

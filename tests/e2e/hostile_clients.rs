@@ -974,26 +974,60 @@ async fn a_ping_flood_from_a_client_that_does_not_read_leaves_memory_bounded() {
     drop(flooder);
 }
 
-/// Ten clients that send the echo 1,100 messages of 64 KiB each and never read
-/// the answers: each is closed with 1013 once its connection holds
-/// `write-queue-bytes` (1 MiB by default) for it, and berth's memory grows by
-/// a small part of the 700 MB they sent. Counting messages alone let each
-/// such client make berth hold 64 MiB.
-#[tokio::test]
-async fn clients_that_never_read_large_echoes_are_closed_with_1013_in_bounded_memory() {
-    use futures_util::{SinkExt, StreamExt};
+/// The echo route to attack, and another echo route beside it to watch.
+const NEIGHBOURS: &str = r#"
+[[route]]
+path = "/echo"
+plugin = "echo.wasm"
+# An attacker reads only once it has stopped sending, which takes it 2 s to
+# notice: the close frame behind its queue must wait that long for it.
+close-timeout = "10s"
+
+[[route]]
+path = "/neighbour"
+plugin = "echo.wasm"
+"#;
+
+/// `count` clients send the echo 1,100 messages of 64 KiB each and never read
+/// the answers, while a client of a neighbouring route does a round trip
+/// every 10 ms. Each attacker is closed with 1013 once its connection holds
+/// `write-queue-bytes` (1 MiB by default) for it; berth grows by less than
+/// `limit_mib` meanwhile, and once they are gone it is back within 64 MiB of
+/// where it started. Counting messages alone let each such client make berth
+/// hold 64 MiB, and 572 MiB of ten clients' stayed after they had gone.
+async fn never_readers(count: usize, limit_mib: u64) {
+    use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let berth = berth_process(&dir, ROUTES);
+    let berth = berth_process(&dir, NEIGHBOURS);
     let echo = berth.url("/echo");
-    let mut bystander = connect(&echo).await;
-    let before = resident_kib(&berth);
+    let neighbour = berth.url("/neighbour");
+    let mut bystander = connect(&neighbour).await;
+    echoes(&mut bystander, "warm-up").await;
+    let mut warm = connect(&echo).await;
+    echoes(&mut warm, "warm-up").await;
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = resident_kib(&berth);
 
     let mut clients = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..count {
         clients.push(connect_small_window(&echo, berth.addr).await);
     }
+    let pressing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watch = {
+        let pressing = pressing.clone();
+        tokio::spawn(async move {
+            let mut trips = 0u32;
+            while pressing.load(Ordering::Relaxed) {
+                echoes(&mut bystander, &format!("during {trips}")).await;
+                trips += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (bystander, trips)
+        })
+    };
     let payload = bytes::Bytes::from(vec![0x42; 64 * 1024]);
     let sends = clients.iter_mut().map(|client| {
         let payload = payload.clone();
@@ -1012,8 +1046,16 @@ async fn clients_that_never_read_large_echoes_are_closed_with_1013_in_bounded_me
         }
     });
     futures_util::future::join_all(sends).await;
-    assert_memory_grew_less_than(&berth, before, 32 * 1024);
-    echo_still_answers(&echo, &mut bystander).await;
+    assert_memory_grew_less_than(&berth, start, limit_mib * 1024);
+    pressing.store(false, Ordering::Relaxed);
+    let (mut bystander, trips) = tokio::time::timeout(WAIT, watch)
+        .await
+        .expect("the neighbour's round trips end in time")
+        .expect("the neighbouring route answered every round trip during the attack");
+    assert!(
+        trips > 0,
+        "no round trip on the neighbouring route during the attack"
+    );
 
     // Now they read: what was queued, then the close frame.
     for client in &mut clients {
@@ -1029,4 +1071,39 @@ async fn clients_that_never_read_large_echoes_are_closed_with_1013_in_bounded_me
         .expect("a close frame in time");
         assert_eq!(code, Some(1013));
     }
+    let scrape = crate::metrics::scrape(berth.addr).await;
+    let slow = scrape.value("berth_slow_consumer_closes_total", &[("route", "/echo")]);
+    assert_eq!(slow, count as f64, "slow-consumer closes counted");
+    drop(clients);
+    // What they made berth hold is given back once they are gone.
+    let gone = tokio::time::Instant::now() + WAIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = resident_kib(&berth);
+        if now < start + 64 * 1024 {
+            println!(
+                "resident memory: {start} KiB at the start, {now} KiB once the attackers left"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < gone,
+            "resident memory stayed at {now} KiB after the attackers left; it was {start} KiB"
+        );
+    }
+    echo_still_answers(&neighbour, &mut bystander).await;
+    let mut after = connect(&echo).await;
+    echoes(&mut after, "the attacked route answers too").await;
+}
+
+/// Ten never-reading clients: berth grows by less than 32 MiB.
+#[tokio::test]
+async fn clients_that_never_read_large_echoes_are_closed_with_1013_in_bounded_memory() {
+    never_readers(10, 32).await;
+}
+
+/// A hundred never-reading clients at once: berth grows by less than 256 MiB.
+#[tokio::test]
+async fn a_hundred_clients_that_never_read_are_closed_with_1013_and_memory_comes_back() {
+    never_readers(100, 256).await;
 }

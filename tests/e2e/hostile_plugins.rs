@@ -796,3 +796,222 @@ async fn await_admitted(url: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The hostile plugin with room to ask for a lot: 64 MiB of memory, time for
+/// large copies, and one config value to find.
+const GREEDY_ROUTES: &str = r#"
+[[route]]
+path = "/echo"
+plugin = "echo.wasm"
+
+[[route]]
+path = "/greedy"
+plugin = "hostile.wasm"
+call-timeout = "10s"
+[route.config]
+greeting = "hi"
+"#;
+
+/// Memory berth holds besides the greedy route's linear memories, in KiB:
+/// what a plugin copies into its own memory is its own to hold (bounded by
+/// `max-memory`), what the host keeps for it is berth's.
+async fn host_held_kib(berth: &BerthProcess) -> i64 {
+    let linear = crate::metrics::scrape(berth.addr)
+        .await
+        .value("berth_plugin_memory_bytes", &[("route", "/greedy")]);
+    (rss_bytes(berth.child.id()) / 1024) as i64 - (linear / 1024.0) as i64
+}
+
+/// Waits (bounded) until berth holds less than 4 MiB more besides the greedy
+/// plugin than the `before` KiB it held, and returns what it holds: the
+/// allocator returns freed memory to the system within a second or so, not
+/// at once. Fails if it never does.
+async fn settled_host_held_kib(berth: &BerthProcess, before: i64) -> i64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = host_held_kib(berth).await;
+        if now - before < 4 * 1024 {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "berth held {before} KiB besides the plugin before and still {now} KiB after"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Runs `command` on the greedy route while the echo route is watched, and
+/// returns the answer; fails if berth, besides the plugin's own memory, holds
+/// 4 MiB more once the call has returned, or `limit` was not counted.
+async fn greedy_row(command: &str, limit: &str) -> String {
+    let site = Site::new();
+    let berth = site.start(
+        Path::new(berth::demo::BUILT_PLUGIN_DIR),
+        GREEDY_ROUTES,
+        &["--no-watch"],
+    );
+    let watch = EchoWatch::start(&berth).await;
+    let mut client = connect(&berth.url("/greedy")).await;
+    assert_eq!(ask(&mut client, "ping").await, "pong");
+    let before = host_held_kib(&berth).await;
+    let answer = ask(&mut client, command).await;
+    assert_eq!(ask(&mut client, "ping").await, "pong", "after {command}");
+    let after = settled_host_held_kib(&berth, before).await;
+    println!(
+        "{command}: {answer}; berth besides the plugin: {before} KiB before, {after} KiB after"
+    );
+    let hits = crate::metrics::scrape(berth.addr).await.value(
+        "berth_plugin_limit_hits_total",
+        &[("route", "/greedy"), ("limit", limit)],
+    );
+    assert!(hits >= 1.0, "{command}: no {limit} limit hit counted");
+    watch.finish().await;
+    answer
+}
+
+/// Twelve 48 MiB messages to a client: each is larger than the whole
+/// `write-queue-bytes`, so the first is refused with `too-large` and none is
+/// queued (before the bound, berth grew 190 MiB and a neighbour's p99 went
+/// from 1 to 34 ms).
+#[tokio::test]
+async fn a_plugin_sending_its_client_48_mib_messages_gets_too_large() {
+    assert_eq!(
+        greedy_row("big-send 48 12", "write_queue_bytes").await,
+        "sent 0, then too-large"
+    );
+}
+
+/// 100,000 topics for one connection: the 1,025th is refused.
+#[tokio::test]
+async fn a_plugin_subscribing_one_connection_to_100000_topics_is_stopped_at_1024() {
+    assert_eq!(
+        greedy_row("many-topics 100000", "max_subscriptions_per_connection").await,
+        "subscribed 1024, then too-many-subscriptions"
+    );
+}
+
+/// A 16 MiB topic name is refused for subscribe and publish alike.
+#[tokio::test]
+async fn a_plugin_using_a_16_mib_topic_name_gets_too_large() {
+    assert_eq!(
+        greedy_row("long-topic 16", "max_topic_name").await,
+        "subscribe too-large, publish too-large"
+    );
+}
+
+/// An 8 MiB `config-get` key is answered `none` without a lookup.
+#[tokio::test]
+async fn a_plugin_asking_config_get_for_an_8_mib_key_gets_none() {
+    assert_eq!(
+        greedy_row("config-key 8", "config_key").await,
+        "config none"
+    );
+}
+
+/// 25,000 `log` calls of 4 KB in one call: the log gets the burst allowance,
+/// not 100 MB.
+#[tokio::test]
+async fn a_plugin_logging_in_a_loop_is_held_to_the_line_rate() {
+    let site = Site::new();
+    let berth = site.start(
+        Path::new(berth::demo::BUILT_PLUGIN_DIR),
+        GREEDY_ROUTES,
+        &["--no-watch"],
+    );
+    let watch = EchoWatch::start(&berth).await;
+    let mut client = connect(&berth.url("/greedy")).await;
+    let before = rss_bytes(berth.child.id());
+    assert_eq!(ask(&mut client, "log-loop 25000").await, "logged 25000");
+    let logged = berth
+        .log()
+        .lines()
+        .filter(|line| line.contains(" berth::plugin: "))
+        .count();
+    assert!(
+        logged <= 1000,
+        "{logged} of 25,000 log lines reached the log"
+    );
+    let hits = crate::metrics::scrape(berth.addr).await.value(
+        "berth_plugin_limit_hits_total",
+        &[("route", "/greedy"), ("limit", "log_lines")],
+    );
+    assert!(hits >= 24_000.0, "only {hits} dropped lines counted");
+    let after = rss_bytes(berth.child.id());
+    assert!(
+        after < before + (4 << 20),
+        "berth grew from {before} to {after} bytes"
+    );
+    watch.finish().await;
+}
+
+/// A refusal with a 4 MiB reason reaches the client as a body of 1 KiB.
+#[tokio::test]
+async fn a_plugin_rejecting_with_a_4_mib_reason_sends_a_1_kib_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let site = Site::new();
+    let berth = site.start(
+        Path::new(berth::demo::BUILT_PLUGIN_DIR),
+        GREEDY_ROUTES,
+        &["--no-watch"],
+    );
+    let watch = EchoWatch::start(&berth).await;
+    let before = host_held_kib(&berth).await;
+    let mut stream = tokio::net::TcpStream::connect(berth.addr).await.unwrap();
+    let head = format!(
+        "GET /greedy?reject=4 HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        berth.addr
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The refusal keeps the connection alive: read its head, then the body
+    // its Content-Length announces.
+    let mut answer = Vec::new();
+    let read = async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.expect("an answer");
+            assert!(n > 0, "the socket ended before the whole answer");
+            answer.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&answer);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .expect("a Content-Length");
+                if body.len() >= length {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("an answer in time");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 403"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    let (_, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    assert!(
+        body.len() <= 1024 && body.starts_with("rrrr"),
+        "a body of {} bytes",
+        body.len()
+    );
+    settled_host_held_kib(&berth, before).await;
+    let hits = crate::metrics::scrape(berth.addr).await.value(
+        "berth_plugin_limit_hits_total",
+        &[("route", "/greedy"), ("limit", "reject_reason")],
+    );
+    assert_eq!(hits, 1.0);
+    watch.finish().await;
+}

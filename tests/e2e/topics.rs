@@ -36,6 +36,14 @@ instance = "connection"
 namespace = "shared"
 
 [[route]]
+path = "/narrow"
+plugin = "testkit.wasm"
+instance = "connection"
+max-topic-name = "8B"
+max-subscriptions-per-connection = 3
+max-subscriptions = 5
+
+[[route]]
 path = "/values"
 plugin = "testkit.wasm"
 [route.config]
@@ -257,8 +265,17 @@ async fn echo_works_in_the_connection_model_and_config_values_reach_the_plugin()
         "config hello from the config"
     );
     assert_eq!(ask(&mut values, "config missing").await, "config none");
+    // A key longer than any the config may hold is refused unlooked-up and counted.
+    let probe = format!("config {}", "k".repeat(4096));
+    assert_eq!(ask(&mut values, &probe).await, "config none");
     let mut plain = connect(&server.url("/kit")).await;
     assert_eq!(ask(&mut plain, "config greeting").await, "config none");
+    let scrape = crate::metrics::scrape(server.addr).await;
+    let config_key = &[("route", "/values"), ("limit", "config_key")];
+    assert_eq!(
+        scrape.value("berth_plugin_limit_hits_total", config_key),
+        1.0
+    );
     server.stop().await;
 }
 
@@ -392,12 +409,107 @@ async fn topic_names_and_subscriptions_are_bounded_with_an_error_to_the_plugin()
     assert_eq!(ask(&mut client, "unsubscribe s1").await, "unsubscribed");
     assert_eq!(ask(&mut client, "subscribe one-more").await, "subscribed");
     let scrape = crate::metrics::scrape(server.addr).await;
+    let hits = |route, limit| {
+        scrape.value(
+            "berth_plugin_limit_hits_total",
+            &[("route", route), ("limit", limit)],
+        )
+    };
+    assert_eq!(hits("/kit", "max_topic_name"), 3.0);
+    assert_eq!(hits("/kit", "max_subscriptions_per_connection"), 1.0);
+    assert_eq!(hits("/kit", "max_subscriptions"), 0.0);
+    server.stop().await;
+}
+
+/// A route's own `max-topic-name`, `max-subscriptions-per-connection` and
+/// `max-subscriptions` hold across its instances, and a subscription given
+/// back, by unsubscribing or by closing, makes room for another.
+#[tokio::test]
+async fn a_routes_own_subscription_caps_hold_across_its_connections() {
+    let server = TestServer::start(ROUTES).await;
+    let url = server.url("/narrow");
+    let mut a = connect(&url).await;
+    let mut b = connect(&url).await;
+    assert_eq!(ask(&mut a, "subscribe 123456789").await, "error too-large");
+    assert_eq!(ask(&mut a, "subscribe 12345678").await, "subscribed");
+    for topic in ["x", "y"] {
+        assert_eq!(
+            ask(&mut a, &format!("subscribe {topic}")).await,
+            "subscribed"
+        );
+    }
+    assert_eq!(
+        ask(&mut a, "subscribe z").await,
+        "error too-many-subscriptions",
+        "a connection holds three at most"
+    );
+    for topic in ["x", "y"] {
+        assert_eq!(
+            ask(&mut b, &format!("subscribe {topic}")).await,
+            "subscribed"
+        );
+    }
+    assert_eq!(
+        ask(&mut b, "subscribe z").await,
+        "error too-many-subscriptions",
+        "the route holds five at most, whichever instance asks"
+    );
+    assert_eq!(ask(&mut a, "unsubscribe x").await, "unsubscribed");
+    assert_eq!(ask(&mut b, "subscribe z").await, "subscribed");
+    a.close(None).await.expect("close sent");
+    let mut c = connect(&url).await;
+    let mut subscribed = false;
+    // The closed connection's three come back once its close is handled.
+    for _ in 0..100 {
+        if ask(&mut c, "subscribe w").await == "subscribed" {
+            subscribed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        subscribed,
+        "a closed connection's subscriptions were never given back"
+    );
+    let scrape = crate::metrics::scrape(server.addr).await;
     let hits = |limit| {
         scrape.value(
             "berth_plugin_limit_hits_total",
-            &[("route", "/kit"), ("limit", limit)],
+            &[("route", "/narrow"), ("limit", limit)],
         )
     };
-    assert_eq!((hits("topic_name"), hits("subscriptions")), (3.0, 1.0));
+    assert_eq!(hits("max_topic_name"), 1.0);
+    assert_eq!(hits("max_subscriptions_per_connection"), 1.0);
+    assert!(hits("max_subscriptions") >= 1.0);
+    server.stop().await;
+}
+
+/// An instance holds at most 1,024 live timers: the next is an error value to
+/// the plugin and a counted limit hit, and a cancelled one makes room.
+#[tokio::test]
+async fn live_timers_are_bounded_with_an_error_to_the_plugin() {
+    let server = TestServer::start(ROUTES).await;
+    let mut client = connect(&server.url("/kit")).await;
+    let mut first = String::new();
+    for token in 0..1024 {
+        let answer = ask(&mut client, &format!("timer 3600000 once {token}")).await;
+        assert!(answer.starts_with("timer "), "timer {token}: {answer}");
+        if token == 0 {
+            first = answer["timer ".len()..].to_string();
+        }
+    }
+    assert_eq!(
+        ask(&mut client, "timer 3600000 once 5000").await,
+        "error too-many-timers"
+    );
+    assert_eq!(
+        ask(&mut client, &format!("cancel {first}")).await,
+        "cancelled true"
+    );
+    let again = ask(&mut client, "timer 3600000 once 5001").await;
+    assert!(again.starts_with("timer "), "{again}");
+    let scrape = crate::metrics::scrape(server.addr).await;
+    let timers = &[("route", "/kit"), ("limit", "timers")];
+    assert_eq!(scrape.value("berth_plugin_limit_hits_total", timers), 1.0);
     server.stop().await;
 }

@@ -20,12 +20,15 @@
 //!    16 B and 64 KiB, text and binary, beside Rust's;
 //! 8. cross-node fan-out: scenario 3 with the subscribers spread over three
 //!    berth nodes that share topics through a `redis-server` (skipped when it
-//!    is not installed), beside the single node.
+//!    is not installed), beside the single node;
+//! 9. attack: 10, then 100 clients that send the echo 64 KiB messages and
+//!    never read: berth's memory during and after, the 1013 closes, and a
+//!    neighbouring route's latency quiet and under attack.
 //!
 //! `cargo bench --bench suite -- --smoke` (or `BERTH_BENCH_SMOKE=1`) runs every
 //! scenario once with tiny counts: it proves each completes, not how fast.
 //! Scenario names as arguments (`crossing echo pipelined fanout idle connect reload
-//! languages cluster`) run only those (with `--smoke` too: tiny counts for just
+//! languages cluster attack`) run only those (with `--smoke` too: tiny counts for just
 //! those);
 //! `BERTH_BENCH_IDLE=N` sets the number of idle connections, and
 //! `BERTH_BENCH_ROUNDS=N` the rounds each scenario alternates (3 by default;
@@ -33,6 +36,7 @@
 //!
 //! Traffic stays on loopback; every loop is bounded in count and time.
 
+mod attack;
 mod baseline;
 mod cluster;
 mod connect;
@@ -56,7 +60,7 @@ use servers::{Server, has_taskset};
 pub const LIMIT: Duration = Duration::from_secs(60);
 
 /// The scenarios, by the names that select them on the command line.
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "crossing",
     "echo",
     "pipelined",
@@ -66,6 +70,7 @@ const SCENARIOS: [&str; 9] = [
     "reload",
     "languages",
     "cluster",
+    "attack",
 ];
 
 /// How many messages may wait for one subscriber, in both servers (berth's
@@ -441,6 +446,9 @@ instance = "connection"
     }
     if wants("cluster") {
         cluster::scenario(&bench).await;
+    }
+    if wants("attack") {
+        attack::scenario(&bench, &mut summary).await;
     }
     summary.print();
 

@@ -8,7 +8,7 @@
 
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 
 use http::StatusCode;
 use tokio::sync::{mpsc, oneshot};
@@ -214,6 +214,10 @@ pub(super) fn spawn(
     let shared = Arc::new(RouteShared {
         name: route.path.as_str().into(),
         write_queue_bytes: route.write_queue_bytes,
+        max_topic_name: route.max_topic_name,
+        max_subscriptions_per_connection: route.max_subscriptions_per_connection,
+        max_subscriptions: route.max_subscriptions,
+        subscriptions: AtomicUsize::new(0),
         metrics: metrics.clone(),
         namespace: route.namespace.as_str().into(),
         values: route.values.clone(),

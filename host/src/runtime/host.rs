@@ -3,7 +3,7 @@
 //! only those; any other id is `unknown-connection`.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -30,6 +30,14 @@ pub(crate) struct RouteShared {
     pub(crate) name: Arc<str>,
     /// The route's `write-queue-bytes`: no message larger than this is sent.
     pub(crate) write_queue_bytes: usize,
+    /// The route's `max-topic-name`.
+    pub(crate) max_topic_name: usize,
+    /// The route's `max-subscriptions-per-connection`.
+    pub(crate) max_subscriptions_per_connection: usize,
+    /// The route's `max-subscriptions`.
+    pub(crate) max_subscriptions: usize,
+    /// Subscriptions the route version's connections hold, in every instance.
+    pub(crate) subscriptions: AtomicUsize,
     /// The route's metrics, for the limits its plugin runs into.
     pub(crate) metrics: Arc<RouteMetrics>,
     pub(crate) namespace: Arc<str>,
@@ -113,6 +121,9 @@ impl ConnEntry {
 
 impl Drop for ConnEntry {
     fn drop(&mut self) {
+        self.route
+            .subscriptions
+            .fetch_sub(self.topics.len(), Ordering::Relaxed);
         for topic in &self.topics {
             self.route
                 .broker
@@ -120,13 +131,6 @@ impl Drop for ConnEntry {
         }
     }
 }
-
-/// The longest topic name a plugin may use, in bytes: names are kept per
-/// subscription and per topic, so their size is the host's to bound.
-const MAX_TOPIC: usize = 256;
-/// Subscriptions one connection may hold: each is an entry in the topic's
-/// subscriber map and in the connection's own set.
-const MAX_SUBSCRIPTIONS: usize = 1024;
 
 /// Everything a plugin instance's store holds.
 pub(crate) struct HostState {
@@ -325,7 +329,9 @@ impl host::Host for HostState {
         conn: u64,
         topic: String,
     ) -> wasmtime::Result<Result<(), types::ConnError>> {
-        if topic.len() > MAX_TOPIC {
+        // Names are kept per subscription and per topic, and every
+        // subscription is an entry in two maps: the host bounds both.
+        if topic.len() > self.route.max_topic_name {
             self.route.metrics.limit_hit(Limit::TopicName);
             return Ok(Err(types::ConnError::TooLarge));
         }
@@ -334,11 +340,21 @@ impl host::Host for HostState {
             Err(e) => return Ok(Err(e)),
         };
         if !entry.topics.contains(topic.as_str()) {
-            if entry.topics.len() >= MAX_SUBSCRIPTIONS {
-                entry.route.metrics.limit_hit(Limit::Subscriptions);
+            let route = &entry.route;
+            if entry.topics.len() >= route.max_subscriptions_per_connection {
+                route.metrics.limit_hit(Limit::SubscriptionsPerConnection);
                 return Ok(Err(types::ConnError::TooManySubscriptions));
             }
-            let route = &entry.route;
+            let taken =
+                route
+                    .subscriptions
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        (n < route.max_subscriptions).then_some(n + 1)
+                    });
+            if taken.is_err() {
+                route.metrics.limit_hit(Limit::Subscriptions);
+                return Ok(Err(types::ConnError::TooManySubscriptions));
+            }
             route
                 .broker
                 .subscribe(&route.namespace, &topic, conn, entry.handle.clone());
@@ -352,7 +368,7 @@ impl host::Host for HostState {
         conn: u64,
         topic: String,
     ) -> wasmtime::Result<Result<(), types::ConnError>> {
-        if topic.len() > MAX_TOPIC {
+        if topic.len() > self.route.max_topic_name {
             self.route.metrics.limit_hit(Limit::TopicName);
             return Ok(Err(types::ConnError::TooLarge));
         }
@@ -362,6 +378,7 @@ impl host::Host for HostState {
         };
         if entry.topics.remove(topic.as_str()) {
             let route = &entry.route;
+            route.subscriptions.fetch_sub(1, Ordering::Relaxed);
             route.broker.unsubscribe(&route.namespace, &topic, conn);
         }
         Ok(Ok(()))
@@ -377,7 +394,7 @@ impl host::Host for HostState {
             return Ok(Err(types::PublishError::InvalidMessage));
         };
         let route = &self.route;
-        if topic.len() > MAX_TOPIC {
+        if topic.len() > route.max_topic_name {
             route.metrics.limit_hit(Limit::TopicName);
             return Ok(Err(types::PublishError::TooLarge));
         }
@@ -399,10 +416,11 @@ impl host::Host for HostState {
         repeat: bool,
         token: u64,
     ) -> wasmtime::Result<Result<u64, types::TimerError>> {
-        Ok(self
-            .timers
-            .set(delay_ms, repeat, token)
-            .ok_or(types::TimerError::TooManyTimers))
+        let id = self.timers.set(delay_ms, repeat, token);
+        if id.is_none() {
+            self.route.metrics.limit_hit(Limit::Timers);
+        }
+        Ok(id.ok_or(types::TimerError::TooManyTimers))
     }
 
     fn cancel_timer(&mut self, id: u64) -> wasmtime::Result<bool> {
@@ -410,6 +428,12 @@ impl host::Host for HostState {
     }
 
     fn config_get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        // No configured key is longer (the config refuses them), so a longer
+        // one is a plugin probing the host: it is answered without a lookup.
+        if key.len() > config::defaults::MAX_CONFIG_KEY {
+            self.route.metrics.limit_hit(Limit::ConfigKey);
+            return Ok(None);
+        }
         Ok(self.route.values.get(&key).cloned())
     }
 

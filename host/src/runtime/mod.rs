@@ -46,14 +46,7 @@ use crate::pubsub::Broker;
 /// character boundary: how every string a plugin hands over is cut to its
 /// bound.
 pub(crate) fn cut(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
+    &text[..text.floor_char_boundary(max)]
 }
 
 /// Why a connection ended, as its plugin hears it in a close event.

@@ -250,6 +250,9 @@ impl Session {
         let close_timeout = self.route.close_timeout;
         // Set once a close frame is queued: what on-close will say, and when to give up.
         let mut closing: Option<(CloseInfo, Instant)> = None;
+        // Data bytes the client may still make us read and drop once our
+        // close frame is queued, while we wait for its answer.
+        let mut droppable = self.route.write_queue_bytes;
         // One timer for the connection's life, moved on only when it fires:
         // resetting it at every message would touch the timer wheel per
         // message. Boxed, so that a route without the limit pays one pointer
@@ -312,6 +315,16 @@ impl Session {
                     if let Poll::Ready(turn) = poll_outbound(&mut wire, &mut queue, &self.outbound, open, sent, &self.metrics, cx) {
                         return Poll::Ready(Io::Out(turn));
                     }
+                    // Once our close frame is queued, the socket is read only
+                    // when everything before it is written, and only so much:
+                    // a client that sends without reading what it is sent
+                    // would otherwise have us read and drop its data at full
+                    // speed until the close deadline. TCP holds it back instead.
+                    // A client that keeps sending past `droppable` is left
+                    // to the close deadline.
+                    if !open && (!queue.is_empty() || wire.has_output() || droppable == 0) {
+                        return Poll::Pending;
+                    }
                     let frame = wire.poll_read(cx);
                     if frame.is_pending() {
                         // Every branch is polled before the task sleeps, so
@@ -356,6 +369,8 @@ impl Session {
                                     last_data = Instant::now();
                                 }
                                 self.plugin.message(self.conn, msg).await;
+                            } else {
+                                droppable = droppable.saturating_sub(msg.len().max(1));
                             }
                             taken += 1;
                             next = if taken < BURST { wire.buffered_data() } else { None };

@@ -28,6 +28,20 @@
 //!   counts this instance's flood messages from 0; answers `flooded N` (N: the
 //!   deliveries the host reported, summed).
 //!
+//! Asking the host to hold more than it should (each answers what the host
+//! said, so that a test sees the error value):
+//! - a connection opened with `?reject=MIB` is refused with a reason of MIB MiB;
+//! - `big-send MIB COUNT` sends this connection COUNT binary messages of MIB
+//!   MiB; answers `sent N` or `sent N, then ERROR`;
+//! - `many-topics COUNT` subscribes this connection to COUNT topics; answers
+//!   `subscribed N` or `subscribed N, then ERROR`;
+//! - `long-topic MIB` subscribes to, then publishes on, a topic named with
+//!   MIB MiB; answers `subscribe ERROR, publish ERROR` (or `ok` for each);
+//! - `config-key MIB` asks `config-get` for a key of MIB MiB; answers
+//!   `config none` or `config VALUE`;
+//! - `log-loop COUNT` calls the `log` import COUNT times with 4 KB lines in
+//!   this one call; answers `logged COUNT`.
+//!
 //! Observing:
 //! - `ping` answers `pong`.
 //! - `count` answers `count N`: the messages this instance has handled, this
@@ -162,10 +176,86 @@ fn publish_flood(topic: &str, count: u64, size: usize) -> u64 {
     reached
 }
 
+/// `N` when every try succeeded, else `N, then ERROR` for the first failure.
+fn tally(done: usize, failed: Option<&str>) -> String {
+    match failed {
+        None => done.to_string(),
+        Some(err) => format!("{done}, then {err}"),
+    }
+}
+
+/// Asks the host to hold the requests in the module doc's second list.
+fn press_host(conn: ConnectionId, command: &str, rest: &str) -> String {
+    let mut args = rest.split(' ').map(|n| n.parse::<usize>().unwrap_or(0));
+    let mut number = || args.next().unwrap_or(0);
+    match command {
+        "big-send" => {
+            let (mib, count) = (number(), number());
+            let bytes = vec![b'b'; mib * MIB];
+            let mut sent = 0;
+            let mut failed = None;
+            for _ in 0..count {
+                match host::send(conn, Message::binary(&bytes)) {
+                    Ok(()) => sent += 1,
+                    Err(e) => {
+                        failed = Some(e.name());
+                        break;
+                    }
+                }
+            }
+            format!("sent {}", tally(sent, failed))
+        }
+        "many-topics" => {
+            let count = number();
+            let mut done = 0;
+            let mut failed = None;
+            for i in 0..count {
+                match host::subscribe(conn, &format!("topic-{i}")) {
+                    Ok(()) => done += 1,
+                    Err(e) => {
+                        failed = Some(e.name());
+                        break;
+                    }
+                }
+            }
+            format!("subscribed {}", tally(done, failed))
+        }
+        "long-topic" => {
+            let topic = "t".repeat(number() * MIB);
+            let subscribed = outcome(host::subscribe(conn, &topic), "ok");
+            let published = match host::publish(&topic, Message::text("x"), None) {
+                Ok(_) => "ok",
+                Err(e) => e.name(),
+            };
+            format!("subscribe {subscribed}, publish {published}")
+        }
+        "config-key" => {
+            let key = "k".repeat(number() * MIB);
+            match host::config_get(&key) {
+                Some(value) => format!("config {value}"),
+                None => "config none".into(),
+            }
+        }
+        "log-loop" => {
+            let count = number();
+            let line = "l".repeat(4000);
+            for _ in 0..count {
+                host::log(berth_plugin::LogLevel::Info, &line);
+            }
+            format!("logged {count}")
+        }
+        _ => format!("unknown command {command}"),
+    }
+}
+
 impl Plugin for Hostile {
     fn on_connect(_conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
         if req.query_params().any(|pair| pair == ("spin", "connect")) {
             spin();
+        }
+        if let Some((_, mib)) = req.query_params().find(|(name, _)| *name == "reject") {
+            let mib: usize = mib.parse().unwrap_or(0);
+            return Err(Reject::new(403, "r".repeat(mib * MIB)));
         }
         Ok(Accept::new())
     }
@@ -221,6 +311,9 @@ impl Plugin for Hostile {
                 let (count, size) = (number(), number());
                 let reached = publish_flood(topic, count, size as usize);
                 reply(conn, format!("flooded {reached}"));
+            }
+            "big-send" | "many-topics" | "long-topic" | "config-key" | "log-loop" => {
+                reply(conn, press_host(conn, command, rest));
             }
             _ => reply(conn, format!("unknown command {command}")),
         }
