@@ -812,6 +812,15 @@ call-timeout = "10s"
 greeting = "hi"
 "#;
 
+/// Starts berth with [`GREEDY_ROUTES`] and the built plugins, unwatched.
+fn start_greedy(site: &Site) -> BerthProcess {
+    site.start(
+        Path::new(berth::demo::BUILT_PLUGIN_DIR),
+        GREEDY_ROUTES,
+        &["--no-watch"],
+    )
+}
+
 /// Memory berth holds besides the greedy route's linear memories, in KiB:
 /// what a plugin copies into its own memory is its own to hold (bounded by
 /// `max-memory`), what the host keeps for it is berth's.
@@ -846,11 +855,7 @@ async fn settled_host_held_kib(berth: &BerthProcess, before: i64) -> i64 {
 /// 4 MiB more once the call has returned, or `limit` was not counted.
 async fn greedy_row(command: &str, limit: &str) -> String {
     let site = Site::new();
-    let berth = site.start(
-        Path::new(berth::demo::BUILT_PLUGIN_DIR),
-        GREEDY_ROUTES,
-        &["--no-watch"],
-    );
+    let berth = start_greedy(&site);
     let watch = EchoWatch::start(&berth).await;
     let mut client = connect(&berth.url("/greedy")).await;
     assert_eq!(ask(&mut client, "ping").await, "pong");
@@ -914,11 +919,7 @@ async fn a_plugin_asking_config_get_for_an_8_mib_key_gets_none() {
 #[tokio::test]
 async fn a_plugin_logging_in_a_loop_is_held_to_the_line_rate() {
     let site = Site::new();
-    let berth = site.start(
-        Path::new(berth::demo::BUILT_PLUGIN_DIR),
-        GREEDY_ROUTES,
-        &["--no-watch"],
-    );
+    let berth = start_greedy(&site);
     let watch = EchoWatch::start(&berth).await;
     let mut client = connect(&berth.url("/greedy")).await;
     let before = rss_bytes(berth.child.id());
@@ -948,60 +949,13 @@ async fn a_plugin_logging_in_a_loop_is_held_to_the_line_rate() {
 /// A refusal with a 4 MiB reason reaches the client as a body of 1 KiB.
 #[tokio::test]
 async fn a_plugin_rejecting_with_a_4_mib_reason_sends_a_1_kib_body() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let site = Site::new();
-    let berth = site.start(
-        Path::new(berth::demo::BUILT_PLUGIN_DIR),
-        GREEDY_ROUTES,
-        &["--no-watch"],
-    );
+    let berth = start_greedy(&site);
     let watch = EchoWatch::start(&berth).await;
     let before = host_held_kib(&berth).await;
-    let mut stream = tokio::net::TcpStream::connect(berth.addr).await.unwrap();
-    let head = format!(
-        "GET /greedy?reject=4 HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n",
-        berth.addr
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    // The refusal keeps the connection alive: read its head, then the body
-    // its Content-Length announces.
-    let mut answer = Vec::new();
-    let read = async {
-        loop {
-            let mut chunk = [0u8; 4096];
-            let n = stream.read(&mut chunk).await.expect("an answer");
-            assert!(n > 0, "the socket ended before the whole answer");
-            answer.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&answer);
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().to_string())
-                    })
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .expect("a Content-Length");
-                if body.len() >= length {
-                    return;
-                }
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, read)
-        .await
-        .expect("an answer in time");
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(
-        answer.starts_with("HTTP/1.1 403"),
-        "{}",
-        &answer[..answer.len().min(200)]
-    );
-    let (_, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    let refused = try_connect(request(&berth.url("/greedy?reject=4"), &[])).await;
+    let (status, body) = refused.expect_err("the plugin refuses the connection");
+    assert_eq!(status, 403);
     assert!(
         body.len() <= 1024 && body.starts_with("rrrr"),
         "a body of {} bytes",
