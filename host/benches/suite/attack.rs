@@ -182,17 +182,15 @@ async fn attack(bench: &Bench, attackers: usize, messages: usize) -> Figures {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before_kib = server.rss_kib();
 
-    let done = Cell::new(false);
     let peak = Cell::new(before_kib);
     let sent = async {
         let sent = futures_util::future::join_all(clients.iter_mut().map(|c| press(c, messages)));
         let total: usize = sent.await.iter().sum();
-        done.set(true);
         finished.store(true, Ordering::Relaxed);
         total
     };
     let sampler = async {
-        while !done.get() {
+        while !finished.load(Ordering::Relaxed) {
             peak.set(peak.get().max(server.rss_kib()));
             tokio::time::sleep(SAMPLE).await;
         }

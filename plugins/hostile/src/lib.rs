@@ -176,12 +176,15 @@ fn publish_flood(topic: &str, count: u64, size: usize) -> u64 {
     reached
 }
 
-/// `N` when every try succeeded, else `N, then ERROR` for the first failure.
-fn tally(done: usize, failed: Option<&str>) -> String {
-    match failed {
-        None => done.to_string(),
-        Some(err) => format!("{done}, then {err}"),
+/// Makes up to `count` tries, stopping at the first error: `N` when every
+/// try succeeded, else `N, then ERROR`.
+fn tally(count: usize, mut try_one: impl FnMut(usize) -> Result<(), ConnError>) -> String {
+    for i in 0..count {
+        if let Err(e) = try_one(i) {
+            return format!("{i}, then {}", e.name());
+        }
     }
+    count.to_string()
 }
 
 /// Asks the host to hold the requests in the module doc's second list.
@@ -192,33 +195,12 @@ fn press_host(conn: ConnectionId, command: &str, rest: &str) -> String {
         "big-send" => {
             let (mib, count) = (number(), number());
             let bytes = vec![b'b'; mib * MIB];
-            let mut sent = 0;
-            let mut failed = None;
-            for _ in 0..count {
-                match host::send(conn, Message::binary(&bytes)) {
-                    Ok(()) => sent += 1,
-                    Err(e) => {
-                        failed = Some(e.name());
-                        break;
-                    }
-                }
-            }
-            format!("sent {}", tally(sent, failed))
+            let sent = tally(count, |_| host::send(conn, Message::binary(&bytes)));
+            format!("sent {sent}")
         }
         "many-topics" => {
-            let count = number();
-            let mut done = 0;
-            let mut failed = None;
-            for i in 0..count {
-                match host::subscribe(conn, &format!("topic-{i}")) {
-                    Ok(()) => done += 1,
-                    Err(e) => {
-                        failed = Some(e.name());
-                        break;
-                    }
-                }
-            }
-            format!("subscribed {}", tally(done, failed))
+            let topics = tally(number(), |i| host::subscribe(conn, &format!("topic-{i}")));
+            format!("subscribed {topics}")
         }
         "long-topic" => {
             let topic = "t".repeat(number() * MIB);
