@@ -128,6 +128,10 @@ pub struct RouteConfig {
     pub close_timeout: Duration,
     /// The most linear memory one instance of this route's plugin may use, in bytes.
     pub max_memory: u64,
+    /// Whether clients that offer permessage-deflate get it.
+    pub compression: bool,
+    /// Outbound messages shorter than this go uncompressed, in bytes.
+    pub compression_threshold: usize,
     /// When the route's plugin is quarantined for trapping too often.
     pub quarantine: Quarantine,
     /// What the plugin may reach besides clocks and random numbers.
@@ -191,6 +195,8 @@ impl RouteConfig {
             idle_timeout: None,
             close_timeout: defaults::CLOSE_TIMEOUT,
             max_memory: defaults::MAX_MEMORY,
+            compression: true,
+            compression_threshold: defaults::COMPRESSION_THRESHOLD,
             quarantine: Quarantine {
                 traps: defaults::QUARANTINE_TRAPS,
                 window: defaults::QUARANTINE_WINDOW,
@@ -198,6 +204,17 @@ impl RouteConfig {
             grants: Grants::default(),
         }
     }
+}
+
+/// A route's `compression`: whether permessage-deflate is negotiated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum Compression {
+    /// Offers are accepted; messages under the threshold still go plain.
+    #[default]
+    On,
+    /// Offers are declined.
+    Off,
 }
 
 /// What a route's open connections do when a new version of the route takes over.
@@ -515,6 +532,9 @@ struct RawRoute {
     idle_timeout: Option<Spanned<HumanDuration>>,
     close_timeout: Option<Spanned<HumanDuration>>,
     max_memory: Option<Spanned<ByteSize>>,
+    #[serde(default)]
+    compression: Compression,
+    compression_threshold: Option<Spanned<ByteSize>>,
     quarantine_traps: Option<u32>,
     quarantine_window: Option<Spanned<HumanDuration>>,
     #[serde(default)]
@@ -575,6 +595,8 @@ pub mod defaults {
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// 1,000 plugin instances alive at once.
     pub const MAX_INSTANCES: u32 = 1000;
+    /// Outbound messages of 1 KiB or more are compressed, where negotiated.
+    pub const COMPRESSION_THRESHOLD: usize = 1024;
     /// 64 MiB of linear memory per instance.
     pub const MAX_MEMORY: u64 = 64 << 20;
     /// 2 seconds for the peer to answer a close frame.
@@ -1075,6 +1097,12 @@ fn check_route(
             .transpose()?,
         close_timeout: nonzero(source, raw.close_timeout, defaults::CLOSE_TIMEOUT)?,
         max_memory,
+        compression: raw.compression == Compression::On,
+        compression_threshold: raw
+            .compression_threshold
+            .map_or(defaults::COMPRESSION_THRESHOLD, |v| {
+                usize::try_from(v.into_inner().0).unwrap_or(usize::MAX)
+            }),
         quarantine,
         grants: Grants { env: raw.env, dirs },
         on_reload: raw.on_reload,

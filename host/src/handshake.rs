@@ -2,6 +2,7 @@
 //! made before the plugin is asked: upgrade headers, version, key, Origin
 //! policy and subprotocols.
 
+use crate::extensions::Deflate;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, StatusCode, Version};
 
@@ -93,6 +94,8 @@ pub(crate) struct Offer {
     pub(crate) key: Vec<u8>,
     /// Offered subprotocols that the route allows, in the client's order.
     pub(crate) subprotocols: Vec<String>,
+    /// The permessage-deflate offer accepted, if the route compresses.
+    pub(crate) deflate: Option<Deflate>,
 }
 
 /// Whether header `name` lists `token` (comma-separated, case-insensitive).
@@ -201,7 +204,21 @@ pub(crate) fn check<B>(req: &Request<B>, route: &RouteConfig) -> Result<Offer, R
             subprotocols.push(offered.to_string());
         }
     }
-    Ok(Offer { key, subprotocols })
+    let deflate = if route.compression {
+        Deflate::negotiate(
+            headers
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .map(|v| v.as_bytes()),
+        )
+    } else {
+        None
+    };
+    Ok(Offer {
+        key,
+        subprotocols,
+        deflate,
+    })
 }
 
 #[cfg(test)]

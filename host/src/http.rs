@@ -350,6 +350,7 @@ impl App {
 
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let request = plugin_request(&req, peer, offer.subprotocols);
+        let deflate = offer.deflate;
         let bounds = outbox::Bounds {
             messages: route.config.write_queue,
             bytes: route.config.write_queue_bytes,
@@ -427,7 +428,8 @@ impl App {
                         let io = TokioIo::new(upgraded);
                         let config = route.config.clone();
                         let metrics = route.metrics.clone();
-                        session::run(io, conn, config, outbox, stops, report, metrics).await;
+                        let opened = session::Opened { conn, deflate };
+                        session::run(io, opened, config, outbox, stops, report, metrics).await;
                     }
                     Err(error) => {
                         tracing::debug!(conn, route = %route.config.path, %peer, %error, "upgrade failed");
@@ -455,6 +457,12 @@ impl App {
         );
         if let Some(protocol) = subprotocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        if let Some(deflate) = deflate {
+            headers.insert(
+                header::SEC_WEBSOCKET_EXTENSIONS,
+                HeaderValue::from_str(&deflate.answer()).expect("the answer is ASCII"),
+            );
         }
         response
     }

@@ -19,6 +19,7 @@ mod close_code;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+mod extensions;
 mod handshake;
 mod http;
 pub mod listener;

@@ -30,9 +30,10 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::sync::CancellationToken;
@@ -51,7 +52,28 @@ pub(crate) enum PushError {
 
 /// Consecutive publishes to one topic, shared by the subscribers that queue
 /// them.
-pub(crate) type Published = Arc<[WsMessage]>;
+pub(crate) type Published = Arc<[Publish]>;
+
+/// One publish in a run, and its compressed form: made by the first
+/// subscriber's session that needs it and used by every other, so that a
+/// publish is compressed once however many subscribers negotiated compression.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Publish {
+    /// The message as the plugin published it.
+    pub(crate) msg: WsMessage,
+    /// Its payload compressed with the largest window, or `None` where that
+    /// is no smaller; unset until a session asks.
+    pub(crate) deflated: OnceLock<Option<Bytes>>,
+}
+
+impl From<WsMessage> for Publish {
+    fn from(msg: WsMessage) -> Self {
+        Publish {
+            msg,
+            deflated: OnceLock::new(),
+        }
+    }
+}
 
 /// One entry of a connection's outbound queue.
 #[derive(Debug, Clone, PartialEq)]
@@ -413,7 +435,10 @@ mod tests {
     #[test]
     fn a_run_is_one_entry_that_counts_its_messages_against_the_capacity() {
         let (handle, outbox) = bounded(4, &CancellationToken::new());
-        let run: Published = vec![text("p1"), text("p2")].into();
+        let run: Published = [text("p1"), text("p2")]
+            .into_iter()
+            .map(Publish::from)
+            .collect();
         handle.push_run(&run, 4).unwrap();
         handle.push(text("a")).unwrap();
         handle.push(text("b")).unwrap();

@@ -240,8 +240,8 @@ impl Broker {
             return;
         };
         // Cloning a message clones a reference to its bytes, not the bytes.
-        let shared: Published = messages.iter().map(|(msg, _)| msg.clone()).collect();
-        let shared_bytes = shared.iter().map(WsMessage::len).sum();
+        let shared: Published = messages.iter().map(|(msg, _)| msg.clone().into()).collect();
+        let shared_bytes = shared.iter().map(|s| s.msg.len()).sum();
         let excluded: FxHashSet<u64> = messages.iter().filter_map(|(_, e)| *e).collect();
         for (&conn, handle) in subscribers {
             if excluded.is_empty() || !excluded.contains(&conn) {
@@ -251,10 +251,10 @@ impl Broker {
             let own: Published = messages
                 .iter()
                 .filter(|(_, exclude)| *exclude != Some(conn))
-                .map(|(msg, _)| msg.clone())
+                .map(|(msg, _)| msg.clone().into())
                 .collect();
             if !own.is_empty() {
-                let _ = handle.push_run(&own, own.iter().map(WsMessage::len).sum());
+                let _ = handle.push_run(&own, own.iter().map(|s| s.msg.len()).sum());
             }
         }
     }
@@ -274,8 +274,10 @@ mod tests {
         let _ = outbox.poll_take(&mut cx, &mut got);
         got.iter()
             .flat_map(|out| match out {
-                Outbound::One(msg) => std::slice::from_ref(msg),
-                Outbound::Run { messages, next } => &messages[*next..],
+                Outbound::One(msg) => vec![msg],
+                Outbound::Run { messages, next } => {
+                    messages[*next..].iter().map(|s| &s.msg).collect()
+                }
             })
             .map(|msg| msg.to_text().unwrap().to_string())
             .collect()

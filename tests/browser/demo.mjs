@@ -169,6 +169,26 @@ await check(`"#${firstId}: ${text}" on the second page`, async () => {
   return 'a message typed on the first page appeared on the second, as text';
 });
 
+await check('the chat sockets to have negotiated permessage-deflate', async () => {
+  const extensions = await Promise.all(
+    [first, second].map((page) => page.getByTestId('chat-state').getAttribute('data-extensions')),
+  );
+  for (const e of extensions) {
+    if (!e?.startsWith('permessage-deflate')) throw new Error(`the chat socket's extensions are "${e}"`);
+  }
+  return `both chat sockets negotiated "${extensions[0]}"`;
+});
+
+// Over the 1 KiB threshold, so berth sends it compressed, and Chromium
+// compresses what it sends.
+const long = `${'a long line that compresses well, '.repeat(45)}${randomBytes(8).toString('hex')}`;
+await check(`a ${long.length}-character message to cross compressed`, async () => {
+  await first.getByTestId('message-input').fill(long);
+  await first.getByTestId('message-input').press('Enter');
+  await waitForText(second, 'messages', `#${firstId}: ${long}`);
+  return `a ${long.length}-character message crossed intact through permessage-deflate`;
+});
+
 await check('a ticker symbol to show two different values', async () => {
   const symbol = await first
     .locator('[data-testid="ticker"] [data-testid^="tick-"]')

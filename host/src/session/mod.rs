@@ -22,11 +22,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RouteConfig;
+use crate::extensions::Deflate;
 use crate::metrics::{RouteMetrics, Traffic};
 use crate::outbox::{Outbound, Outbox};
 use crate::runtime::{CloseInfo, PluginHandle};
 use gate::Gate;
 
+mod deflate;
 mod gate;
 mod reader;
 mod wire;
@@ -78,12 +80,20 @@ fn close_info(code: u16, reason: &str) -> CloseInfo {
     }
 }
 
+/// What the handshake settled for one connection.
+pub(crate) struct Opened {
+    /// The connection's id.
+    pub(crate) conn: u64,
+    /// The permessage-deflate parameters, if the client and route agreed on them.
+    pub(crate) deflate: Option<Deflate>,
+}
+
 /// Serves one upgraded connection until it ends, then reports `on-close`.
 /// `outbox`'s stop signal must be a child of `stops.retired`; the
 /// connection's traffic and closes are counted in `metrics`.
 pub(crate) async fn run<S>(
     io: S,
-    conn: u64,
+    opened: Opened,
     route: Arc<RouteConfig>,
     outbox: Outbox,
     stops: Stops,
@@ -95,7 +105,12 @@ pub(crate) async fn run<S>(
     // Made here rather than by the caller: an argument of an async fn is
     // stored in its future beside the callee's copy, and the wire is the
     // largest part of an idle connection's task.
-    let wire = Wire::new(io, route.max_message_size);
+    let Opened { conn, deflate } = opened;
+    let compression = deflate.map(|deflate| wire::Compression {
+        window_bits: deflate.window_bits,
+        threshold: route.compression_threshold,
+    });
+    let wire = Wire::new(io, route.max_message_size, compression);
     let plugin = report.plugin.clone();
     let mut received = Traffic::default();
     let mut sent = Traffic::default();
@@ -436,6 +451,9 @@ impl Session {
                 (CloseCode::Size, "message too big")
             }
             WsError::Capacity(_) => (CloseCode::Size, "frame too big"),
+            WsError::Utf8(what) if what == deflate::CORRUPT => {
+                (CloseCode::Invalid, "invalid compressed data")
+            }
             WsError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8"),
             WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
             | WsError::ConnectionClosed

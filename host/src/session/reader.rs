@@ -7,7 +7,13 @@
 //! within a frame still being received, so that a client sending bad text is
 //! refused at the first bad byte rather than after its message is whole.
 //! Sizes are checked from the frame header, before any payload is buffered.
+//!
+//! With permessage-deflate, a message whose first frame sets RSV1 is
+//! compressed: its frames are gathered as they are (their size counts
+//! against the cap too), and the whole message is inflated when its last
+//! frame is in, up to the cap and no further, then checked as text.
 
+use super::deflate::{self, InflateError};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -52,11 +58,16 @@ pub(crate) struct Reader {
     /// Whether the data frame arriving carries text.
     text: bool,
     utf8: Utf8Stream,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    deflate: bool,
+    /// Whether the data message arriving is compressed.
+    compressed: bool,
 }
 
 impl Reader {
-    /// A reader that refuses messages over `max_message` bytes.
-    pub(crate) fn new(max_message: usize) -> Self {
+    /// A reader that refuses messages over `max_message` bytes, compressed
+    /// or inflated, and takes compressed ones if `deflate` was negotiated.
+    pub(crate) fn new(max_message: usize, deflate: bool) -> Self {
         Reader {
             buf: BytesMut::with_capacity(READ_BUFFER),
             max_message,
@@ -64,6 +75,8 @@ impl Reader {
             partial: None,
             text: false,
             utf8: Utf8Stream::default(),
+            deflate,
+            compressed: false,
         }
     }
 
@@ -103,8 +116,8 @@ impl Reader {
                 let from = head.header + head.done;
                 let to = head.header + arrived;
                 unmask(&mut self.buf[from..to], head.mask, head.done);
-                let carries_text =
-                    head.opcode == TEXT || (head.opcode == CONTINUATION && self.text);
+                let carries_text = !self.compressed
+                    && (head.opcode == TEXT || (head.opcode == CONTINUATION && self.text));
                 if carries_text && self.utf8.feed(&self.buf[from..to]).is_err() {
                     return Err(invalid_utf8());
                 }
@@ -149,8 +162,10 @@ impl Reader {
         let (b0, b1) = (buf[0], buf[1]);
         let fin = b0 & 0x80 != 0;
         let opcode = b0 & 0x0F;
-        if b0 & 0x70 != 0 {
-            // No extension is negotiated, so no reserved bit may be set.
+        // RSV1 marks the first frame of a compressed message, once
+        // permessage-deflate is negotiated; no other reserved bit has a use.
+        let rsv1 = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 || (rsv1 && !(self.deflate && matches!(opcode, TEXT | BINARY))) {
             return Err(WsError::Protocol(ProtocolError::NonZeroReservedBits));
         }
         if b1 & 0x80 == 0 {
@@ -203,6 +218,7 @@ impl Reader {
                 }
                 if opcode != CONTINUATION {
                     self.text = opcode == TEXT;
+                    self.compressed = rsv1;
                     self.utf8 = Utf8Stream::default();
                 }
             }
@@ -227,8 +243,12 @@ impl Reader {
         }))
     }
 
-    /// Hands on a whole data message, its text already checked.
+    /// Hands on a whole data message, its text already checked unless it
+    /// came compressed.
     fn finish(&mut self, text: bool, bytes: BytesMut) -> Result<WsMessage, WsError> {
+        if self.compressed {
+            return self.inflate(text, &bytes);
+        }
         if !text {
             return Ok(WsMessage::Binary(bytes.freeze()));
         }
@@ -240,6 +260,34 @@ impl Reader {
         Ok(WsMessage::Text(unsafe {
             Utf8Bytes::from_bytes_unchecked(bytes.freeze())
         }))
+    }
+}
+
+impl Reader {
+    /// Inflates a compressed message and checks its text.
+    fn inflate(&self, text: bool, compressed: &[u8]) -> Result<WsMessage, WsError> {
+        let mut bytes = match deflate::inflate(compressed, self.max_message) {
+            Ok(bytes) => bytes,
+            Err(InflateError::TooLarge) => {
+                return Err(WsError::Capacity(CapacityError::MessageTooLong {
+                    size: self.max_message + 1,
+                    max_size: self.max_message,
+                }));
+            }
+            Err(InflateError::Corrupt) => return Err(WsError::Utf8(deflate::CORRUPT.into())),
+        };
+        // Growth in doublings may leave up to half the buffer spare, and a
+        // message can wait in the route's queue a while.
+        if bytes.capacity() - bytes.len() > READ_BUFFER {
+            bytes.shrink_to_fit();
+        }
+        let bytes = Bytes::from(bytes);
+        if !text {
+            return Ok(WsMessage::Binary(bytes));
+        }
+        Utf8Bytes::try_from(bytes)
+            .map(WsMessage::Text)
+            .map_err(|_| invalid_utf8())
     }
 }
 
@@ -352,7 +400,7 @@ mod tests {
     }
 
     fn reader() -> Reader {
-        Reader::new(1 << 20)
+        Reader::new(1 << 20, false)
     }
 
     /// Feeds `bytes` one at a time and collects what comes out, up to the
@@ -480,13 +528,13 @@ mod tests {
 
     #[test]
     fn an_oversized_message_is_refused_from_its_header() {
-        let mut small = Reader::new(100);
+        let mut small = Reader::new(100, false);
         // Only the header of a 1 MiB frame: refused before any payload.
         let bytes = frame(0x82, &vec![0; 1 << 20]);
         small.buf.extend_from_slice(&bytes[..14]);
         assert!(matches!(small.next(), Err(WsError::Capacity(_))));
         // Fragments that together pass the limit.
-        let mut small = Reader::new(100);
+        let mut small = Reader::new(100, false);
         small
             .buf
             .extend_from_slice(&[frame(0x02, &[0; 60]), frame(0x80, &[0; 60])].concat());

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -23,8 +23,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use super::deflate;
 use super::gate::Gate;
 use super::reader::Reader;
+use crate::extensions::MAX_WINDOW_BITS;
 use crate::metrics::Traffic;
 use crate::outbox::Outbound;
 
@@ -43,6 +45,18 @@ const LARGE: usize = 16 * 1024;
 /// can go past it: the pongs and close echoes of a peer that sends pings
 /// without reading the answers. Its socket then fills instead of our memory.
 const READ_PAUSE: usize = BATCH + LARGE + 16 * 1024;
+
+/// Set on a data frame's first byte when its message is compressed.
+const RSV1: u8 = 0x40;
+
+/// How a connection that negotiated permessage-deflate compresses.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Compression {
+    /// The window agreed with the client, in bits.
+    pub(crate) window_bits: u8,
+    /// Messages shorter than this go uncompressed.
+    pub(crate) threshold: usize,
+}
 
 /// One connection's socket after the handshake: inbound frames parsed in its
 /// read buffer, outbound messages framed into one buffer and written from it.
@@ -65,6 +79,8 @@ pub(crate) struct Wire<S> {
     tail: Option<(Bytes, usize)>,
     /// The socket has taken bytes since it was last flushed.
     unflushed: bool,
+    /// Set if the client negotiated permessage-deflate.
+    compression: Option<Compression>,
 }
 
 impl<S> Wire<S>
@@ -72,11 +88,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     /// Takes over `io`, a connection whose handshake is done, whose messages
-    /// may have up to `max_message` bytes.
-    pub(crate) fn new(io: S, max_message: usize) -> Self {
+    /// may have up to `max_message` bytes, compressed as it negotiated.
+    pub(crate) fn new(io: S, max_message: usize, compression: Option<Compression>) -> Self {
         Wire {
             io,
-            reader: Reader::new(max_message),
+            reader: Reader::new(max_message, compression.is_some()),
             read_gate: Gate::new(),
             control: Vec::new(),
             close_sent: false,
@@ -85,6 +101,7 @@ where
             written: 0,
             tail: None,
             unflushed: false,
+            compression,
         }
     }
 
@@ -199,7 +216,8 @@ where
                 Some(Outbound::Run { messages, next }) => {
                     // A shared run: frame from it in place, up to the batch.
                     while *next < messages.len() && !self.full() {
-                        self.data(&messages[*next], sent);
+                        let shared = &messages[*next];
+                        self.data(&shared.msg, Some(&shared.deflated), sent);
                         *next += 1;
                     }
                     if *next == messages.len() {
@@ -210,7 +228,7 @@ where
                     let Some(Outbound::One(msg)) = queue.pop_front() else {
                         unreachable!("the front was one message");
                     };
-                    if !self.data(&msg, sent) {
+                    if !self.data(&msg, None, sent) {
                         self.control(&msg);
                     }
                 }
@@ -225,14 +243,39 @@ where
     }
 
     /// Frames `msg` if it is a data message; payloads of [`LARGE`] bytes or
-    /// more are written later from their own bytes, not copied.
-    fn data(&mut self, msg: &WsMessage, sent: &mut Traffic) -> bool {
+    /// more are written later from their own bytes, not copied. A message
+    /// shared with other subscribers brings the place its compressed form is
+    /// kept, `deflated`, so that it is compressed once for all of them.
+    fn data(
+        &mut self,
+        msg: &WsMessage,
+        deflated: Option<&OnceLock<Option<Bytes>>>,
+        sent: &mut Traffic,
+    ) -> bool {
         let (opcode, payload): (u8, &[u8]) = match msg {
             WsMessage::Text(text) => (0x1, text.as_bytes()),
             WsMessage::Binary(bytes) => (0x2, bytes),
             _ => return false,
         };
         sent.count(payload.len());
+        let packed = self
+            .compression
+            .filter(|c| payload.len() >= c.threshold)
+            .and_then(|c| match deflated {
+                Some(shared) if c.window_bits == MAX_WINDOW_BITS => shared
+                    .get_or_init(|| deflate::compress(payload, MAX_WINDOW_BITS))
+                    .clone(),
+                _ => deflate::compress(payload, c.window_bits),
+            });
+        if let Some(packed) = packed {
+            header(&mut self.out, RSV1 | opcode, packed.len());
+            if packed.len() >= LARGE {
+                self.tail = Some((packed, 0));
+            } else {
+                self.out.extend_from_slice(&packed);
+            }
+            return true;
+        }
         header(&mut self.out, opcode, payload.len());
         if payload.len() >= LARGE {
             // Another reference to the same bytes.
@@ -358,8 +401,8 @@ where
     }
 }
 
-/// Appends a server frame's header (FIN set, no extensions, unmasked: RFC
-/// 6455 5.2) for a payload of `len` bytes.
+/// Appends a server frame's header (FIN set, unmasked: RFC 6455 5.2) for a
+/// payload of `len` bytes; `opcode` may carry [`RSV1`].
 fn header(out: &mut Vec<u8>, opcode: u8, len: usize) {
     out.push(0x80 | opcode);
     match len {
@@ -389,7 +432,7 @@ mod tests {
     /// writes larger than that are taken in parts, and a client for it.
     async fn pair(capacity: usize) -> (Wire<DuplexStream>, WebSocketStream<DuplexStream>) {
         let (server, client) = tokio::io::duplex(capacity);
-        let wire = Wire::new(server, 64 << 20);
+        let wire = Wire::new(server, 64 << 20, None);
         let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         (wire, client)
     }
@@ -573,7 +616,7 @@ mod tests {
             .collect();
         let mut queue = VecDeque::from([
             Outbound::Run {
-                messages: messages.into(),
+                messages: messages.into_iter().map(Into::into).collect(),
                 next: 0,
             },
             WsMessage::text("sent after").into(),
