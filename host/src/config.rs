@@ -1248,6 +1248,36 @@ mod tests {
     }
 
     #[test]
+    fn compression_is_on_by_default_and_its_keys_are_checked() {
+        let route =
+            |extra: &str| format!("[[route]]\npath = \"/r\"\nplugin = \"echo.wasm\"\n{extra}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        std::fs::write(dir.path().join("plugins/echo.wasm"), b"").unwrap();
+        let compression = |text: &str| {
+            Config::from_toml(text, Path::new("berth.toml"), dir.path())
+                .map(|c| (c.routes[0].compression, c.routes[0].compression_threshold))
+        };
+        assert_eq!(compression(&route("")).unwrap(), (true, 1024));
+        assert_eq!(
+            compression(&route(
+                "compression = \"off\"\ncompression-threshold = \"4KiB\""
+            ))
+            .unwrap(),
+            (false, 4096)
+        );
+        assert_eq!(
+            compression(&route("compression-threshold = 0")).unwrap(),
+            (true, 0)
+        );
+        let err = compression(&route("compression = \"gzip\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("berth.toml:4:"), "{err}");
+        assert!(err.contains("on") && err.contains("off"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_names_line_and_column() {
         let err = parse("listen = \"127.0.0.1:1\"\nlisten-on = 3\n").unwrap_err();
         let text = err.to_string();

@@ -299,6 +299,7 @@ pub(crate) struct Metrics {
     messages_sent: Family<RouteLabel, Counter>,
     received_bytes: Family<RouteLabel, Counter>,
     sent_bytes: Family<RouteLabel, Counter>,
+    sent_wire_bytes: Family<RouteLabel, Counter>,
     calls: Family<CallLabels, Histogram, fn() -> Histogram>,
     events: Family<EventLabels, Counter>,
     traps: Family<RouteLabel, Counter>,
@@ -380,6 +381,13 @@ impl Metrics {
             Unit::Bytes,
             sent_bytes.clone(),
         );
+        let sent_wire_bytes = Family::default();
+        registry.register_with_unit(
+            "sent_wire",
+            "Payload bytes of the data messages written to clients as they went on the wire: compressed where compressed",
+            Unit::Bytes,
+            sent_wire_bytes.clone(),
+        );
         let calls = Family::new_with_constructor(call_histogram as fn() -> Histogram);
         registry.register_with_unit(
             "plugin_call_duration",
@@ -457,6 +465,7 @@ impl Metrics {
             messages_sent,
             received_bytes,
             sent_bytes,
+            sent_wire_bytes,
             calls,
             events,
             traps,
@@ -491,6 +500,7 @@ impl Metrics {
             messages_sent: per_route(&self.messages_sent),
             received_bytes: per_route(&self.received_bytes),
             sent_bytes: per_route(&self.sent_bytes),
+            sent_wire_bytes: per_route(&self.sent_wire_bytes),
             calls: Export::ALL.map(|export| {
                 self.calls.get_or_create_owned(&CallLabels {
                     route: path.to_string(),
@@ -607,6 +617,7 @@ pub(crate) struct RouteMetrics {
     messages_sent: Counter,
     received_bytes: Counter,
     sent_bytes: Counter,
+    sent_wire_bytes: Counter,
     /// Indexed by [`Export`].
     calls: [Histogram; Export::ALL.len()],
     /// Events handed over, indexed as [`EVENT_KINDS`].
@@ -692,13 +703,22 @@ impl Drop for OpenConnection {
 pub(crate) struct Traffic {
     messages: u64,
     bytes: u64,
+    /// The same payloads' bytes on the wire, where some went compressed.
+    wire: u64,
 }
 
 impl Traffic {
     /// Counts one data message of `len` payload bytes.
     pub(crate) fn count(&mut self, len: usize) {
+        self.count_compressed(len, len);
+    }
+
+    /// Counts one data message of `len` payload bytes that took `wire`
+    /// bytes on the wire.
+    pub(crate) fn count_compressed(&mut self, len: usize, wire: usize) {
         self.messages += 1;
         self.bytes += len as u64;
+        self.wire += wire as u64;
     }
 
     /// Adds what was counted to the route's received counters.
@@ -715,6 +735,7 @@ impl Traffic {
         if self.messages != 0 {
             route.messages_sent.inc_by(self.messages);
             route.sent_bytes.inc_by(self.bytes);
+            route.sent_wire_bytes.inc_by(self.wire);
             *self = Traffic::default();
         }
     }
@@ -772,6 +793,7 @@ mod tests {
         received.flush_received(&first);
         let mut sent = Traffic::default();
         sent.count(10);
+        sent.count_compressed(1000, 250);
         sent.flush_sent(&second);
         sent.flush_sent(&second);
         let open = second.opened();
@@ -781,8 +803,9 @@ mod tests {
         for series in [
             "berth_messages_received_total{route=\"/r\"} 2",
             "berth_received_bytes_total{route=\"/r\"} 7",
-            "berth_messages_sent_total{route=\"/r\"} 1",
-            "berth_sent_bytes_total{route=\"/r\"} 10",
+            "berth_messages_sent_total{route=\"/r\"} 2",
+            "berth_sent_bytes_total{route=\"/r\"} 1010",
+            "berth_sent_wire_bytes_total{route=\"/r\"} 260",
             "berth_connections_open{route=\"/r\"} 1",
             "berth_plugin_call_duration_seconds_count{route=\"/r\",export=\"on_events\"} 1",
             "berth_plugin_events_total{route=\"/r\",kind=\"message\"} 5",

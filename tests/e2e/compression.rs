@@ -10,7 +10,7 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 
 use crate::raw::{CONTINUATION, MASK, PING, RawClient, ServerFrame, TEXT, frame};
 use crate::support::{
-    BerthProcess, TestServer, WAIT, config_text, connect, recv_text, rss_bytes, send_text,
+    BerthProcess, TestServer, WAIT, config_text, connect, http_get, recv_text, rss_bytes, send_text,
 };
 
 const BINARY: u8 = 0x2;
@@ -242,6 +242,23 @@ async fn messages_are_compressed_both_ways_above_the_threshold() {
     let echo = data_frame(&mut plain).await;
     assert!(!echo.rsv1);
     assert_eq!(echo.payload, big.as_bytes());
+
+    // What compression saved shows in the metrics.
+    let (status, metrics) = http_get(server.addr, "/metrics", &[]).await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        let series = format!("{name}{{route=\"/echo\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&series));
+        line.unwrap_or_else(|| panic!("no {series}in\n{metrics}"))[series.len()..]
+            .parse()
+            .unwrap()
+    };
+    let (payload, wire) = (
+        value("berth_sent_bytes_total"),
+        value("berth_sent_wire_bytes_total"),
+    );
+    println!("sent {payload} payload bytes as {wire} on the wire");
+    assert!(wire < payload / 2.0, "{wire} of {payload}");
     server.stop().await;
 }
 

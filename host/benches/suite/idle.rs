@@ -12,27 +12,33 @@ use crate::wire::{Client, round_trip, ws};
 use crate::{Bench, LIMIT};
 
 /// Connections being opened at once.
-const CONCURRENCY: usize = 64;
+pub const CONCURRENCY: usize = 64;
 /// Random idle connections checked for an echo at the end, besides the warm-up one.
 const VERIFIED: usize = 5;
 /// Descriptors the load generator keeps for everything but the idle connections.
-const SPARE_DESCRIPTORS: u64 = 200;
+pub const SPARE_DESCRIPTORS: u64 = 200;
 
 /// One server's round of the idle scenario.
 #[derive(Clone, Copy)]
-struct Figures {
-    opened: usize,
-    open_time: Duration,
-    before_kib: u64,
-    after_kib: u64,
+pub struct Figures {
+    /// Connections held open.
+    pub opened: usize,
+    /// How long opening them took.
+    pub open_time: Duration,
+    /// The server's VmRSS before they were opened...
+    pub before_kib: u64,
+    /// ...and while they were held.
+    pub after_kib: u64,
 }
 
 impl Figures {
-    fn per_connection(&self) -> f64 {
+    /// Resident memory growth per connection, in KiB.
+    pub fn per_connection(&self) -> f64 {
         (self.after_kib as f64 - self.before_kib as f64) / self.opened.max(1) as f64
     }
 
-    fn cells(&self) -> Vec<String> {
+    /// The table cells: connections, open time, RSS before and after, KiB per connection.
+    pub fn cells(&self) -> Vec<String> {
         vec![
             self.opened.to_string(),
             format!("{:.1} s", self.open_time.as_secs_f64()),
@@ -87,7 +93,7 @@ async fn open(server: &Server, wanted: usize) -> (Vec<Client>, usize, Option<Str
 }
 
 /// A cheap pseudo-random sequence, enough to pick connections to check.
-fn picks(count: usize, seed: u64) -> Vec<usize> {
+pub fn picks(count: usize, seed: u64) -> Vec<usize> {
     let mut state = seed | 1;
     (0..VERIFIED.min(count))
         .map(|_| {

@@ -23,14 +23,21 @@
 //!    is not installed), beside the single node;
 //! 9. attack: 10, then 100 clients that send the echo 64 KiB messages and
 //!    never read: berth's memory during and after, the 1013 closes, and a
-//!    neighbouring route's latency quiet and under attack.
+//!    neighbouring route's latency quiet and under attack;
+//! 10. compression: the same berth routes with clients that negotiate
+//!     permessage-deflate beside clients that offer none (here the baseline is
+//!     berth uncompressed), the same ~1 KiB JSON chat messages both ways:
+//!     pipelined echo (bytes on the wire each way, server CPU per message),
+//!     fan-out to 1,000 subscribers (delivery rate, server CPU per delivery),
+//!     and 1,000 idle connections after one 4 KiB message each way (memory
+//!     per connection).
 //!
 //! `cargo bench --bench suite -- --smoke` (or `BERTH_BENCH_SMOKE=1`) runs every
 //! scenario once with tiny counts: it proves each completes, not how fast.
 //! Scenario names as arguments (`crossing echo pipelined fanout idle connect reload
-//! languages cluster attack`) run only those (with `--smoke` too: tiny counts for just
+//! languages cluster attack compression`) run only those (with `--smoke` too: tiny counts for just
 //! those);
-//! `BERTH_BENCH_IDLE=N` sets the number of idle connections, and
+//! `BERTH_BENCH_IDLE=N` sets the number of scenario 4's idle connections, and
 //! `BERTH_BENCH_ROUNDS=N` the rounds each scenario alternates (3 by default;
 //! more narrow the medians when two builds are compared).
 //!
@@ -39,8 +46,10 @@
 mod attack;
 mod baseline;
 mod cluster;
+mod compression;
 mod connect;
 mod crossing;
+mod deflate_wire;
 mod echo;
 mod fanout;
 mod idle;
@@ -60,7 +69,7 @@ use servers::{Server, has_taskset};
 pub const LIMIT: Duration = Duration::from_secs(60);
 
 /// The scenarios, by the names that select them on the command line.
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "crossing",
     "echo",
     "pipelined",
@@ -71,6 +80,7 @@ const SCENARIOS: [&str; 10] = [
     "languages",
     "cluster",
     "attack",
+    "compression",
 ];
 
 /// How many messages may wait for one subscriber, in both servers (berth's
@@ -118,6 +128,13 @@ pub struct Plan {
     pub language_large: usize,
     /// Scenario 7: the shortest run of one payload, long beside /proc's CPU ticks.
     pub language_min_time: Duration,
+    /// Scenario 10: echo messages per connection (over `pipelined_connections`,
+    /// `window` in flight).
+    pub compression_messages: usize,
+    /// Scenario 10: publishes to `subscribers`, back to back.
+    pub compression_burst: usize,
+    /// Scenario 10: idle connections wanted.
+    pub compression_idle: usize,
 }
 
 impl Plan {
@@ -151,6 +168,9 @@ impl Plan {
                 language_small: 20,
                 language_large: 5,
                 language_min_time: Duration::ZERO,
+                compression_messages: 50,
+                compression_burst: 10,
+                compression_idle: 50,
             };
         }
         Plan {
@@ -179,6 +199,12 @@ impl Plan {
             language_large: 200,
             // 0.5 s of server CPU or so: /proc's 10 ms ticks matter little.
             language_min_time: Duration::from_secs(1),
+            // 300,000 echoes of ~1 KiB: uncompressed, close to a second at
+            // up to 0.4 M/s, long enough for /proc's ticks.
+            compression_messages: 6000,
+            // Two million deliveries of ~1 KiB.
+            compression_burst: 2000,
+            compression_idle: 1000,
         }
     }
 }
@@ -264,6 +290,19 @@ impl Bench {
             },
         ]
     }
+}
+
+/// A berth config: loopback, the built plugins, room for every scenario's
+/// connections, and `routes`.
+fn config_text(routes: &str) -> String {
+    let plugin_dir = berth::demo::BUILT_PLUGIN_DIR;
+    format!(
+        r#"listen = "127.0.0.1:0"
+plugin-dir = {plugin_dir:?}
+max-instances = 2000
+max-connections = 20000
+{routes}"#
+    )
 }
 
 /// Starts berth on the generated config, with instance timings in its log.
@@ -361,15 +400,10 @@ async fn run(plan: Plan, only: &[&str]) {
         .tempdir()
         .expect("a temporary folder");
     let config = dir.path().join("berth.toml");
-    let plugin_dir = berth::demo::BUILT_PLUGIN_DIR;
     std::fs::write(
         &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
-plugin-dir = {plugin_dir:?}
-max-instances = 2000
-max-connections = 20000
-
+        config_text(&format!(
+            r#"
 [[route]]
 path = "/kit"
 plugin = "testkit.wasm"
@@ -384,7 +418,7 @@ path = "/echo-conn"
 plugin = "echo.wasm"
 instance = "connection"
 "#
-        ),
+        )),
     )
     .unwrap();
 
@@ -449,6 +483,9 @@ instance = "connection"
     }
     if wants("attack") {
         attack::scenario(&bench, &mut summary).await;
+    }
+    if wants("compression") {
+        compression::scenario(&bench, &mut summary).await;
     }
     summary.print();
 

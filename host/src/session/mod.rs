@@ -205,6 +205,7 @@ where
             if queue.is_empty() {
                 sent.flush_sent(metrics);
                 ready!(wire.poll_flush(cx))?;
+                wire.settle();
                 return Poll::Pending;
             }
         }

@@ -40,6 +40,10 @@ const BATCH: usize = 64 * 1024;
 /// entry in a vectored write.
 const LARGE: usize = 16 * 1024;
 
+/// An output buffer larger than this is given back when a connection goes
+/// idle ([`Wire::settle`]).
+const KEEP_OUTPUT: usize = 1024;
+
 /// Reads pause while this much output waits. Framing data never leaves more
 /// than [`BATCH`] plus one message under [`LARGE`], so only control frames
 /// can go past it: the pongs and close echoes of a peer that sends pings
@@ -257,7 +261,6 @@ where
             WsMessage::Binary(bytes) => (0x2, bytes),
             _ => return false,
         };
-        sent.count(payload.len());
         let packed = self
             .compression
             .filter(|c| payload.len() >= c.threshold)
@@ -268,6 +271,7 @@ where
                 _ => deflate::compress(payload, c.window_bits),
             });
         if let Some(packed) = packed {
+            sent.count_compressed(payload.len(), packed.len());
             header(&mut self.out, RSV1 | opcode, packed.len());
             if packed.len() >= LARGE {
                 self.tail = Some((packed, 0));
@@ -276,6 +280,7 @@ where
             }
             return true;
         }
+        sent.count(payload.len());
         header(&mut self.out, opcode, payload.len());
         if payload.len() >= LARGE {
             // Another reference to the same bytes.
@@ -379,6 +384,17 @@ where
             self.poll_flush(cx).map_err(WsError::from)
         })
         .await
+    }
+
+    /// Gives back an output buffer that a large message grew, once
+    /// everything is written: an idle connection then holds none, where it
+    /// would otherwise keep the last large message's size until the next
+    /// ping tick. Small buffers stay, so that a stream of small messages
+    /// does not allocate per burst.
+    pub(crate) fn settle(&mut self) {
+        if self.out.capacity() > KEEP_OUTPUT && !self.has_output() {
+            self.out = Vec::new();
+        }
     }
 
     /// Gives back the memory a burst grew, if nothing waits to be written.
