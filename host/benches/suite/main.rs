@@ -203,7 +203,7 @@ impl Plan {
             // up to 0.4 M/s, long enough for /proc's ticks.
             compression_messages: 6000,
             // Two million deliveries of ~1 KiB.
-            compression_burst: 2000,
+            compression_burst: 4000,
             compression_idle: 1000,
         }
     }

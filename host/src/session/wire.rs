@@ -12,6 +12,7 @@
 //! subscribers on the way out, and a tenth of a pipelined echo's on the way
 //! in.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -40,9 +41,16 @@ const BATCH: usize = 64 * 1024;
 /// entry in a vectored write.
 const LARGE: usize = 16 * 1024;
 
-/// An output buffer larger than this is given back when a connection goes
-/// idle ([`Wire::settle`]).
-const KEEP_OUTPUT: usize = 1024;
+/// Output buffers a thread keeps for the connections it serves next, and the
+/// largest it keeps: an idle connection holds no output buffer, and a busy
+/// one takes a warm buffer instead of growing a new one at every burst.
+const SPARES: usize = 8;
+const SPARE_CAPACITY: usize = 2 * (BATCH + LARGE);
+
+thread_local! {
+    /// Output buffers given back by connections that went idle on this thread.
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Reads pause while this much output waits. Framing data never leaves more
 /// than [`BATCH`] plus one message under [`LARGE`], so only control frames
@@ -213,6 +221,9 @@ where
     /// wait or a large payload is next to write. Data messages are counted in
     /// `sent`; control frames go to the side buffer.
     pub(crate) fn frame(&mut self, queue: &mut VecDeque<Outbound>, sent: &mut Traffic) {
+        if self.out.capacity() == 0 {
+            self.out = SPARE.with_borrow_mut(Vec::pop).unwrap_or_default();
+        }
         self.take_control();
         while !self.full() {
             match queue.front_mut() {
@@ -386,14 +397,22 @@ where
         .await
     }
 
-    /// Gives back an output buffer that a large message grew, once
-    /// everything is written: an idle connection then holds none, where it
-    /// would otherwise keep the last large message's size until the next
-    /// ping tick. Small buffers stay, so that a stream of small messages
-    /// does not allocate per burst.
+    /// Hands the output buffer to the thread's spares once everything is
+    /// written, so that an idle connection holds none (it would otherwise
+    /// keep its last burst's size until the next ping tick).
     pub(crate) fn settle(&mut self) {
-        if self.out.capacity() > KEEP_OUTPUT && !self.has_output() {
-            self.out = Vec::new();
+        if self.out.capacity() == 0 || self.has_output() {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        self.written = 0;
+        if out.capacity() <= SPARE_CAPACITY {
+            SPARE.with_borrow_mut(|spare| {
+                if spare.len() < SPARES {
+                    spare.push(out);
+                }
+            });
         }
     }
 
