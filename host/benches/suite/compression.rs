@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::deflate_wire::{Client, TEXT, deflate, inflate};
 use crate::idle::{self, CONCURRENCY, SPARE_DESCRIPTORS};
 use crate::report::{
     CPU_MEANINGFUL, Goal, Summary, Table, median, median_duration, median_share, micros, percent,
@@ -27,6 +26,7 @@ use crate::report::{
 };
 use crate::servers::{Server, own_cpu};
 use crate::wire::ws;
+use crate::wire::{Raw, TEXT, deflate, inflate};
 use crate::{Bench, LIMIT, Plan, QUEUE_DEPTH};
 
 /// The routes' compression threshold: shorter outbound messages go plain.
@@ -188,11 +188,11 @@ impl Messages {
     }
 
     /// Queues text `index` on `client`, compressed if it negotiated compression.
-    fn queue(&self, client: &mut Client, index: usize) {
+    fn queue(&self, client: &mut Raw, index: usize) {
         if client.compression() {
-            client.queue(TEXT, true, &self.deflated[index]);
+            client.queue_frame(TEXT, true, &self.deflated[index]);
         } else {
-            client.queue(TEXT, false, self.texts[index].as_bytes());
+            client.queue_frame(TEXT, false, self.texts[index].as_bytes());
         }
     }
 
@@ -224,10 +224,10 @@ impl Messages {
 }
 
 /// Sends text `index` and checks its echo; returns whether the echo came compressed.
-async fn exchange(client: &mut Client, messages: &Messages, index: usize) -> bool {
+async fn exchange(client: &mut Raw, messages: &Messages, index: usize) -> bool {
     messages.queue(client, index);
     client.flush().await;
-    let echo = client.next_data().await;
+    let echo = client.next_data_frame().await;
     messages.check(index, echo.compressed, client.payload(echo.payload));
     echo.compressed
 }
@@ -296,7 +296,7 @@ async fn pipelined(server: &Server, variant: Variant, pool: &Arc<Messages>, plan
     );
     let mut clients = Vec::with_capacity(connections);
     for conn in 0..connections {
-        let client = Client::connect(server.addr(), "/echo", conn as u32, variant.offers());
+        let client = Raw::open(server.addr(), "/echo", conn as u32, variant.offers());
         clients.push(client.await);
     }
     let cpu_before = server.cpu();
@@ -312,7 +312,7 @@ async fn pipelined(server: &Server, variant: Variant, pool: &Arc<Messages>, plan
                 let pick = |seq: usize| (conn * 131 + seq) % pool.len();
                 let (mut sent, mut received, mut compressed) = (0usize, 0usize, 0usize);
                 loop {
-                    while let Some(echo) = client.frame() {
+                    while let Some(echo) = client.data_frame() {
                         pool.check(
                             pick(received),
                             echo.compressed,
@@ -350,9 +350,9 @@ async fn pipelined(server: &Server, variant: Variant, pool: &Arc<Messages>, plan
     let generator = share(own_cpu() - own_before, elapsed);
     let (read, written) = clients
         .iter()
-        .map(Client::traffic)
+        .map(Raw::traffic)
         .fold((0, 0), |(r, w), (cr, cw)| (r + cr, w + cw));
-    futures_util::future::join_all(clients.into_iter().map(Client::close)).await;
+    futures_util::future::join_all(clients.into_iter().map(Raw::close)).await;
     let total = connections * messages;
     Echo {
         rate: total as f64 / elapsed.as_secs_f64(),
@@ -422,11 +422,10 @@ async fn fanout(
     let subscribe = format!("subscribe {topic}");
     let mut clients = Vec::with_capacity(subscribers);
     for seed in 0..subscribers {
-        let mut client =
-            Client::connect(server.addr(), "/kit", seed as u32, variant.offers()).await;
-        client.queue(TEXT, false, subscribe.as_bytes());
+        let mut client = Raw::open(server.addr(), "/kit", seed as u32, variant.offers()).await;
+        client.queue_frame(TEXT, false, subscribe.as_bytes());
         client.flush().await;
-        let reply = client.next_data().await;
+        let reply = client.next_data_frame().await;
         assert!(!reply.compressed && client.payload(reply.payload) == b"subscribed");
         client.reset_traffic();
         clients.push(client);
@@ -447,7 +446,7 @@ async fn fanout(
             tokio::spawn(async move {
                 let mut compressed = 0usize;
                 for index in 0..count {
-                    let message = client.next_data().await;
+                    let message = client.next_data_frame().await;
                     burst.check(index, message.compressed, client.payload(message.payload));
                     compressed += usize::from(message.compressed);
                 }
@@ -497,7 +496,7 @@ async fn fanout(
     if tokio::time::timeout(LIMIT, &mut drain).await.is_err() {
         drain.abort();
     }
-    futures_util::future::join_all(clients.into_iter().map(Client::close)).await;
+    futures_util::future::join_all(clients.into_iter().map(Raw::close)).await;
     Fan {
         rate: deliveries as f64 / (last - start).as_secs_f64(),
         elapsed,
@@ -523,7 +522,7 @@ async fn idle_round(
     // The warm-up makes the route's instance and, where compression is
     // negotiated, the server thread's compressor and inflater: neither is
     // a connection's cost.
-    let mut warm = Client::connect(addr, "/echo", 0, offer).await;
+    let mut warm = Raw::open(addr, "/echo", 0, offer).await;
     exchange(&mut warm, pool, 0).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before_kib = server.rss_kib();
@@ -542,7 +541,7 @@ async fn idle_round(
             );
             let n = next.get();
             next.set(n + 1);
-            let mut client = Client::connect(addr, "/echo", n as u32 + 1, offer).await;
+            let mut client = Raw::open(addr, "/echo", n as u32 + 1, offer).await;
             if exchange(&mut client, pool, n % pool.len()).await {
                 compressed.set(compressed.get() + 1);
             }

@@ -49,7 +49,6 @@ mod cluster;
 mod compression;
 mod connect;
 mod crossing;
-mod deflate_wire;
 mod echo;
 mod fanout;
 mod idle;

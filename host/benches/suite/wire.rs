@@ -1,12 +1,14 @@
 //! The load generator's side of the wire: sockets spread over many loopback
 //! source addresses, tungstenite clients, and a lean hand-framed client for
-//! the echo scenarios.
+//! the echo, fan-out and compression scenarios, which can negotiate
+//! permessage-deflate (tungstenite cannot).
 
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -61,10 +63,12 @@ pub async fn ws(
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 const INPUT: usize = 64 * 1024;
 
-/// A minimal WebSocket client that writes masked text frames straight from a
+/// A minimal WebSocket client that writes masked frames straight from a
 /// reused buffer and parses the server's frames in place, so that the load
 /// generator allocates nothing per message and stays far faster than the
-/// servers it measures.
+/// servers it measures. It counts the bytes its socket reads and writes, and
+/// may offer permessage-deflate ([`Raw::open`]): berth answers no context
+/// takeover either way, so [`deflate`] and [`inflate`] take one message each.
 pub struct Raw {
     stream: TcpStream,
     input: Box<[u8]>,
@@ -72,57 +76,125 @@ pub struct Raw {
     end: usize,
     output: Vec<u8>,
     mask: [u8; 4],
+    /// permessage-deflate was agreed.
+    compression: bool,
+    /// Bytes the socket read and wrote since [`Raw::reset_traffic`].
+    read: u64,
+    written: u64,
+}
+
+/// What [`Raw::open`] offers when asked to: what a browser offers.
+const OFFER: &str = "permessage-deflate; client_max_window_bits";
+/// Set on a data frame's first byte when its message is compressed.
+const RSV1: u8 = 0x40;
+/// What a sync flush ends with, taken off each compressed message (RFC 7692 7.2.1).
+const TAIL: [u8; 4] = [0x00, 0x00, 0xFF, 0xFF];
+/// The opcode of a text frame.
+pub const TEXT: u8 = 0x1;
+
+/// A data frame read: whether it came compressed, and where its payload is.
+pub struct Frame {
+    /// RSV1 was set: the payload is DEFLATE, its tail taken off.
+    pub compressed: bool,
+    /// The payload, for [`Raw::payload`].
+    pub payload: Range<usize>,
 }
 
 impl Raw {
     /// Connects and upgrades `ws://addr/path`; panics if the server refuses.
     pub async fn connect(addr: SocketAddr, path: &str, seed: u32) -> Raw {
+        Raw::open(addr, path, seed, false).await
+    }
+
+    /// Connects and upgrades `ws://addr/path`, offering permessage-deflate if
+    /// `offer`; panics unless the server answers 101, with the extension
+    /// exactly when it was offered.
+    pub async fn open(addr: SocketAddr, path: &str, seed: u32, offer: bool) -> Raw {
         let stream = tcp(addr)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
-        let mut raw = Raw {
+        let mut client = Raw {
             stream,
             input: vec![0; INPUT].into_boxed_slice(),
             start: 0,
             end: 0,
             output: Vec::with_capacity(4096),
-            // Any key will do for the servers; a varied one is closer to real clients.
             mask: (seed.wrapping_mul(0x9E37_79B9) | 0x0101_0101).to_be_bytes(),
+            compression: offer,
+            read: 0,
+            written: 0,
         };
-        raw.output.extend_from_slice(
+        let extensions = if offer {
+            format!("Sec-WebSocket-Extensions: {OFFER}\r\n")
+        } else {
+            String::new()
+        };
+        client.output.extend_from_slice(
             format!(
                 "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
                  Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n\
-                 Sec-WebSocket-Version: 13\r\n\r\n"
+                 Sec-WebSocket-Version: 13\r\n{extensions}\r\n"
             )
             .as_bytes(),
         );
-        raw.flush().await;
+        client.flush().await;
         let head_end = loop {
-            if let Some(at) = raw.input[..raw.end]
+            if let Some(at) = client.input[..client.end]
                 .windows(4)
                 .position(|w| w == b"\r\n\r\n")
             {
                 break at + 4;
             }
-            raw.fill().await;
+            client.fill().await;
         };
-        let head = String::from_utf8_lossy(&raw.input[..head_end]).into_owned();
+        let head = String::from_utf8_lossy(&client.input[..head_end]).into_owned();
         let status = head.lines().next().unwrap_or_default();
         assert!(
             status.starts_with("HTTP/1.1 101"),
             "{path}: upgrade refused: {status}"
         );
+        let header = |wanted: &str| {
+            head.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case(wanted).then(|| value.trim())
+            })
+        };
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(KEY.as_bytes());
-        assert!(
-            head.lines().any(|l| {
-                let (name, value) = l.split_once(':').unwrap_or_default();
-                name.eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == accept
-            }),
+        assert_eq!(
+            header("sec-websocket-accept"),
+            Some(accept.as_str()),
             "{path}: wrong Sec-WebSocket-Accept in {head:?}"
         );
-        raw.start = head_end;
-        raw
+        match header("sec-websocket-extensions") {
+            Some(answer) => assert!(
+                offer
+                    && answer.starts_with("permessage-deflate")
+                    && answer.contains("client_no_context_takeover"),
+                "{path}: an extension answer {answer:?} to {}",
+                if offer { OFFER } else { "no offer" }
+            ),
+            None => assert!(!offer, "{path}: permessage-deflate offered but not agreed"),
+        }
+        client.start = head_end;
+        client.reset_traffic();
+        client
+    }
+
+    /// Whether permessage-deflate was agreed.
+    pub fn compression(&self) -> bool {
+        self.compression
+    }
+
+    /// The bytes the socket has read and written since the last reset:
+    /// frames, headers included.
+    pub fn traffic(&self) -> (u64, u64) {
+        (self.read, self.written)
+    }
+
+    /// Counts from zero again; what was read but not yet parsed is not counted.
+    pub fn reset_traffic(&mut self) {
+        self.read = (self.end - self.start) as u64;
+        self.written = 0;
     }
 
     /// Queues one masked text frame; `payload` must be ASCII and under 126 bytes.
@@ -151,6 +223,41 @@ impl Raw {
         self.output.extend_from_slice(&frame[..6 + payload.len()]);
     }
 
+    /// Queues one masked, final frame; `compressed` sets RSV1, for a payload
+    /// made by [`deflate`] (only if compression was agreed).
+    pub fn queue_frame(&mut self, opcode: u8, compressed: bool, payload: &[u8]) {
+        assert!(
+            !compressed || self.compression,
+            "RSV1 without the extension"
+        );
+        let first = 0x80 | if compressed { RSV1 } else { 0 } | opcode;
+        let len = payload.len();
+        self.output.push(first);
+        if len < 126 {
+            self.output.push(0x80 | len as u8);
+        } else if let Ok(short) = u16::try_from(len) {
+            self.output.push(0x80 | 126);
+            self.output.extend_from_slice(&short.to_be_bytes());
+        } else {
+            self.output.push(0x80 | 127);
+            self.output.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        self.output.extend_from_slice(&self.mask);
+        let at = self.output.len();
+        self.output.extend_from_slice(payload);
+        // Masked four bytes at a time.
+        let body = &mut self.output[at..];
+        let key = u32::from_ne_bytes(self.mask);
+        let mut words = body.chunks_exact_mut(4);
+        for word in &mut words {
+            let masked = u32::from_ne_bytes((&*word).try_into().unwrap()) ^ key;
+            word.copy_from_slice(&masked.to_ne_bytes());
+        }
+        for (byte, key) in words.into_remainder().iter_mut().zip(self.mask) {
+            *byte ^= key;
+        }
+    }
+
     /// Writes everything queued, within [`LIMIT`].
     pub async fn flush(&mut self) {
         if self.output.is_empty() {
@@ -160,6 +267,7 @@ impl Raw {
             .await
             .expect("the server takes our bytes in time")
             .expect("write to the server");
+        self.written += self.output.len() as u64;
         self.output.clear();
     }
 
@@ -190,6 +298,7 @@ impl Raw {
         let result = tokio::time::timeout(wait, read).await.ok()?;
         if let Ok(n) = result {
             self.end += n;
+            self.read += n as u64;
         }
         Some(result)
     }
@@ -197,10 +306,26 @@ impl Raw {
     /// The payload of the next complete text or binary frame already read, if
     /// any; pings on the way are answered (the pong goes with the next flush).
     pub fn frame(&mut self) -> Option<Range<usize>> {
+        self.data_frame().map(|frame| frame.payload)
+    }
+
+    /// The next complete text or binary frame already read, if any; pings on
+    /// the way are answered (the pong goes with the next flush).
+    pub fn data_frame(&mut self) -> Option<Frame> {
         loop {
-            let (opcode, payload) = self.next_frame()?;
-            match opcode {
-                0x1 | 0x2 => return Some(payload),
+            let (first, payload) = self.next_frame()?;
+            match first & 0x0f {
+                0x1 | 0x2 => {
+                    let compressed = first & RSV1 != 0;
+                    assert!(
+                        !compressed || self.compression,
+                        "RSV1 on a connection without the extension"
+                    );
+                    return Some(Frame {
+                        compressed,
+                        payload,
+                    });
+                }
                 0x9 => {
                     let ping = self.input[payload].to_vec();
                     self.queue(0xA, &ping);
@@ -215,13 +340,14 @@ impl Raw {
         }
     }
 
-    /// The opcode and payload of the next complete frame in the input.
+    /// The first byte and payload of the next complete frame in the input.
     fn next_frame(&mut self) -> Option<(u8, Range<usize>)> {
         let data = &self.input[self.start..self.end];
         if data.len() < 2 {
             return None;
         }
         assert!(data[0] & 0x80 != 0, "fragmented messages are not expected");
+        assert!(data[0] & 0x30 == 0, "RSV2 or RSV3 set");
         assert!(data[1] & 0x80 == 0, "the server masked a frame");
         let (header, len) = match data[1] & 0x7f {
             126 if data.len() >= 4 => (4, u16::from_be_bytes([data[2], data[3]]) as usize),
@@ -235,10 +361,10 @@ impl Raw {
         if data.len() < header + len {
             return None;
         }
-        let opcode = data[0] & 0x0f;
+        let first = data[0];
         let payload = self.start + header..self.start + header + len;
         self.start = payload.end;
-        Some((opcode, payload))
+        Some((first, payload))
     }
 
     /// The bytes of a payload returned by [`frame`](Self::frame).
@@ -248,13 +374,18 @@ impl Raw {
 
     /// Waits for the next text or binary frame.
     pub async fn next_data(&mut self) -> Range<usize> {
+        self.next_data_frame().await.payload
+    }
+
+    /// Waits for the next text or binary frame, with its RSV1 bit.
+    pub async fn next_data_frame(&mut self) -> Frame {
         // The clock is read only once a frame is not already here: in a
         // burst most are, and a clock read per message was the largest
         // single cost in the load generator's profile.
         let mut began = None;
         loop {
-            if let Some(payload) = self.frame() {
-                return payload;
+            if let Some(frame) = self.data_frame() {
+                return frame;
             }
             let began = *began.get_or_insert_with(Instant::now);
             assert!(began.elapsed() < LIMIT, "no message within {LIMIT:?}");
@@ -270,8 +401,8 @@ impl Raw {
         self.flush().await;
         let began = Instant::now();
         while began.elapsed() < Duration::from_secs(5) {
-            while let Some((opcode, _)) = self.next_frame() {
-                if opcode == 0x8 {
+            while let Some((first, _)) = self.next_frame() {
+                if first & 0x0f == 0x8 {
                     return;
                 }
             }
@@ -358,4 +489,43 @@ pub async fn round_trip(client: &mut Client, message: &Message) -> Result<(), St
     tokio::time::timeout(LIMIT, exchange)
         .await
         .unwrap_or_else(|_| Err(format!("no echo within {LIMIT:?}")))
+}
+
+/// `payload` compressed as one message, as a browser does: zlib's default
+/// level, a fresh context, a sync flush, its `00 00 FF FF` taken off.
+pub fn deflate(payload: &[u8]) -> Vec<u8> {
+    let mut compressor = Compress::new(Compression::default(), false);
+    let mut out = Vec::with_capacity(payload.len() + payload.len() / 8 + 64);
+    for _ in 0..64 {
+        let taken = compressor.total_in() as usize;
+        compressor
+            .compress_vec(&payload[taken..], &mut out, FlushCompress::Sync)
+            .expect("compress");
+        if compressor.total_in() as usize == payload.len() && out.len() < out.capacity() {
+            let body = out.strip_suffix(&TAIL).expect("a sync flush's tail").len();
+            out.truncate(body);
+            return out;
+        }
+        out.reserve(out.capacity());
+    }
+    panic!("compressing {} bytes made no progress", payload.len());
+}
+
+/// A compressed message's payload inflated with a fresh context; panics if
+/// it is not valid DEFLATE.
+pub fn inflate(payload: &[u8]) -> Vec<u8> {
+    let mut inflater = Decompress::new(false);
+    let input = [payload, &TAIL[..]].concat();
+    let mut out = Vec::with_capacity(payload.len() * 4 + 64);
+    for _ in 0..64 {
+        let taken = inflater.total_in() as usize;
+        inflater
+            .decompress_vec(&input[taken..], &mut out, FlushDecompress::Sync)
+            .expect("the server's compressed message inflates");
+        if inflater.total_in() as usize == input.len() && out.len() < out.capacity() {
+            return out;
+        }
+        out.reserve(out.capacity());
+    }
+    panic!("inflating {} bytes made no progress", payload.len());
 }
