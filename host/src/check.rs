@@ -17,7 +17,7 @@ use wit_parser::{Function, Interface, Resolve, Type, TypeDefKind, WorldItem, Wor
 pub const WORLD_WIT: &str = include_str!("../../wit/berth.wit");
 
 /// The world a plugin must implement, as `package/world@version`.
-pub const WORLD: &str = "berth:plugin/plugin@0.3.0";
+pub const WORLD: &str = "berth:plugin/plugin@0.4.0";
 
 /// Why a file could not be checked at all: it is not a component.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +122,7 @@ pub fn check(bytes: &[u8]) -> Result<Report, NotAComponent> {
 struct Expected {
     resolve: Resolve,
     host: Interface,
+    state: Interface,
     handler: Interface,
     version: String,
 }
@@ -137,6 +138,7 @@ impl Expected {
             resolve.interfaces[id].clone()
         };
         let host = interface("host");
+        let state = interface("state");
         let handler = interface("handler");
         let version = resolve.packages[package]
             .name
@@ -147,6 +149,7 @@ impl Expected {
         Expected {
             resolve,
             host,
+            state,
             handler,
             version,
         }
@@ -273,6 +276,7 @@ fn check_berth_import(
         .is_some_and(|v| compatible(v, &expected.version));
     let meaning = match parts.interface {
         "host" => "berth's host calls",
+        "state" => "berth's state calls (topic history, members, key-value store)",
         "types" => "berth's shared types",
         _ => {
             report.problems.push(format!(
@@ -292,7 +296,10 @@ fn check_berth_import(
     if parts.interface == "types" {
         return Some(meaning);
     }
-    let provided = &expected.host;
+    let provided = match parts.interface {
+        "state" => &expected.state,
+        _ => &expected.host,
+    };
     for (fname, function) in &interface.functions {
         match provided.functions.get(fname) {
             None => report.problems.push(format!(
@@ -635,5 +642,17 @@ fn wasi_problem(name: &str, parts: &Name<'_>) -> String {
             format!("imports {name}: berth provides WASI 0.2, not version {version}")
         }
         _ => format!("imports {name}, a WASI interface berth does not provide"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_world_named_in_messages_is_the_one_in_the_wit() {
+        let expected = super::Expected::parse();
+        assert_eq!(
+            super::WORLD,
+            format!("berth:plugin/plugin@{}", expected.version)
+        );
     }
 }

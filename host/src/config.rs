@@ -134,6 +134,8 @@ pub struct RouteConfig {
     pub compression_threshold: usize,
     /// When the route's plugin is quarantined for trapping too often.
     pub quarantine: Quarantine,
+    /// The route's history and store bounds.
+    pub state: StateRules,
     /// What the plugin may reach besides clocks and random numbers.
     pub grants: Grants,
 }
@@ -156,6 +158,74 @@ pub struct Grants {
     pub env: BTreeMap<String, String>,
     /// Host folders the plugin may open.
     pub dirs: Vec<DirGrant>,
+}
+
+/// What a route keeps in the state store, and how much: history per topic,
+/// members' descriptions, and its namespace's key-value quota. Routes that
+/// share a namespace must agree on these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateRules {
+    /// Messages kept per topic (`history-size`); 0 keeps none.
+    pub history_size: u32,
+    /// A topic's history is dropped when nothing was published to it for
+    /// this long (`history-ttl`).
+    pub history_ttl: Duration,
+    /// Topics with history the namespace may keep at once (`history-topics`).
+    pub history_topics: u32,
+    /// Longest member description `subscribe` takes (`max-member`).
+    pub max_member: usize,
+    /// Keys the namespace's store may hold (`store-keys`).
+    pub store_keys: u64,
+    /// Bytes of keys and values the namespace's store may hold (`store-bytes`).
+    pub store_bytes: u64,
+    /// Longest value `set` takes (`max-value`).
+    pub max_value: usize,
+}
+
+impl Default for StateRules {
+    fn default() -> Self {
+        StateRules {
+            history_size: 0,
+            history_ttl: defaults::HISTORY_TTL,
+            history_topics: defaults::HISTORY_TOPICS,
+            max_member: defaults::MAX_MEMBER,
+            store_keys: defaults::STORE_KEYS,
+            store_bytes: defaults::STORE_BYTES,
+            max_value: defaults::MAX_VALUE,
+        }
+    }
+}
+
+/// Where the state store lives and how long its callers wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateConfig {
+    /// The embedded store's folder (`state-dir`); unused with a `[broker]`.
+    pub dir: PathBuf,
+    /// The longest a plugin's state call waits for the store (`state-timeout`).
+    pub timeout: Duration,
+    /// How long a node's members outlive its last refresh in Redis
+    /// (`presence-ttl`): a node that dies leaves no members after this.
+    pub presence_ttl: Duration,
+}
+
+impl StateConfig {
+    /// The defaults, with the store in `dir`.
+    pub fn in_dir(dir: PathBuf) -> StateConfig {
+        StateConfig {
+            dir,
+            timeout: defaults::STATE_TIMEOUT,
+            presence_ttl: defaults::PRESENCE_TTL,
+        }
+    }
+
+    /// Where the demo keeps its store unless `--state-dir` says otherwise:
+    /// `state` beside its default plugin folder, `$XDG_DATA_HOME/berth/state`
+    /// (else `~/.local/share/berth/state`, else under the temporary folder).
+    pub fn demo_dir() -> PathBuf {
+        user_dir("XDG_DATA_HOME", ".local/share")
+            .map(|dir| dir.join("berth/state"))
+            .unwrap_or_else(|| std::env::temp_dir().join("berth-state"))
+    }
 }
 
 /// A host folder made visible to a plugin.
@@ -202,6 +272,7 @@ impl RouteConfig {
                 window: defaults::QUARANTINE_WINDOW,
             },
             grants: Grants::default(),
+            state: StateRules::default(),
         }
     }
 }
@@ -282,6 +353,8 @@ pub struct Config {
     pub broker: Option<BrokerConfig>,
     /// The backend publish API (`POST /publish/NAMESPACE/TOPIC`).
     pub publish_api: PublishApiConfig,
+    /// The state store (`state-dir`, `state-timeout`, `presence-ttl`).
+    pub state: StateConfig,
 }
 
 /// `[broker]`: topics shared by every berth node that names the same Redis.
@@ -399,6 +472,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     /// Where compiled plugins are cached (`--cache-dir`).
     pub cache_dir: Option<PathBuf>,
+    /// Where the embedded state store lives (`--state-dir`).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -409,6 +484,9 @@ impl Overrides {
         }
         if let Some(dir) = &self.cache_dir {
             config.cache_dir = (!dir.as_os_str().is_empty()).then(|| dir.clone());
+        }
+        if let Some(dir) = &self.state_dir {
+            config.state.dir = dir.clone();
         }
     }
 }
@@ -486,6 +564,9 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     broker: Option<RawBroker>,
     publish_api: Option<RawPublishApi>,
+    state_dir: Option<PathBuf>,
+    state_timeout: Option<Spanned<HumanDuration>>,
+    presence_ttl: Option<Spanned<HumanDuration>>,
 }
 
 #[derive(Deserialize)]
@@ -541,6 +622,13 @@ struct RawRoute {
     env: BTreeMap<String, String>,
     #[serde(default, rename = "dir")]
     dirs: Vec<RawDir>,
+    history_size: Option<u32>,
+    history_ttl: Option<Spanned<HumanDuration>>,
+    history_topics: Option<Spanned<usize>>,
+    max_member: Option<Spanned<ByteSize>>,
+    store_keys: Option<Spanned<usize>>,
+    store_bytes: Option<Spanned<ByteSize>>,
+    max_value: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Deserialize)]
@@ -609,6 +697,24 @@ pub mod defaults {
     pub const MAX_PUBLISH_BODY: usize = 64 * 1024;
     /// Redis channel names start with `berth:`.
     pub const CHANNEL_PREFIX: &str = "berth:";
+    /// A topic's history goes after a day without publishes.
+    pub const HISTORY_TTL: Duration = Duration::from_secs(24 * 3600);
+    /// A namespace keeps history for at most 10,000 topics.
+    pub const HISTORY_TOPICS: u32 = 10_000;
+    /// Longest member description: 256 bytes.
+    pub const MAX_MEMBER: usize = 256;
+    /// A namespace's store holds at most 10,000 keys...
+    pub const STORE_KEYS: u64 = 10_000;
+    /// ...and 16 MiB of keys and values.
+    pub const STORE_BYTES: u64 = 16 << 20;
+    /// Longest stored value: 64 KiB.
+    pub const MAX_VALUE: usize = 64 * 1024;
+    /// Longest store key: 256 bytes (not configurable: keys are names).
+    pub const MAX_KEY: usize = 256;
+    /// A state call waits at most 100 ms for the store.
+    pub const STATE_TIMEOUT: Duration = Duration::from_millis(100);
+    /// A node's members leave Redis 15 seconds after its last refresh.
+    pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
 }
 
 /// Reads the source text around spans, to turn byte offsets into line and column.
@@ -663,7 +769,9 @@ impl Config {
             Some(v) => v.into_inner().0,
         };
         let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
+        let mut route_spans = Vec::with_capacity(raw.routes.len());
         for route in raw.routes {
+            route_spans.push(route.path.span());
             let checked = check_route(&source, base, &plugin_dir, max_memory, route)?;
             routes.push(checked);
         }
@@ -707,6 +815,15 @@ impl Config {
                 )
             })?,
         };
+        same_state_per_namespace(&source, &routes, &route_spans)?;
+        let state = StateConfig {
+            dir: raw
+                .state_dir
+                .map(|dir| base.join(dir))
+                .unwrap_or_else(|| base.join("state")),
+            timeout: nonzero(&source, raw.state_timeout, defaults::STATE_TIMEOUT)?,
+            presence_ttl: nonzero(&source, raw.presence_ttl, defaults::PRESENCE_TTL)?,
+        };
         let broker = raw.broker.map(|b| broker(&source, b)).transpose()?;
         let publish_api = match raw.publish_api {
             None => PublishApiConfig::default(),
@@ -715,6 +832,7 @@ impl Config {
         Ok(Config {
             broker,
             publish_api,
+            state,
             listeners,
             max_instances,
             max_memory,
@@ -1104,6 +1222,16 @@ fn check_route(
                 usize::try_from(v.into_inner().0).unwrap_or(usize::MAX)
             }),
         quarantine,
+        state: state_rules(
+            source,
+            raw.history_size,
+            raw.history_ttl,
+            raw.history_topics,
+            raw.max_member,
+            raw.store_keys,
+            raw.store_bytes,
+            raw.max_value,
+        )?,
         grants: Grants { env: raw.env, dirs },
         on_reload: raw.on_reload,
         instance: raw.instance,
@@ -1137,6 +1265,66 @@ fn check_route(
         max_subscriptions: positive(source, raw.max_subscriptions, defaults::MAX_SUBSCRIPTIONS)?,
         call_timeout: nonzero(source, raw.call_timeout, defaults::CALL_TIMEOUT)?,
     })
+}
+
+/// A route's state keys, each at its default when left out.
+#[allow(clippy::too_many_arguments)]
+fn state_rules(
+    source: &Source,
+    history_size: Option<u32>,
+    history_ttl: Option<Spanned<HumanDuration>>,
+    history_topics: Option<Spanned<usize>>,
+    max_member: Option<Spanned<ByteSize>>,
+    store_keys: Option<Spanned<usize>>,
+    store_bytes: Option<Spanned<ByteSize>>,
+    max_value: Option<Spanned<ByteSize>>,
+) -> Result<StateRules, ConfigError> {
+    let bytes = |value: Option<Spanned<ByteSize>>, default: u64| match value {
+        None => Ok(default),
+        Some(v) if v.get_ref().0 == 0 => Err(source.error(v.span(), "must be at least 1 byte")),
+        Some(v) => Ok(v.into_inner().0),
+    };
+    let clamp = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    Ok(StateRules {
+        history_size: history_size.unwrap_or(0),
+        history_ttl: nonzero(source, history_ttl, defaults::HISTORY_TTL)?,
+        history_topics: u32::try_from(positive(
+            source,
+            history_topics,
+            defaults::HISTORY_TOPICS as usize,
+        )?)
+        .unwrap_or(u32::MAX),
+        max_member: clamp(bytes(max_member, defaults::MAX_MEMBER as u64)?),
+        store_keys: positive(source, store_keys, defaults::STORE_KEYS as usize)? as u64,
+        store_bytes: bytes(store_bytes, defaults::STORE_BYTES)?,
+        max_value: clamp(bytes(max_value, defaults::MAX_VALUE as u64)?),
+    })
+}
+
+/// Routes that share a namespace share its history and store, so they must
+/// bound them alike; the second route to differ is the error.
+fn same_state_per_namespace(
+    source: &Source,
+    routes: &[RouteConfig],
+    spans: &[Range<usize>],
+) -> Result<(), ConfigError> {
+    for (i, route) in routes.iter().enumerate() {
+        if let Some(first) = routes[..i]
+            .iter()
+            .find(|r| r.namespace == route.namespace && r.state != route.state)
+        {
+            return Err(source.error(
+                spans[i].clone(),
+                format!(
+                    "route {} shares namespace {:?} with route {} but sets other history or \
+                     store keys (history-size, history-ttl, history-topics, max-member, \
+                     store-keys, store-bytes, max-value); routes of one namespace must agree",
+                    route.path, route.namespace, first.path
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A route's `write-queue-bytes`: at least its `max-message-size`, so that

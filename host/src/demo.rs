@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::config::{Config, ListenerConfig, OriginPolicy, PluginSource, RouteConfig, defaults};
+use crate::config::{
+    Config, ListenerConfig, OriginPolicy, PluginSource, RouteConfig, StateConfig, defaults,
+};
 
 macro_rules! plugin {
     ($name:literal) => {
@@ -28,6 +30,7 @@ fn route(path: &str, plugin: PluginSource) -> RouteConfig {
 /// `listen`, and every `NAME.wasm` dropped into `plugin_dir` at `/NAME`.
 pub fn config(listen: SocketAddr, plugin_dir: PathBuf) -> Config {
     Config {
+        state: StateConfig::in_dir(StateConfig::demo_dir()),
         listeners: vec![ListenerConfig::plain(listen)],
         plugin_dir,
         auto_routes: true,

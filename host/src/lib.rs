@@ -8,7 +8,8 @@
 //! flow, [`reload`] builds route versions and publishes the routing table
 //! (`router`) that `http` reads; [`server`] starts and stops it all. Topics
 //! (`pubsub`) reach other nodes through Redis when configured ([`cluster`]),
-//! and backends publish to them over HTTP (`publish_api`). `metrics` owns the
+//! and backends publish to them over HTTP (`publish_api`). Topic history,
+//! members and the plugins' key-value stores live in [`state`]. `metrics` owns the
 //! Prometheus registry; each of those modules counts with handles it hands
 //! out, resolved once per route version.
 
@@ -34,6 +35,7 @@ pub mod runtime;
 pub mod scaffold;
 pub mod server;
 mod session;
+pub mod state;
 mod watch;
 
 pub use config::Config;

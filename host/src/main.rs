@@ -77,6 +77,10 @@ struct ServeArgs {
     /// Where compiled plugins are cached (default: ~/.cache/berth).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// Where topic history and the plugins' key-value stores are kept
+    /// (default: `state` beside the plugin folder; `state-dir` in a config).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Do not watch plugin files and the config file; reload only on SIGHUP.
     #[arg(long)]
     no_watch: bool,
@@ -195,10 +199,15 @@ fn prepare(args: ServeArgs) -> anyhow::Result<(Config, ServeOptions)> {
         listen,
         plugin_dir,
         cache_dir,
+        state_dir,
         no_watch,
         log_format: _,
     } = args;
-    let overrides = Overrides { listen, cache_dir };
+    let overrides = Overrides {
+        listen,
+        cache_dir,
+        state_dir,
+    };
     let mut config = match &config_file {
         Some(path) => Config::load(path)?,
         None => {

@@ -75,10 +75,22 @@ pub(crate) enum Limit {
     LogLines,
     /// An `on-connect` refusal whose reason was cut to fit an HTTP body.
     RejectReason,
+    /// A member description longer than the route's `max-member`.
+    MaxMember,
+    /// A store key longer than 256 bytes.
+    MaxKey,
+    /// A stored value longer than the route's `max-value`.
+    MaxValue,
+    /// A store write past the namespace's `store-keys`.
+    StoreKeys,
+    /// A store write past the namespace's `store-bytes`.
+    StoreBytes,
+    /// A publish that would start history for a topic past the namespace's `history-topics`.
+    HistoryTopics,
 }
 
 impl Limit {
-    const ALL: [Limit; 8] = [
+    const ALL: [Limit; 14] = [
         Limit::WriteQueueBytes,
         Limit::TopicName,
         Limit::SubscriptionsPerConnection,
@@ -87,6 +99,12 @@ impl Limit {
         Limit::Timers,
         Limit::LogLines,
         Limit::RejectReason,
+        Limit::MaxMember,
+        Limit::MaxKey,
+        Limit::MaxValue,
+        Limit::StoreKeys,
+        Limit::StoreBytes,
+        Limit::HistoryTopics,
     ];
 
     /// The value of the `limit` label: the config key that sets the bound,
@@ -101,6 +119,12 @@ impl Limit {
             Limit::Timers => "timers",
             Limit::LogLines => "log_lines",
             Limit::RejectReason => "reject_reason",
+            Limit::MaxMember => "max_member",
+            Limit::MaxKey => "max_key",
+            Limit::MaxValue => "max_value",
+            Limit::StoreKeys => "store_keys",
+            Limit::StoreBytes => "store_bytes",
+            Limit::HistoryTopics => "history_topics",
         }
     }
 }

@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 use crate::config::PublishApiConfig;
 use crate::pubsub::Broker;
 use crate::router::Router;
+use crate::state::State;
 
 /// Where the API's paths start; config keeps routes out of it.
 const PREFIX: &str = "/publish/";
@@ -38,6 +39,7 @@ pub(crate) struct PublishApi {
     max_body: usize,
     router: Arc<Router>,
     broker: Arc<Broker>,
+    state: Arc<State>,
 }
 
 type Body = Full<Bytes>;
@@ -111,6 +113,7 @@ impl PublishApi {
         config: &PublishApiConfig,
         router: Arc<Router>,
         broker: Arc<Broker>,
+        state: Arc<State>,
     ) -> Option<PublishApi> {
         (!config.tokens.is_empty()).then(|| PublishApi {
             tokens: config
@@ -121,6 +124,7 @@ impl PublishApi {
             max_body: config.max_body,
             router,
             broker,
+            state,
         })
     }
 
@@ -240,12 +244,39 @@ impl PublishApi {
         } else {
             WsMessage::Binary(body)
         };
+        // Stored before anyone gets it, as a plugin's publish is; the store
+        // writes to disk, so not on an async worker.
+        let rules = self.router.state_rules(&namespace).unwrap_or_default();
+        let position = if rules.history_size > 0 {
+            let (state, ns, name, stored) = (
+                self.state.clone(),
+                namespace.clone(),
+                topic.clone(),
+                msg.clone(),
+            );
+            let appended = tokio::task::spawn_blocking(move || {
+                let text = stored.is_text();
+                state.append(&ns, &name, text, &stored.into_data(), &rules)
+            })
+            .await;
+            match appended {
+                Ok(Ok(p)) => format!(",\"position\":\"{:016x}-{}\"", p.epoch, p.seq),
+                _ => {
+                    return plain(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the topic keeps history and the message could not be stored; it reached nobody\n",
+                    );
+                }
+            }
+        } else {
+            String::new()
+        };
         let count = self.broker.publish(&namespace, &topic, msg, None);
         tracing::debug!(%namespace, topic, local_subscribers = count, "published through the API");
         answer(
             StatusCode::ACCEPTED,
             "application/json",
-            format!("{{\"local_subscribers\":{count}}}\n"),
+            format!("{{\"local_subscribers\":{count}{position}}}\n"),
         )
     }
 

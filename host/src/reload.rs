@@ -28,6 +28,7 @@ use crate::metrics::{Metrics, Reload};
 use crate::pubsub::Broker;
 use crate::router::{Route, Router, Table};
 use crate::runtime::{Compiled, Origin, Runtime, RuntimeError};
+use crate::state::State;
 use crate::watch::Watcher;
 
 /// What woke the reload thread.
@@ -102,6 +103,7 @@ pub(crate) struct Reloader {
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
     broker: Arc<Broker>,
+    state: Arc<State>,
     router: Arc<Router>,
     shutdown: CancellationToken,
     tokio: tokio::runtime::Handle,
@@ -134,6 +136,7 @@ impl Reloader {
         runtime: Arc<Runtime>,
         metrics: Arc<Metrics>,
         broker: Arc<Broker>,
+        state: Arc<State>,
         router: Arc<Router>,
         shutdown: CancellationToken,
         config: Config,
@@ -144,6 +147,7 @@ impl Reloader {
             runtime,
             metrics,
             broker,
+            state,
             router,
             shutdown,
             tokio: tokio::runtime::Handle::current(),
@@ -243,6 +247,12 @@ impl Reloader {
             ("admin-listen", next.admin_listen != running.admin_listen),
             ("log-level", next.log_level != running.log_level),
             ("[broker]", next.broker != running.broker),
+            ("state-dir", next.state.dir != running.state.dir),
+            ("state-timeout", next.state.timeout != running.state.timeout),
+            (
+                "presence-ttl",
+                next.state.presence_ttl != running.state.presence_ttl,
+            ),
             ("[publish-api]", next.publish_api != running.publish_api),
         ] {
             if changed {
@@ -261,6 +271,7 @@ impl Reloader {
         next.admin_listen = running.admin_listen;
         next.log_level = running.log_level;
         next.broker = running.broker.clone();
+        next.state = running.state.clone();
         next.publish_api = running.publish_api.clone();
         tracing::info!(file = %file.display(), "config reloaded");
         self.config = next;
@@ -493,6 +504,7 @@ impl Reloader {
             .spawn_route(
                 &self.tokio,
                 &self.broker,
+                &self.state,
                 config.clone(),
                 compiled,
                 metrics.clone(),

@@ -54,6 +54,15 @@ impl Router {
         routes
     }
 
+    /// The history and store bounds of `namespace`, if some route serves it.
+    pub(crate) fn state_rules(&self, namespace: &str) -> Option<crate::config::StateRules> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table
+            .values()
+            .find(|r| r.config.namespace == namespace)
+            .map(|r| r.config.state)
+    }
+
     /// Whether some route serves topics in `namespace`.
     pub(crate) fn has_namespace(&self, namespace: &str) -> bool {
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());

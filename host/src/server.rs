@@ -21,6 +21,7 @@ use crate::pubsub::Broker;
 use crate::reload::{LoadError, ReloadHandle, Reloader, Stopped, Trigger};
 use crate::router::Router;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::state::State;
 
 /// How long open connections get to finish their close handshakes at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -45,6 +46,9 @@ pub enum ServeError {
     /// The Redis broker could not be reached, and it is required.
     #[error(transparent)]
     Broker(#[from] ClusterError),
+    /// The state store could not be opened.
+    #[error(transparent)]
+    State(#[from] crate::state::OpenError),
 }
 
 /// How a server runs besides its config.
@@ -100,8 +104,19 @@ impl Server {
                 (broker, Some(cluster))
             }
         };
+        let state_config = config.state.clone();
+        // Opening replays the store's journal: disk work, not for an async worker.
+        let state = tokio::task::spawn_blocking(move || State::open(&state_config))
+            .await
+            .expect("opening the state store does not panic")?;
+        tracing::info!(dir = %state.dir().display(), "state store open");
         let metrics = Arc::new(metrics);
-        let publish_api = PublishApi::new(&config.publish_api, router.clone(), broker.clone());
+        let publish_api = PublishApi::new(
+            &config.publish_api,
+            router.clone(),
+            broker.clone(),
+            state.clone(),
+        );
         let app = Arc::new(App::new(
             router.clone(),
             config.handshake_timeout,
@@ -130,6 +145,7 @@ impl Server {
                 loader,
                 metrics,
                 broker,
+                state,
                 router,
                 shutdown,
                 config,

@@ -106,7 +106,14 @@ async fn sigterm_closes_every_client_with_1001_runs_on_close_and_exits_0() {
 
 #[test]
 fn the_demo_runs_without_a_config_file() {
-    let (mut child, addr) = start(&["--listen", "127.0.0.1:0"]);
+    // The store is the one thing kept apart: the user's own demo may hold it.
+    let state = tempfile::tempdir().unwrap();
+    let (mut child, addr) = start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        state.path().to_str().unwrap(),
+    ]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

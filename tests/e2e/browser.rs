@@ -9,11 +9,14 @@ use crate::support::BerthProcess;
 #[test]
 fn two_browser_pages_chat_in_one_room_and_see_the_ticker_move() {
     let drop_in = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
     let server = BerthProcess::start(&[
         "--listen",
         "127.0.0.1:0",
         "--plugin-dir",
         &drop_in.path().display().to_string(),
+        "--state-dir",
+        &state.path().display().to_string(),
     ]);
     let base = server.url("/").replacen("ws://", "http://", 1);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/browser/demo.mjs");

@@ -153,6 +153,7 @@ fn node_config(dir: &Path, name: &str, redis_url: &str, extra: &str) -> PathBuf 
         format!(
             r#"listen = "127.0.0.1:0"
 plugin-dir = {plugins:?}
+state-dir = "{name}-state"
 
 [broker]
 url = "{redis_url}"
@@ -528,7 +529,7 @@ async fn http(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String, Vec<u8
 }
 
 /// A POST to the publish API with `token` (if any), `content_type` and `body`.
-async fn post(
+pub(crate) async fn post(
     addr: SocketAddr,
     path: &str,
     token: Option<&str>,

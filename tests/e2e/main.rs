@@ -16,6 +16,7 @@ mod listeners;
 mod metrics;
 mod raw;
 mod reload;
+mod state;
 mod support;
 mod tooling;
 mod topics;

@@ -397,6 +397,8 @@ async fn the_demo_serves_what_is_dropped_into_its_folder() {
         folder.path().to_str().unwrap(),
         "--cache-dir",
         cache.path().to_str().unwrap(),
+        "--state-dir",
+        cache.path().join("state").to_str().unwrap(),
     ]);
     wait_for(&berth.url("/echo"), "the demo's echo", echo).await;
     std::fs::write(

@@ -30,6 +30,8 @@ pub struct TestServer {
     pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    /// The state store's folder, unless the config names one.
+    _state: Option<tempfile::TempDir>,
 }
 
 /// The config text for a test server: port 0, the built plugins, then `routes`.
@@ -43,9 +45,14 @@ pub fn config_text(routes: &str) -> String {
 impl TestServer {
     /// Starts a server with the given top-level keys and `[[route]]` tables.
     pub async fn start(routes: &str) -> TestServer {
-        let config =
-            Config::from_toml(&config_text(routes), Path::new("test.toml"), Path::new("/"))
-                .expect("test config is valid");
+        // Each server keeps its state apart, unless the test names a folder.
+        let state = (!routes.contains("state-dir")).then(|| tempfile::tempdir().unwrap());
+        let text = match &state {
+            Some(dir) => format!("state-dir = {:?}\n{}", dir.path(), config_text(routes)),
+            None => config_text(routes),
+        };
+        let config = Config::from_toml(&text, Path::new("test.toml"), Path::new("/"))
+            .expect("test config is valid");
         let server = Server::bind(config).await.expect("server starts");
         let addr = server.local_addr();
         let admin = server.admin_addr();
@@ -58,6 +65,7 @@ impl TestServer {
             admin,
             stop: Some(stop),
             task,
+            _state: state,
         }
     }
 

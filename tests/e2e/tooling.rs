@@ -43,14 +43,20 @@ fn check_accepts_plugins_that_fit_in_every_language_and_lists_what_they_ask_for(
     for plugin in plugins {
         let (code, out) = berth(&["check", &plugin]);
         assert_eq!(code, 0, "{out}");
-        assert!(out.contains("fits berth:plugin/plugin@0.3.0"), "{out}");
-        assert!(out.contains("berth:plugin/host@0.3.0"), "{out}");
-        assert!(out.contains("berth:plugin/handler@0.3.0"), "{out}");
+        assert!(out.contains("fits berth:plugin/plugin@0.4.0"), "{out}");
+        assert!(out.contains("berth:plugin/host@0.4.0"), "{out}");
+        assert!(out.contains("berth:plugin/handler@0.4.0"), "{out}");
         assert!(out.contains("on-connect, on-events"), "{out}");
     }
-    // A plugin that asks for files says so in words an operator can act on.
+    // A plugin that asks for files says so in words an operator can act on,
+    // and one that keeps state names the state calls it makes.
     let (code, out) = berth(&["check", &built("testkit.wasm")]);
     assert_eq!(code, 0, "{out}");
+    assert!(out.contains("berth:plugin/state@0.4.0"), "{out}");
+    assert!(
+        out.contains("history") && out.contains("compare-and-set"),
+        "{out}"
+    );
     assert!(
         out.contains("wasi:filesystem/preopens") && out.contains("[[route.dir]]"),
         "{out}"
@@ -62,7 +68,7 @@ fn check_lists_every_missing_export_and_wrong_type() {
     let (code, out) = berth(&["check", &built("misfit.wasm")]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("does not fit berth:plugin/plugin@0.3.0"),
+        out.contains("does not fit berth:plugin/plugin@0.4.0"),
         "{out}"
     );
     assert!(out.contains("does not export `on-events`"), "{out}");
@@ -162,12 +168,20 @@ async fn new_project_builds_fits_and_serves(lang: &str) {
 
     let (code, out) = berth(&["check", &check]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("fits berth:plugin/plugin@0.3.0"), "{out}");
+    assert!(out.contains("fits berth:plugin/plugin@0.4.0"), "{out}");
 
     let wasm = Path::new(&check);
     let folder = wasm.parent().unwrap().display().to_string();
     let route = format!("/{}", wasm.file_stem().unwrap().to_string_lossy());
-    let server = BerthProcess::start(&["--listen", "127.0.0.1:0", "--plugin-dir", &folder]);
+    let state = tempfile::tempdir().unwrap();
+    let server = BerthProcess::start(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--plugin-dir",
+        &folder,
+        "--state-dir",
+        state.path().to_str().unwrap(),
+    ]);
     server
         .wait_log(&["plugin loaded", &format!("route={route}")])
         .await;

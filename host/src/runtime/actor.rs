@@ -33,6 +33,7 @@ use crate::config::{InstanceModel, RouteConfig};
 use crate::metrics::{Export, Limit, RouteMetrics};
 use crate::outbox::{ConnHandle, deferring_wakes};
 use crate::pubsub::{self, Broker};
+use crate::state::State;
 
 /// How many events may wait for a worker before sessions stop reading their
 /// sockets (TCP backpressure reaches the clients).
@@ -202,6 +203,7 @@ pub(super) fn spawn(
     engine: &wasmtime::Engine,
     runtime: &tokio::runtime::Handle,
     broker: &Arc<Broker>,
+    state: &Arc<State>,
     route: Arc<RouteConfig>,
     compiled: Arc<Compiled>,
     metrics: Arc<RouteMetrics>,
@@ -222,6 +224,8 @@ pub(super) fn spawn(
         namespace: route.namespace.as_str().into(),
         values: route.values.clone(),
         broker: broker.clone(),
+        state: state.clone(),
+        rules: route.state,
         quarantine: Quarantine::new(route.quarantine),
     });
     let count = match route.instance {

@@ -23,6 +23,7 @@ use crate::config;
 use crate::metrics::{Limit, RouteMetrics};
 use crate::outbox::{ConnHandle, PushError};
 use crate::pubsub::{self, Broker};
+use crate::state::State;
 
 /// What every instance of one route shares: its name, its topic namespace and
 /// config values, and the server's broker.
@@ -43,6 +44,10 @@ pub(crate) struct RouteShared {
     pub(crate) namespace: Arc<str>,
     pub(crate) values: BTreeMap<String, String>,
     pub(crate) broker: Arc<Broker>,
+    /// The server's state store and members.
+    pub(crate) state: Arc<State>,
+    /// The route's history and store bounds.
+    pub(crate) rules: config::StateRules,
     /// The route version's trap record, shared by all its workers.
     pub(crate) quarantine: Quarantine,
 }
@@ -107,6 +112,8 @@ pub(crate) struct ConnEntry {
     closing: bool,
     /// Its topics; dropping the entry ends its subscriptions.
     topics: HashSet<Box<str>>,
+    /// The topics it is a member of (a subset of `topics`).
+    memberships: HashSet<Box<str>>,
     route: Arc<RouteShared>,
 }
 
@@ -128,6 +135,11 @@ impl Drop for ConnEntry {
             self.route
                 .broker
                 .unsubscribe(&self.route.namespace, topic, self.conn);
+        }
+        for topic in &self.memberships {
+            self.route
+                .state
+                .leave(&self.route.namespace, topic, self.conn);
         }
     }
 }
@@ -189,6 +201,11 @@ impl HostState {
         self.handling
     }
 
+    /// What every instance of the route shares.
+    pub(super) fn route(&self) -> &Arc<RouteShared> {
+        &self.route
+    }
+
     /// The store's resource limits, for `Store::limiter`.
     pub(crate) fn limits(&mut self) -> &mut Limits {
         &mut self.limits
@@ -201,6 +218,7 @@ impl HostState {
             handle,
             closing: false,
             topics: HashSet::new(),
+            memberships: HashSet::new(),
             route: self.route.clone(),
         };
         self.conns.insert(conn, entry);
@@ -261,6 +279,14 @@ fn to_wire(msg: types::Message) -> Option<WsMessage> {
         types::Message::Binary(bytes) => WsMessage::Binary(bytes.into()),
         types::Message::BinaryLatin1(text) => WsMessage::Binary(latin1(text)?.into()),
     })
+}
+
+/// A binary message's bytes (`to_wire` makes no other kind).
+fn other_payload(msg: &WsMessage) -> &[u8] {
+    match msg {
+        WsMessage::Binary(bytes) => bytes,
+        _ => &[],
+    }
 }
 
 /// The bytes whose characters `text` holds, if each is below U+0100.
@@ -328,11 +354,19 @@ impl host::Host for HostState {
         &mut self,
         conn: u64,
         topic: String,
+        member: Option<String>,
     ) -> wasmtime::Result<Result<(), types::ConnError>> {
         // Names are kept per subscription and per topic, and every
         // subscription is an entry in two maps: the host bounds both.
         if topic.len() > self.route.max_topic_name {
             self.route.metrics.limit_hit(Limit::TopicName);
+            return Ok(Err(types::ConnError::TooLarge));
+        }
+        if member
+            .as_ref()
+            .is_some_and(|m| m.len() > self.route.rules.max_member)
+        {
+            self.route.metrics.limit_hit(Limit::MaxMember);
             return Ok(Err(types::ConnError::TooLarge));
         }
         let entry = match self.entry(conn) {
@@ -358,7 +392,19 @@ impl host::Host for HostState {
             route
                 .broker
                 .subscribe(&route.namespace, &topic, conn, entry.handle.clone());
-            entry.topics.insert(topic.into());
+            entry.topics.insert(topic.as_str().into());
+        }
+        let route = &entry.route;
+        match member {
+            Some(info) => {
+                route.state.join(&route.namespace, &topic, conn, &info);
+                entry.memberships.insert(topic.into());
+            }
+            None => {
+                if entry.memberships.remove(topic.as_str()) {
+                    route.state.leave(&route.namespace, &topic, conn);
+                }
+            }
         }
         Ok(Ok(()))
     }
@@ -380,6 +426,9 @@ impl host::Host for HostState {
             let route = &entry.route;
             route.subscriptions.fetch_sub(1, Ordering::Relaxed);
             route.broker.unsubscribe(&route.namespace, &topic, conn);
+            if entry.memberships.remove(topic.as_str()) {
+                route.state.leave(&route.namespace, &topic, conn);
+            }
         }
         Ok(Ok(()))
     }
@@ -389,7 +438,7 @@ impl host::Host for HostState {
         topic: String,
         msg: types::Message,
         exclude: Option<u64>,
-    ) -> wasmtime::Result<Result<u32, types::PublishError>> {
+    ) -> wasmtime::Result<Result<types::Published, types::PublishError>> {
         let Some(msg) = to_wire(msg) else {
             return Ok(Err(types::PublishError::InvalidMessage));
         };
@@ -402,12 +451,36 @@ impl host::Host for HostState {
             route.metrics.limit_hit(Limit::WriteQueueBytes);
             return Ok(Err(types::PublishError::TooLarge));
         }
-        Ok(Ok(route.broker.publish(
-            &route.namespace,
-            &topic,
-            msg,
-            exclude,
-        )))
+        // Stored before anyone gets it, so that no subscriber holds a
+        // message a later history read would not find.
+        let position = if route.rules.history_size > 0 {
+            let (text, data): (bool, &[u8]) = match &msg {
+                WsMessage::Text(text) => (true, text.as_bytes()),
+                other => (false, other_payload(other)),
+            };
+            let stored = route
+                .state
+                .append(&route.namespace, &topic, text, data, &route.rules);
+            match stored {
+                Ok(p) => Some(types::Position {
+                    epoch: p.epoch,
+                    seq: p.seq,
+                }),
+                Err(e) => {
+                    if e == crate::state::StateError::HistoryTopics {
+                        route.metrics.limit_hit(Limit::HistoryTopics);
+                    }
+                    return Ok(Err(types::PublishError::NotStored));
+                }
+            }
+        } else {
+            None
+        };
+        let subscribers = route.broker.publish(&route.namespace, &topic, msg, exclude);
+        Ok(Ok(types::Published {
+            subscribers,
+            position,
+        }))
     }
 
     fn set_timer(

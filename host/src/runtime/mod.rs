@@ -17,6 +17,7 @@ mod cache;
 mod host;
 mod limits;
 mod queue;
+mod state_calls;
 mod stdio;
 mod timers;
 
@@ -41,6 +42,7 @@ use host::HostState;
 use crate::config::{Config, RouteConfig};
 use crate::metrics::RouteMetrics;
 use crate::pubsub::Broker;
+use crate::state::State;
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a
 /// character boundary: how every string a plugin hands over is cut to its
@@ -238,11 +240,12 @@ impl Runtime {
         &self,
         runtime: &tokio::runtime::Handle,
         broker: &Arc<Broker>,
+        state: &Arc<State>,
         route: Arc<RouteConfig>,
         plugin: Arc<Compiled>,
         metrics: Arc<RouteMetrics>,
     ) -> Result<RouteActor, RuntimeError> {
-        actor::spawn(&self.engine, runtime, broker, route, plugin, metrics)
+        actor::spawn(&self.engine, runtime, broker, state, route, plugin, metrics)
     }
 }
 

@@ -2,7 +2,8 @@
 
 berth calls the Handler methods as connections come and go, and the `berth`
 package (berth's Python SDK, in berth/__init__.py) holds what a plugin can ask
-of berth: send, publish, close, subscribe, timers, config values, log lines.
+of berth: send, publish, close, subscribe, timers, config values, log lines,
+and state that outlives the instance (history, members, berth.store).
 """
 
 import berth

@@ -52,9 +52,41 @@ use __bindings::berth::plugin::host as raw;
 use __bindings::berth::plugin::types::{Event, Message as Outgoing, MessageKind};
 use __bindings::exports::berth::plugin::handler::Guest;
 
+pub use __bindings::berth::plugin::state::{HistoryError, Member, StateError};
 pub use __bindings::berth::plugin::types::{
-    Accept, ConnError, ConnectionId, LogLevel, PublishError, Reject, Request, TimerError, TimerId,
+    Accept, ConnError, ConnectionId, LogLevel, Position, PublishError, Published, Reject, Request,
+    TimerError, TimerId,
 };
+
+/// A position's text form, `EPOCH-SEQ` with the epoch as 16 hex digits
+/// (`00a1b2c3d4e5f607-42`): what a client keeps and sends back to resume.
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}-{}", self.epoch, self.seq)
+    }
+}
+
+impl Position {
+    /// Reads a position's text form; `None` for anything else, so a
+    /// malformed `?since=` reads as no position at all.
+    pub fn parse(text: &str) -> Option<Position> {
+        let (epoch, seq) = text.split_once('-')?;
+        let digits = |text: &str, hex: bool| {
+            !text.is_empty()
+                && text.bytes().all(|b| match hex {
+                    true => b.is_ascii_hexdigit(),
+                    false => b.is_ascii_digit(),
+                })
+        };
+        if epoch.len() != 16 || !digits(epoch, true) || !digits(seq, false) {
+            return None;
+        }
+        Some(Position {
+            epoch: u64::from_str_radix(epoch, 16).ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
 
 /// A data message: text or bytes, borrowed from the call that delivered it
 /// (or from the plugin, to send). Copy what must outlive the handler.
@@ -200,8 +232,20 @@ macro_rules! export {
 /// What a plugin may ask of the host: every call is checked, and takes effect at once.
 pub mod host {
     use super::raw;
-    pub use super::raw::{cancel_timer, config_get, set_timer, subscribe, unsubscribe};
-    use crate::{ConnError, ConnectionId, Message, PublishError};
+    pub use super::raw::{cancel_timer, config_get, set_timer, unsubscribe};
+    use crate::{ConnError, ConnectionId, Message, PublishError, Published};
+
+    /// Subscribes `conn` to `topic` (not as a member: see [`subscribe_as`]).
+    pub fn subscribe(conn: ConnectionId, topic: &str) -> Result<(), ConnError> {
+        raw::subscribe(conn, topic, None)
+    }
+
+    /// Subscribes `conn` to `topic` as a member described by `member` (a
+    /// name, a JSON object; at most the route's `max-member` bytes), which
+    /// [`crate::state::members`] lists on every node until it leaves.
+    pub fn subscribe_as(conn: ConnectionId, topic: &str, member: &str) -> Result<(), ConnError> {
+        raw::subscribe(conn, topic, Some(member))
+    }
 
     /// Queues `msg` for `conn`; messages to one connection arrive in the order sent.
     pub fn send(conn: ConnectionId, msg: Message<'_>) -> Result<(), ConnError> {
@@ -213,20 +257,131 @@ pub mod host {
         raw::close(conn, code, reason)
     }
 
-    /// Sends `msg` to every subscriber of `topic` but `exclude`; returns how
-    /// many it is for. Fails only for a message larger than the route's
-    /// `write-queue-bytes`, which reaches nobody.
+    /// Sends `msg` to every subscriber of `topic` but `exclude`; says how
+    /// many it is for and, when the route keeps history, where it was
+    /// stored. A message that fails reaches nobody.
     pub fn publish(
         topic: &str,
         msg: Message<'_>,
         exclude: Option<ConnectionId>,
-    ) -> Result<u32, PublishError> {
+    ) -> Result<Published, PublishError> {
         raw::publish(topic, msg.lend(), exclude)
     }
 
     /// Writes `message` to the host's log at `level`.
     pub fn log(level: crate::LogLevel, message: &str) {
         raw::log(level, message)
+    }
+}
+
+/// State that outlives the instance, kept by the host for the route's
+/// namespace: topic history, topic members and a key-value store. Each call
+/// answers from the store before it returns.
+pub mod state {
+    use super::__bindings::berth::plugin::state as raw;
+    use super::__bindings::berth::plugin::types::MessageKind;
+    use crate::{HistoryError, Member, Message, Position, StateError};
+    use std::time::Duration;
+
+    /// A message kept in a topic's history.
+    #[derive(Clone, Debug)]
+    pub struct Kept {
+        /// Where it sits in the history.
+        pub position: Position,
+        text: bool,
+        data: Vec<u8>,
+    }
+
+    impl Kept {
+        /// The message as it was published.
+        pub fn message(&self) -> Message<'_> {
+            match self.text {
+                // The host stored it from a checked text message.
+                true => Message::Text(std::str::from_utf8(&self.data).unwrap_or_default()),
+                false => Message::Binary(&self.data),
+            }
+        }
+    }
+
+    /// What a history read found.
+    #[derive(Clone, Debug)]
+    pub struct Page {
+        /// The messages after the position asked for, oldest first.
+        pub messages: Vec<Kept>,
+        /// The topic's newest position, if it keeps anything: when it is past
+        /// the last of `messages`, more follow.
+        pub last: Option<Position>,
+    }
+
+    /// The messages of `topic` after `since` (the newest `limit` without it),
+    /// oldest first; `Err(HistoryError::Lost)` when they are no longer all
+    /// kept, so the client must resync.
+    pub fn history(topic: &str, since: Option<Position>, limit: u32) -> Result<Page, HistoryError> {
+        let page = raw::history(topic, since, limit)?;
+        let epoch = page.epoch;
+        Ok(Page {
+            messages: page
+                .messages
+                .into_iter()
+                .map(|kept| Kept {
+                    position: Position {
+                        epoch,
+                        seq: kept.seq,
+                    },
+                    text: kept.kind == MessageKind::Text,
+                    data: kept.data,
+                })
+                .collect(),
+            last: (page.last > 0).then_some(Position {
+                epoch,
+                seq: page.last,
+            }),
+        })
+    }
+
+    /// Up to `limit` members of `topic`, on every node.
+    pub fn members(topic: &str, limit: u32) -> Result<Vec<Member>, StateError> {
+        raw::members(topic, limit)
+    }
+
+    /// How many members `topic` has, on every node.
+    pub fn count_members(topic: &str) -> Result<u32, StateError> {
+        raw::count_members(topic)
+    }
+
+    fn millis(ttl: Option<Duration>) -> Option<u64> {
+        ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1))
+    }
+
+    /// The value stored under `key`, if any.
+    pub fn get(key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        raw::get(key)
+    }
+
+    /// Stores `value` under `key`, for `ttl` if given.
+    pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), StateError> {
+        raw::set(key, value, millis(ttl))
+    }
+
+    /// Removes `key`; true if it had a value.
+    pub fn delete(key: &str) -> Result<bool, StateError> {
+        raw::delete(key)
+    }
+
+    /// Adds `delta` to the integer under `key` (absent counts as 0); returns the sum.
+    pub fn increment(key: &str, delta: i64) -> Result<i64, StateError> {
+        raw::increment(key, delta)
+    }
+
+    /// Sets `key` to `value` (removes it for `None`) only if it now holds
+    /// `expected` (`None`: only if absent); true if it did.
+    pub fn compare_and_set(
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<&[u8]>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StateError> {
+        raw::compare_and_set(key, expected, value, millis(ttl))
     }
 }
 

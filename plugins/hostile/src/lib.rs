@@ -171,7 +171,8 @@ fn publish_flood(topic: &str, count: u64, size: usize) -> u64 {
         FLOODED.set(seq + 1);
         let mut body = format!("{seq}|");
         body.extend(std::iter::repeat_n('.', size.saturating_sub(body.len())));
-        reached += u64::from(host::publish(topic, Message::text(&body), None).unwrap_or(0));
+        reached += host::publish(topic, Message::text(&body), None)
+            .map_or(0, |p| u64::from(p.subscribers));
     }
     reached
 }

@@ -1,4 +1,4 @@
-// berth's plugin SDK for JavaScript (componentize-js), for berth:plugin@0.3.0.
+// berth's plugin SDK for JavaScript (componentize-js), for berth:plugin@0.4.0.
 //
 // A plugin hands its hooks to `plugin` and exports the result as `handler`:
 //
@@ -33,7 +33,9 @@
 //   onTimer(token)  A timer set with `setTimer` fired; `token` is the BigInt
 //       given then.
 //
-// Connection ids, timer ids and timer tokens are u64 and arrive as BigInt.
+// Connection ids, timer ids and timer tokens are u64 and arrive as BigInt,
+// as do the other 64-bit numbers (history epochs and sequence numbers, the
+// sums `store.increment` returns); 32-bit ones are plain numbers.
 //
 // A binary `msg` is a view into the buffer that carries the whole batch of
 // events the host delivered, and that buffer is detached (emptied) once the
@@ -53,29 +55,60 @@
 // whose `payload` (and message) is the WIT error case: 'unknown-connection',
 // 'closing', 'queue-full', 'invalid-code', 'invalid-message', 'too-large' or
 // 'too-many-subscriptions' (send, close, subscribe, unsubscribe),
-// 'invalid-message' or 'too-large' (publish), 'too-many-timers' (setTimer). The bindings run in a realm of their own, so `e instanceof
-// Error` is false for it: look at `e.payload`. A failed send usually means the
-// client is gone or too slow to read, and the host closes it by itself. An
-// exception a hook lets escape traps the instance, and the rest of its batch
-// is lost with it.
+// 'invalid-message', 'too-large' or 'not-stored' (publish), 'too-many-timers'
+// (setTimer), 'lost', 'disabled', 'too-large' or 'unavailable' (history),
+// 'too-large', 'quota', 'not-a-number' or 'unavailable' (members,
+// countMembers and the `store` calls). The bindings run in a realm of their
+// own, so `e instanceof Error` is false for it: look at `e.payload`. A failed
+// send usually means the client is gone or too slow to read, and the host
+// closes it by itself. An exception a hook lets escape traps the instance,
+// and the rest of its batch is lost with it.
+//
+// State that outlives the instance (berth keeps it per namespace, on disk or
+// in Redis, so every instance and every node sees the same):
+//
+//   history(topic, since, limit)  A topic's stored messages, when the route
+//       keeps history (`history-size`); `publish` answers with where it
+//       stored each one.
+//   members(topic, limit), countMembers(topic)  The connections that
+//       subscribed to `topic` with a member description, on every node.
+//   store.get, store.getText, store.set, store.delete, store.increment,
+//       store.compareAndSet  A key-value store.
+//
+// A position in a topic's history is a string, `EPOCH-SEQ` with the epoch as
+// 16 lower-case hex digits and the sequence number in decimal
+// ('00a1b2c3d4e5f607-42'), the same text the Rust SDK writes: hand it to
+// clients as it is, and read what they send back with `parsePosition`.
 
 import {
   send as hostSend,
   close as hostClose,
   publish as hostPublish,
   setTimer as hostSetTimer,
-  subscribe,
+  subscribe as hostSubscribe,
   unsubscribe,
   cancelTimer,
   configGet,
   log,
   handling,
-} from 'berth:plugin/host@0.3.0';
+} from 'berth:plugin/host@0.4.0';
+import {
+  history as stateHistory,
+  members as stateMembers,
+  countMembers as stateCountMembers,
+  get as stateGet,
+  set as stateSet,
+  delete as stateDelete,
+  increment as stateIncrement,
+  compareAndSet as stateCompareAndSet,
+} from 'berth:plugin/state@0.4.0';
 
 // Native codecs, made once. The host has checked that text is UTF-8; a
 // leading byte order mark is kept, as it arrived.
 const decoder = new TextDecoder('utf-8', { ignoreBOM: true });
 const encoder = new TextEncoder();
+// For stored values, which nobody checked.
+const strictDecoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 const ACCEPT = Object.freeze({ subprotocol: undefined });
 
@@ -107,10 +140,27 @@ export function send(conn, msg) {
 
 /**
  * Sends `msg` to every connection subscribed to `topic` but `exclude` (a
- * connection id, or undefined for none); returns how many it is for.
+ * connection id, or undefined for none). Returns { subscribers, position }:
+ * how many subscribers on this node it is for (a number), and where it was
+ * stored in the topic's history (a position string), or null when the route
+ * keeps no history. Throws 'not-stored' when the route keeps history and the
+ * message could not be stored; it then reached nobody.
  */
 export function publish(topic, msg, exclude) {
-  return hostPublish(topic, toMessage(msg), exclude);
+  const { subscribers, position } = hostPublish(topic, toMessage(msg), exclude);
+  return { subscribers, position: position == null ? null : formatPosition(position) };
+}
+
+/**
+ * Subscribes `conn` to `topic` until it closes or unsubscribes (again is the
+ * same as once). With a `member` description (a string: a user name, a JSON
+ * text; at most the route's `max-member` bytes) the connection is also one of
+ * the topic's members, which `members` lists on every node until it leaves;
+ * undefined or null subscribes it without. A later subscribe's `member`
+ * replaces the earlier one.
+ */
+export function subscribe(conn, topic, member) {
+  hostSubscribe(conn, topic, member ?? undefined);
 }
 
 /** Starts closing `conn` with a close frame carrying `code` and `reason`. */
@@ -127,12 +177,188 @@ export function setTimer(delayMs, repeat = false, token = 0n) {
   return hostSetTimer(delayMs, repeat, token);
 }
 
-// subscribe(conn, topic), unsubscribe(conn, topic): a connection's topic
-// subscriptions, which end with it. cancelTimer(id) -> boolean: false if the
-// timer had already ended. configGet(key) -> string or undefined: a value of
-// the route's [route.config] table. log(level, message): a line in the host's
-// log, `level` one of 'trace', 'debug', 'info', 'warn' and 'error'.
-export { subscribe, unsubscribe, cancelTimer, configGet, log };
+// unsubscribe(conn, topic): ends a subscription (and membership) made with
+// `subscribe`; subscriptions also end with the connection.
+// cancelTimer(id) -> boolean: false if the timer had already ended.
+// configGet(key) -> string or undefined: a value of the route's
+// [route.config] table. log(level, message): a line in the host's log,
+// `level` one of 'trace', 'debug', 'info', 'warn' and 'error'.
+export { unsubscribe, cancelTimer, configGet, log };
+
+const U64_MAX = 0xffff_ffff_ffff_ffffn;
+const I64_MAX = 0x7fff_ffff_ffff_ffffn;
+const POSITION = /^([0-9A-Fa-f]{16})-([0-9]+)$/;
+
+/**
+ * A position's text, `EPOCH-SEQ` with the epoch as 16 lower-case hex digits:
+ * formatPosition({ epoch: 0xa1b2c3d4e5f607n, seq: 42n }) is
+ * '00a1b2c3d4e5f607-42'. `epoch` and `seq` are BigInts or non-negative
+ * integers.
+ */
+export function formatPosition({ epoch, seq }) {
+  return `${BigInt(epoch).toString(16).padStart(16, '0')}-${BigInt(seq)}`;
+}
+
+/**
+ * Reads a position's text (as `formatPosition` writes it; the hex digits in
+ * either case) into { epoch, seq }, both BigInts. Anything else, a
+ * non-string included, is null, so that a malformed `?since=` reads as no
+ * position at all.
+ */
+export function parsePosition(text) {
+  if (typeof text !== 'string') {
+    return null;
+  }
+  const parts = POSITION.exec(text);
+  if (parts === null) {
+    return null;
+  }
+  const seq = BigInt(parts[2]);
+  return seq > U64_MAX ? null : { epoch: BigInt(`0x${parts[1]}`), seq };
+}
+
+// A `since` as the host takes it: undefined for none.
+function sincePosition(since) {
+  if (since === undefined || since === null) {
+    return undefined;
+  }
+  if (typeof since !== 'string') {
+    return since;
+  }
+  const position = parsePosition(since);
+  if (position === null) {
+    throw new TypeError(`not a position: ${JSON.stringify(since)}`);
+  }
+  return position;
+}
+
+// The plugin realm's view of bytes the bindings made (see onEvents).
+const ownBytes = (data) => new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+
+/**
+ * The messages of `topic` published after `since`, oldest first, at most
+ * `limit` (at most 1,000); without `since` (undefined or null), the newest
+ * `limit`. `since` is a position string (a malformed one throws a
+ * TypeError: read clients' text with `parsePosition`) or what
+ * `parsePosition` returns.
+ *
+ * Returns { epoch, last, messages }: `epoch` the history's epoch (a BigInt);
+ * `last` the position of the topic's newest message, or null when it keeps
+ * none (when `last` is past the last of `messages`, more follow); each
+ * message { position, seq, data }, `position` its position string, `seq` its
+ * sequence number (a BigInt), `data` a string for a text message and a
+ * Uint8Array (a copy, kept as long as wanted) for a binary one.
+ *
+ * Throws 'lost' when the messages after `since` are no longer all kept (the
+ * client has missed some and must start over), 'disabled' when the route
+ * keeps no history (`history-size = 0`), 'too-large' for a topic name over
+ * `max-topic-name`, 'unavailable' when the store did not answer.
+ */
+export function history(topic, since, limit = 100) {
+  const page = stateHistory(topic, sincePosition(since), limit);
+  const epoch = page.epoch;
+  const hex = epoch.toString(16).padStart(16, '0');
+  const messages = Array.from(page.messages, ({ seq, kind, data }) => ({
+    position: `${hex}-${seq}`,
+    seq,
+    data: kind === 'text' ? decoder.decode(ownBytes(data)) : ownBytes(data),
+  }));
+  return { epoch, last: page.last === 0n ? null : `${hex}-${page.last}`, messages };
+}
+
+/**
+ * The members of `topic` on every node, at most `limit` (at most 1,000), in
+ * no particular order: an array of { conn, node, info }, `conn` the
+ * connection id (a BigInt, unique on its node), `node` the node's id ('local'
+ * without a broker) and `info` the description given to `subscribe`.
+ */
+export function members(topic, limit = 1000) {
+  return stateMembers(topic, limit);
+}
+
+/** How many members `topic` has on every node (a number). */
+export function countMembers(topic) {
+  return stateCountMembers(topic);
+}
+
+// A value to store: a string as its UTF-8 bytes, bytes as they are.
+function toValue(value) {
+  if (typeof value === 'string') {
+    return encoder.encode(value);
+  }
+  if (ArrayBuffer.isView(value) || toStringTag(value) === '[object ArrayBuffer]') {
+    return value;
+  }
+  throw new TypeError('a stored value is a string, an ArrayBuffer or an ArrayBuffer view');
+}
+
+const toOptionalValue = (value) => (value === undefined || value === null ? undefined : toValue(value));
+
+/**
+ * The namespace's key-value store, shared by every instance of the routes
+ * in the namespace (and every node, with a broker). Keys are strings (at
+ * most 256 bytes); a value is bytes (at most 64 KiB), given as a string
+ * (stored as its UTF-8 bytes), a Uint8Array, another ArrayBuffer view or an
+ * ArrayBuffer. `ttlMs`, where taken, is a time to live in milliseconds (a
+ * number or a BigInt), or undefined or null for none. A failed call throws
+ * 'too-large', 'quota' (the namespace's `store-keys` or `store-bytes` would
+ * be passed; nothing was written), 'not-a-number' (increment) or
+ * 'unavailable'.
+ */
+export const store = Object.freeze({
+  /** The value of `key` as a Uint8Array, or null if it has none. */
+  get(key) {
+    const value = stateGet(key);
+    return value == null ? null : ownBytes(value);
+  },
+
+  /**
+   * The value of `key` decoded from UTF-8, or null if it has none. Throws a
+   * TypeError if the value is not UTF-8.
+   */
+  getText(key) {
+    const value = stateGet(key);
+    return value == null ? null : strictDecoder.decode(ownBytes(value));
+  },
+
+  /** Stores `value` under `key`, for `ttlMs` milliseconds if given. */
+  set(key, value, ttlMs) {
+    stateSet(key, toValue(value), ttlMs ?? undefined);
+  },
+
+  /** Removes `key`; true if it had a value. */
+  delete(key) {
+    return stateDelete(key);
+  },
+
+  /**
+   * Adds `delta` (a BigInt or an integer, 0 or more) to the decimal integer
+   * stored under `key`, an absent key counting as 0, and returns the sum. The
+   * value is a signed 64-bit integer, so the sum is a BigInt, as the SDK's
+   * other 64-bit numbers are: `Number(sum)` is exact up to 2^53.
+   *
+   * A negative `delta` throws a RangeError: componentize-js 0.23.0 cannot
+   * pass a negative 64-bit integer to the host (its embedding aborts the
+   * instance on one; ComponentizeJS#343), so this SDK cannot decrement.
+   */
+  increment(key, delta = 1) {
+    const n = BigInt(delta);
+    if (n < 0n || n > I64_MAX) {
+      throw new RangeError(`increment takes a delta from 0 to 2^63 - 1, not ${n}`);
+    }
+    return stateIncrement(key, n);
+  },
+
+  /**
+   * Sets `key` to `value` (removes it, when `value` is undefined or null)
+   * only if its value now is `expected` (undefined or null: only if it is
+   * absent); true if it did. Values compare as bytes, so a string compares
+   * as its UTF-8 bytes.
+   */
+  compareAndSet(key, expected, value, ttlMs) {
+    return stateCompareAndSet(key, toOptionalValue(expected), toOptionalValue(value), ttlMs ?? undefined);
+  },
+});
 
 /**
  * Makes the object to export as `handler` from the hooks described above.

@@ -25,14 +25,19 @@
 //!
 //! Every `on-close` prints `on-close conn=N code=C reason=R` (the host logs it).
 //!
+//! The state commands (`history`, `members`, `get`, `set`, ...) are listed in
+//! `store.rs`.
+//!
 //! `on-connect` accepts the first offered subprotocol, and refuses with the status in
 //! `?reject=STATUS` when the query has one.
+
+mod store;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use berth_plugin::{
-    Accept, CloseInfo, ConnError, ConnectionId, Message, Plugin, Reject, Request, host,
+    Accept, CloseInfo, ConnError, ConnectionId, Message, Plugin, Published, Reject, Request, host,
 };
 
 struct Testkit;
@@ -50,6 +55,13 @@ thread_local! {
 
 fn reply(conn: ConnectionId, text: String) {
     let _ = host::send(conn, Message::text(&text));
+}
+
+fn published(p: &Published) -> String {
+    match p.position {
+        Some(position) => format!("published {} at {position}", p.subscribers),
+        None => format!("published {}", p.subscribers),
+    }
 }
 
 fn outcome(result: Result<(), ConnError>, ok: &str) -> String {
@@ -122,7 +134,7 @@ impl Plugin for Testkit {
             "publish" => {
                 let (topic, body) = rest.split_once(' ').unwrap_or((rest, ""));
                 match host::publish(topic, Message::text(body), None) {
-                    Ok(count) => reply(conn, format!("published {count}")),
+                    Ok(p) => reply(conn, published(&p)),
                     Err(e) => reply(conn, format!("publish failed: {}", e.name())),
                 }
             }
@@ -190,7 +202,11 @@ impl Plugin for Testkit {
                 std::hint::spin_loop();
             },
             "panic" => panic!("asked to panic"),
-            _ => reply(conn, format!("unknown command {command}")),
+            _ => reply(
+                conn,
+                store::answer(conn, command, rest)
+                    .unwrap_or_else(|| format!("unknown command {command}")),
+            ),
         }
     }
 

@@ -3,9 +3,10 @@
 // `plugin`, from berth.js (the berth SDK), turns the hooks below into the
 // `handler` berth calls as connections come and go; every hook is optional.
 // berth.js also exports what a plugin can ask of berth: send (used here),
-// publish, close, subscribe, timers, config values, log lines. Its opening
-// comment describes them all; wit/berth.wit is the contract underneath.
-// Connection ids are u64 and arrive as BigInt.
+// publish, close, subscribe, timers, config values, log lines, and state
+// that outlives the instance (a topic's history, its members, a key-value
+// store). Its opening comment describes them all; wit/berth.wit is the
+// contract underneath. Connection ids are u64 and arrive as BigInt.
 
 import { plugin, send } from './berth.js';
 

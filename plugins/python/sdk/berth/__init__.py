@@ -37,7 +37,24 @@ The host calls: :func:`send`, :func:`publish`, :func:`close`,
 :func:`cancel_timer`, :func:`config_get` and :func:`log`. A ``str`` message
 goes out as text, ``bytes``, ``bytearray`` or ``memoryview`` as binary. A call
 that does not take effect raises :class:`HostError`, whose ``error`` says why
-(a :class:`ConnError`, :class:`PublishError` or :class:`TimerError` member).
+(a :class:`ConnError`, :class:`PublishError`, :class:`TimerError`,
+:class:`HistoryError` or :class:`StateError` member).
+
+State that outlives the instance, which berth keeps per namespace (on disk,
+or in Redis with a broker, so every instance and every node sees the same):
+
+- :func:`history`: a topic's stored messages, when the route keeps history
+  (``history-size``); :func:`publish` answers with where it stored each one.
+- :func:`members` and :func:`count_members`: the connections that subscribed
+  to a topic with a member description, on every node.
+- ``berth.store``: a key-value store, :meth:`Store.get`,
+  :meth:`Store.get_text`, :meth:`Store.set`, :meth:`Store.delete`,
+  :meth:`Store.increment` and :meth:`Store.compare_and_set`.
+
+A position in a topic's history is a ``str``, ``EPOCH-SEQ`` with the epoch
+as 16 lower-case hex digits and the sequence number in decimal
+(``"00a1b2c3d4e5f607-42"``), the same text the Rust SDK writes: hand it to
+clients as it is, and read what they send back with :func:`parse_position`.
 
 componentize-py makes the one ``Handler`` instance while it builds the
 component, and the component starts from that snapshot: ``__init__`` runs at
@@ -55,18 +72,26 @@ state and the events of the batch after the one being handled (see
 Binary messages are sent as ``binary-latin1`` strings (each byte as the
 character of the same number), never as ``list<u8>``: componentize-py 0.25.1
 never frees its copy of a ``bytes`` argument to a host call, but it does free
-strings, so this way sending binary data keeps no memory.
+strings, so this way sending binary data keeps no memory. The store's values
+are ``list<u8>`` in the contract, with no string form, so every
+:meth:`Store.set` and :meth:`Store.compare_and_set` does leave its value's
+bytes behind in the instance (values are at most 64 KiB): an instance that
+writes much should run in the ``connection`` model or under a ``max-memory``
+with room for it.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import host as _host
+from wit_world.imports import state as _state
+from wit_world.imports.state import HistoryError, Member, StateError
 from wit_world.imports.types import (
     ConnError,
     Event_Close,
@@ -75,6 +100,7 @@ from wit_world.imports.types import (
     Message_BinaryLatin1,
     Message_Text,
     MessageKind,
+    Position,
     PublishError,
     Request,
     TimerError,
@@ -86,22 +112,36 @@ __all__ = [
     "Accept",
     "ConnError",
     "Data",
+    "HistoryError",
+    "HistoryPage",
     "HostError",
+    "Kept",
     "LogLevel",
+    "Member",
     "Plugin",
+    "Position",
     "PublishError",
+    "Published",
     "Reject",
     "Request",
+    "StateError",
+    "Store",
     "TimerError",
     "cancel_timer",
     "close",
     "config_get",
+    "count_members",
+    "format_position",
     "header",
+    "history",
     "log",
+    "members",
+    "parse_position",
     "publish",
     "query_param",
     "send",
     "set_timer",
+    "store",
     "subscribe",
     "unsubscribe",
 ]
@@ -134,10 +174,17 @@ class Reject(Exception):
 class HostError(Exception):
     """A host call did not take effect. ``error`` says why: a
     :class:`ConnError` member (``send``, ``close``, ``subscribe``,
-    ``unsubscribe``), a :class:`PublishError` one (``publish``) or a
-    :class:`TimerError` one (``set_timer``)."""
+    ``unsubscribe``), a :class:`PublishError` one (``publish``), a
+    :class:`TimerError` one (``set_timer``), a :class:`HistoryError` one
+    (``history``) or a :class:`StateError` one (``members``,
+    ``count_members`` and the ``store`` calls). ``str(e)`` names the call and
+    the WIT error case, as in ``"history: lost"``."""
 
-    def __init__(self, call: str, error: Union[ConnError, PublishError, TimerError]) -> None:
+    def __init__(
+        self,
+        call: str,
+        error: Union[ConnError, PublishError, TimerError, HistoryError, StateError],
+    ) -> None:
         super().__init__(f"{call}: {error.name.lower().replace('_', '-')}")
         self.error = error
 
@@ -264,17 +311,31 @@ def send(conn: int, msg: Data) -> None:
         box.value = ""
 
 
-def publish(topic: str, msg: Data, exclude: Optional[int] = None) -> int:
+@dataclass(frozen=True)
+class Published:
+    """What :func:`publish` did: how many ``subscribers`` on this node the
+    message is for, and the ``position`` (a ``str``) it was stored at in the
+    topic's history, or ``None`` when the route keeps no history."""
+
+    subscribers: int
+    position: Optional[str]
+
+
+def publish(topic: str, msg: Data, exclude: Optional[int] = None) -> Published:
     """Sends ``msg`` (as :func:`send` takes it) to every connection subscribed
-    to ``topic`` but ``exclude``; berth does the fan-out. Returns how many
-    connections it is for."""
+    to ``topic`` but ``exclude``; berth does the fan-out. Returns a
+    :class:`Published`. Raises :class:`HostError` with a :class:`PublishError`
+    (``NOT_STORED`` when the route keeps history and the message could not be
+    stored); a message that fails reaches nobody."""
     box = _box(msg)
     try:
-        return _host.publish(topic, box, exclude)
+        published = _host.publish(topic, box, exclude)
     except Err as err:
         raise HostError("publish", err.value) from None
     finally:
         box.value = ""
+    position = published.position
+    return Published(published.subscribers, None if position is None else format_position(position))
 
 
 def close(conn: int, code: int = 1000, reason: str = "") -> None:
@@ -288,18 +349,23 @@ def close(conn: int, code: int = 1000, reason: str = "") -> None:
         raise HostError("close", err.value) from None
 
 
-def subscribe(conn: int, topic: str) -> None:
+def subscribe(conn: int, topic: str, member: Optional[str] = None) -> None:
     """Subscribes ``conn`` to ``topic`` (again is the same as once) until it
-    closes or :func:`unsubscribe`. Raises :class:`HostError` with a
-    :class:`ConnError`."""
+    closes or :func:`unsubscribe`. With a ``member`` description (a user
+    name, a JSON text; at most the route's ``max-member`` bytes) the
+    connection is also one of the topic's members, which :func:`members`
+    lists on every node until it leaves; a later subscribe's ``member``
+    replaces the earlier one. Raises :class:`HostError` with a
+    :class:`ConnError` (``TOO_LARGE`` for a topic or description too long)."""
     try:
-        _host.subscribe(conn, topic)
+        _host.subscribe(conn, topic, member)
     except Err as err:
         raise HostError("subscribe", err.value) from None
 
 
 def unsubscribe(conn: int, topic: str) -> None:
-    """Ends ``conn``'s subscription to ``topic``, if it had one. Raises
+    """Ends ``conn``'s subscription to ``topic`` (and its membership), if it
+    had one. Raises
     :class:`HostError` with a :class:`ConnError`."""
     try:
         _host.unsubscribe(conn, topic)
@@ -336,6 +402,191 @@ def log(level: Union[LogLevel, str], message: str) -> None:
     if isinstance(level, str):
         level = LogLevel[level.upper()]
     _host.log(level, message)
+
+
+_POSITION = re.compile(r"([0-9A-Fa-f]{16})-([0-9]+)")
+_U64_MAX = (1 << 64) - 1
+
+
+def format_position(position: Position) -> str:
+    """A position's text, ``EPOCH-SEQ`` with the epoch as 16 lower-case hex
+    digits: ``format_position(Position(0xA1B2C3D4E5F607, 42))`` is
+    ``"00a1b2c3d4e5f607-42"``."""
+    return f"{position.epoch:016x}-{position.seq}"
+
+
+def parse_position(text: Optional[str]) -> Optional[Position]:
+    """Reads a position's text (as :func:`format_position` writes it; the hex
+    digits in either case) into a :class:`Position`. Anything else, ``None``
+    included, is ``None``, so that a malformed ``?since=`` reads as no
+    position at all."""
+    if not isinstance(text, str):
+        return None
+    parts = _POSITION.fullmatch(text)
+    if parts is None:
+        return None
+    seq = int(parts[2])
+    return None if seq > _U64_MAX else Position(int(parts[1], 16), seq)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A message kept in a topic's history: its ``position`` (a ``str``), its
+    sequence number ``seq`` in the history's epoch, and ``data``, a ``str``
+    for a text message and ``bytes`` for a binary one."""
+
+    position: str
+    seq: int
+    data: Union[str, bytes]
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """What :func:`history` found: the history's ``epoch``, the ``messages``
+    (a list of :class:`Kept`, oldest first), and ``last``, the position of
+    the topic's newest message (``None`` when it keeps none). When ``last``
+    is past the last of ``messages``, more follow."""
+
+    epoch: int
+    last: Optional[str]
+    messages: List[Kept]
+
+
+def history(topic: str, since: Union[str, Position, None] = None, limit: int = 100) -> HistoryPage:
+    """The messages of ``topic`` published after ``since``, oldest first, at
+    most ``limit`` (at most 1,000); without ``since``, the newest ``limit``.
+    ``since`` is a position ``str`` (a malformed one raises ``ValueError``:
+    read clients' text with :func:`parse_position`) or a :class:`Position`.
+
+    Raises :class:`HostError` with a :class:`HistoryError`: ``LOST`` when
+    the messages after ``since`` are no longer all kept (the client has
+    missed some and must start over), ``DISABLED`` when the route keeps no
+    history (``history-size = 0``), ``TOO_LARGE`` for a topic name over
+    ``max-topic-name``, ``UNAVAILABLE`` when the store did not answer."""
+    if isinstance(since, str):
+        position = parse_position(since)
+        if position is None:
+            raise ValueError(f"not a position: {since!r}")
+        since = position
+    try:
+        page = _state.history(topic, since, limit)
+    except Err as err:
+        raise HostError("history", err.value) from None
+    epoch = f"{page.epoch:016x}-"
+    messages = [
+        Kept(
+            f"{epoch}{kept.seq}",
+            kept.seq,
+            kept.data.decode() if kept.kind is _TEXT else kept.data,
+        )
+        for kept in page.messages
+    ]
+    return HistoryPage(page.epoch, f"{epoch}{page.last}" if page.last else None, messages)
+
+
+def members(topic: str, limit: int = 1000) -> List[Member]:
+    """The members of ``topic`` on every node, at most ``limit`` (at most
+    1,000), in no particular order: each a :class:`Member` with ``conn`` (its
+    connection id, unique on its node), ``node`` (the node's id, ``"local"``
+    without a broker) and ``info`` (the description given to
+    :func:`subscribe`). Raises :class:`HostError` with a :class:`StateError`."""
+    try:
+        return _state.members(topic, limit)
+    except Err as err:
+        raise HostError("members", err.value) from None
+
+
+def count_members(topic: str) -> int:
+    """How many members ``topic`` has on every node. Raises
+    :class:`HostError` with a :class:`StateError`."""
+    try:
+        return _state.count_members(topic)
+    except Err as err:
+        raise HostError("count_members", err.value) from None
+
+
+def _value(value: Data) -> bytes:
+    """A value to store: a ``str`` as its UTF-8 bytes, bytes as they are."""
+    if isinstance(value, str):
+        return value.encode()
+    return value if type(value) is bytes else bytes(value)
+
+
+def _optional_value(value: Optional[Data]) -> Optional[bytes]:
+    return None if value is None else _value(value)
+
+
+class Store:
+    """The namespace's key-value store, shared by every instance of the
+    routes in the namespace (and every node, with a broker); use the one
+    instance, ``berth.store``. Keys are ``str`` (at most 256 bytes); a value
+    is at most 64 KiB, given as a ``str`` (stored as its UTF-8 bytes) or a
+    bytes-like object. ``ttl_ms``, where taken, is a time to live in
+    milliseconds, or ``None`` for none. A call that does not take effect
+    raises :class:`HostError` with a :class:`StateError`: ``TOO_LARGE``,
+    ``QUOTA`` (the namespace's ``store-keys`` or ``store-bytes`` would be
+    passed; nothing was written), ``NOT_A_NUMBER`` (:meth:`increment`) or
+    ``UNAVAILABLE``."""
+
+    __slots__ = ()
+
+    def get(self, key: str) -> Optional[bytes]:
+        """The value of ``key``, or ``None`` if it has none."""
+        try:
+            return _state.get(key)
+        except Err as err:
+            raise HostError("store.get", err.value) from None
+
+    def get_text(self, key: str) -> Optional[str]:
+        """The value of ``key`` decoded from UTF-8, or ``None`` if it has
+        none. Raises ``UnicodeDecodeError`` if the value is not UTF-8."""
+        value = self.get(key)
+        return None if value is None else value.decode()
+
+    def set(self, key: str, value: Data, ttl_ms: Optional[int] = None) -> None:
+        """Stores ``value`` under ``key``, for ``ttl_ms`` milliseconds if given."""
+        try:
+            _state.set(key, _value(value), ttl_ms)
+        except Err as err:
+            raise HostError("store.set", err.value) from None
+
+    def delete(self, key: str) -> bool:
+        """Removes ``key``; ``True`` if it had a value."""
+        try:
+            return _state.delete(key)
+        except Err as err:
+            raise HostError("store.delete", err.value) from None
+
+    def increment(self, key: str, delta: int = 1) -> int:
+        """Adds ``delta`` to the decimal integer stored under ``key`` (an
+        absent key counts as 0) and returns the sum, a signed 64-bit integer
+        (``NOT_A_NUMBER`` if the value is not one, or the sum overflows).
+        A time to live the key had is kept."""
+        try:
+            return _state.increment(key, delta)
+        except Err as err:
+            raise HostError("store.increment", err.value) from None
+
+    def compare_and_set(
+        self,
+        key: str,
+        expected: Optional[Data],
+        value: Optional[Data],
+        ttl_ms: Optional[int] = None,
+    ) -> bool:
+        """Sets ``key`` to ``value`` (removes it, when ``value`` is ``None``)
+        only if its value now is ``expected`` (``None``: only if it is
+        absent); ``True`` if it did. Values compare as bytes, so a ``str``
+        compares as its UTF-8 bytes."""
+        try:
+            return _state.compare_and_set(key, _optional_value(expected), _optional_value(value), ttl_ms)
+        except Err as err:
+            raise HostError("store.compare_and_set", err.value) from None
+
+
+#: The namespace's key-value store: ``berth.store.get(key)`` and so on (see
+#: :class:`Store`).
+store = Store()
 
 
 def query_param(req: Request, name: str) -> Optional[str]:

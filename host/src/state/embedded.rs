@@ -1,0 +1,626 @@
+//! The embedded state store: a fjall database (an LSM tree with a write-ahead
+//! journal) in `state-dir`.
+//!
+//! Every write is one journal batch handed to the operating system before
+//! the call returns (`PersistMode::Buffer`): it survives a crash of berth,
+//! though not of the machine, without an fsync per call. Reads of the same
+//! key see the write at once.
+//!
+//! Keyspaces, each key led by its namespace (length-prefixed, so that no
+//! namespace can spell another's keys):
+//! - `kv`: namespace, key -> expiry (ms since the epoch, 0 for none), value.
+//! - `expiry`: expiry, namespace, key -> nothing; what the sweeper walks.
+//! - `topics`: namespace, topic -> the topic's history record ([`Meta`]).
+//! - `history`: namespace, topic, sequence number -> kind, time, bytes.
+//!
+//! A mutex orders the writes, so that quotas, `increment` and
+//! `compare-and-set` read and write as one step; plain reads skip it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use super::{Kept, Page, Position, StateError};
+use crate::config::StateRules;
+
+/// How often expired keys and idle histories are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// The most expired keys or idle topics one sweep removes per lock.
+const SWEEP_BATCH: usize = 256;
+/// The most messages one history read returns.
+pub(crate) const MAX_READ: u32 = 1000;
+
+/// The embedded store.
+pub(super) struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    dir: PathBuf,
+    db: Database,
+    kv: Keyspace,
+    expiry: Keyspace,
+    topics: Keyspace,
+    history: Keyspace,
+    writes: Mutex<Books>,
+}
+
+/// What the writers keep count of, loaded when the store opens.
+#[derive(Default)]
+struct Books {
+    /// Keys and bytes each namespace's store holds (expired keys count until swept).
+    usage: HashMap<Box<str>, Usage>,
+    /// Every topic with history, by its encoded name.
+    topics: HashMap<Vec<u8>, Meta>,
+    /// Topics with history per namespace.
+    topic_counts: HashMap<Box<str>, u32>,
+}
+
+#[derive(Clone, Copy, Default, Debug)]
+struct Usage {
+    keys: u64,
+    bytes: u64,
+}
+
+/// One topic's history record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Meta {
+    epoch: u64,
+    /// The oldest kept sequence number (last + 1 when none is kept).
+    first: u64,
+    last: u64,
+    /// When the last message was published, in ms since the epoch.
+    last_at: u64,
+    /// The route's `history-ttl` then, in ms.
+    ttl: u64,
+}
+
+impl Meta {
+    const LEN: usize = 40;
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut out = [0; Self::LEN];
+        for (i, n) in [self.epoch, self.first, self.last, self.last_at, self.ttl]
+            .into_iter()
+            .enumerate()
+        {
+            out[i * 8..i * 8 + 8].copy_from_slice(&n.to_be_bytes());
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Meta> {
+        let n = |i: usize| {
+            Some(u64::from_be_bytes(
+                bytes.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+            ))
+        };
+        Some(Meta {
+            epoch: n(0)?,
+            first: n(1)?,
+            last: n(2)?,
+            last_at: n(3)?,
+            ttl: n(4)?,
+        })
+    }
+
+    fn expired(&self, now: u64) -> bool {
+        self.last_at.saturating_add(self.ttl) <= now
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `namespace` and `name` as one key: the namespace's length first.
+fn scoped(namespace: &str, name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + namespace.len() + name.len() + 8);
+    key.extend_from_slice(&(namespace.len() as u32).to_be_bytes());
+    key.extend_from_slice(namespace.as_bytes());
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// The namespace a [`scoped`] key starts with, and the rest.
+fn unscope(key: &[u8]) -> Option<(&str, &[u8])> {
+    let len = u32::from_be_bytes(key.get(..4)?.try_into().ok()?) as usize;
+    let namespace = std::str::from_utf8(key.get(4..4 + len)?).ok()?;
+    Some((namespace, &key[4 + len..]))
+}
+
+/// A topic's history key: its scoped name, a 0 byte (no topic name holds
+/// one that sorts below it and differs), then the sequence number.
+fn entry_key(topic_key: &[u8], seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(topic_key.len() + 9);
+    key.extend_from_slice(topic_key);
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn stored(value: &[u8]) -> Option<(u64, &[u8])> {
+    let expiry = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+    Some((expiry, &value[8..]))
+}
+
+fn live(value: &[u8], now: u64) -> Option<&[u8]> {
+    let (expiry, data) = stored(value)?;
+    (expiry == 0 || expiry > now).then_some(data)
+}
+
+fn expiry_key(expiry: u64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&expiry.to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+fn unavailable(error: fjall::Error) -> StateError {
+    tracing::error!(%error, "state store failed");
+    StateError::Unavailable
+}
+
+impl Store {
+    /// Opens the database in `dir`, creating it if needed, and counts what it holds.
+    pub(super) fn open(dir: &Path) -> Result<Store, fjall::Error> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::builder(dir).open()?;
+        let keyspace = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            kv: keyspace("kv")?,
+            expiry: keyspace("expiry")?,
+            topics: keyspace("topics")?,
+            history: keyspace("history")?,
+            db,
+            writes: Mutex::new(Books::default()),
+        });
+        shared.load()?;
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("berth-state-sweep".into())
+            .spawn(move || sweep(weak))?;
+        Ok(Store { shared })
+    }
+
+    pub(super) fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub(super) fn append(
+        &self,
+        namespace: &str,
+        topic: &str,
+        text: bool,
+        data: &[u8],
+        rules: &StateRules,
+    ) -> Result<Position, StateError> {
+        self.shared.append(namespace, topic, text, data, rules)
+    }
+
+    pub(super) fn history(
+        &self,
+        namespace: &str,
+        topic: &str,
+        since: Option<Position>,
+        limit: u32,
+    ) -> Result<Page, StateError> {
+        self.shared.read_history(namespace, topic, since, limit)
+    }
+
+    pub(super) fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let value = self
+            .shared
+            .kv
+            .get(scoped(namespace, key))
+            .map_err(unavailable)?;
+        Ok(value.and_then(|v| live(&v, now_ms()).map(<[u8]>::to_vec)))
+    }
+
+    pub(super) fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+        rules: &StateRules,
+    ) -> Result<(), StateError> {
+        let shared = &self.shared;
+        let mut books = shared.lock();
+        let now = now_ms();
+        shared.write(&mut books, namespace, key, Some(value), ttl_ms, now, rules)
+    }
+
+    pub(super) fn delete(&self, namespace: &str, key: &str) -> Result<bool, StateError> {
+        let shared = &self.shared;
+        let mut books = shared.lock();
+        let now = now_ms();
+        let had = shared.live_value(namespace, key, now)?.is_some();
+        shared.write(
+            &mut books,
+            namespace,
+            key,
+            None,
+            None,
+            now,
+            &StateRules::default(),
+        )?;
+        Ok(had)
+    }
+
+    pub(super) fn increment(
+        &self,
+        namespace: &str,
+        key: &str,
+        delta: i64,
+        rules: &StateRules,
+    ) -> Result<i64, StateError> {
+        let shared = &self.shared;
+        let mut books = shared.lock();
+        let now = now_ms();
+        let current = shared.kv.get(scoped(namespace, key)).map_err(unavailable)?;
+        let (old, expiry) = match current.as_deref().and_then(stored) {
+            Some((expiry, data)) if expiry == 0 || expiry > now => {
+                let text = std::str::from_utf8(data).map_err(|_| StateError::NotANumber)?;
+                (
+                    text.parse::<i64>().map_err(|_| StateError::NotANumber)?,
+                    expiry,
+                )
+            }
+            _ => (0, 0),
+        };
+        let sum = old.checked_add(delta).ok_or(StateError::NotANumber)?;
+        // The key keeps its time to live: the remaining part of it.
+        let ttl = (expiry != 0).then(|| expiry - now);
+        shared.write(
+            &mut books,
+            namespace,
+            key,
+            Some(sum.to_string().as_bytes()),
+            ttl,
+            now,
+            rules,
+        )?;
+        Ok(sum)
+    }
+
+    pub(super) fn compare_and_set(
+        &self,
+        namespace: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<&[u8]>,
+        ttl_ms: Option<u64>,
+        rules: &StateRules,
+    ) -> Result<bool, StateError> {
+        let shared = &self.shared;
+        let mut books = shared.lock();
+        let now = now_ms();
+        if shared.live_value(namespace, key, now)?.as_deref() != expected {
+            return Ok(false);
+        }
+        shared.write(&mut books, namespace, key, value, ttl_ms, now, rules)?;
+        Ok(true)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Books> {
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts each namespace's keys and bytes, and reads every topic's record.
+    fn load(&self) -> Result<(), fjall::Error> {
+        let mut books = self.lock();
+        for item in self.kv.iter() {
+            let (key, value) = item.into_inner()?;
+            if let Some((namespace, name)) = unscope(&key) {
+                let usage = books.usage.entry(namespace.into()).or_default();
+                usage.keys += 1;
+                usage.bytes += (name.len() + value.len().saturating_sub(8)) as u64;
+            }
+        }
+        for item in self.topics.iter() {
+            let (key, value) = item.into_inner()?;
+            if let (Some((namespace, _)), Some(meta)) = (unscope(&key), Meta::decode(&value)) {
+                *books.topic_counts.entry(namespace.into()).or_default() += 1;
+                books.topics.insert(key.to_vec(), meta);
+            }
+        }
+        Ok(())
+    }
+
+    fn live_value(
+        &self,
+        namespace: &str,
+        key: &str,
+        now: u64,
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        let value = self.kv.get(scoped(namespace, key)).map_err(unavailable)?;
+        Ok(value.and_then(|v| live(&v, now).map(<[u8]>::to_vec)))
+    }
+
+    /// Writes `value` under `key` (removes it for `None`) within the
+    /// namespace's quota, in one durable batch.
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        books: &mut Books,
+        namespace: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        ttl_ms: Option<u64>,
+        now: u64,
+        rules: &StateRules,
+    ) -> Result<(), StateError> {
+        let full = scoped(namespace, key);
+        let old = self.kv.get(&full).map_err(unavailable)?;
+        let old_entry = old.as_deref().and_then(stored);
+        let usage = books.usage.get(namespace).copied().unwrap_or_default();
+        let old_size = old_entry.map_or(0, |(_, data)| (key.len() + data.len()) as u64);
+        let new_size = value.map_or(0, |data| (key.len() + data.len()) as u64);
+        let keys = usage.keys - u64::from(old_entry.is_some()) + u64::from(value.is_some());
+        let bytes = usage.bytes - old_size + new_size;
+        if value.is_some() {
+            if keys > rules.store_keys && keys > usage.keys {
+                return Err(StateError::StoreKeys);
+            }
+            if bytes > rules.store_bytes && bytes > usage.bytes {
+                return Err(StateError::StoreBytes);
+            }
+        }
+        if old_entry.is_none() && value.is_none() {
+            return Ok(());
+        }
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        if let Some((expiry, _)) = old_entry
+            && expiry != 0
+        {
+            batch.remove(&self.expiry, expiry_key(expiry, &full));
+        }
+        match value {
+            Some(data) => {
+                let expiry = ttl_ms.map_or(0, |ttl| now.saturating_add(ttl.max(1)));
+                let mut stored = Vec::with_capacity(8 + data.len());
+                stored.extend_from_slice(&expiry.to_be_bytes());
+                stored.extend_from_slice(data);
+                if expiry != 0 {
+                    batch.insert(&self.expiry, expiry_key(expiry, &full), []);
+                }
+                batch.insert(&self.kv, full, stored);
+            }
+            None => batch.remove(&self.kv, full),
+        }
+        batch.commit().map_err(unavailable)?;
+        if keys == 0 {
+            books.usage.remove(namespace);
+        } else {
+            books.usage.insert(namespace.into(), Usage { keys, bytes });
+        }
+        Ok(())
+    }
+
+    fn append(
+        &self,
+        namespace: &str,
+        topic: &str,
+        text: bool,
+        data: &[u8],
+        rules: &StateRules,
+    ) -> Result<Position, StateError> {
+        let mut books = self.lock();
+        let now = now_ms();
+        let topic_key = scoped(namespace, topic);
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        let meta = match books.topics.get(&topic_key).copied() {
+            Some(meta) if !meta.expired(now) => meta,
+            stale => {
+                if let Some(stale) = stale {
+                    self.forget_entries(&mut batch, &topic_key, &stale);
+                } else if books.topic_counts.get(namespace).copied().unwrap_or(0)
+                    >= rules.history_topics
+                {
+                    return Err(StateError::HistoryTopics);
+                }
+                Meta {
+                    epoch: new_epoch(),
+                    first: 1,
+                    last: 0,
+                    last_at: now,
+                    ttl: 0,
+                }
+            }
+        };
+        let seq = meta.last + 1;
+        let mut entry = Vec::with_capacity(9 + data.len());
+        entry.push(u8::from(text));
+        entry.extend_from_slice(&now.to_be_bytes());
+        entry.extend_from_slice(data);
+        batch.insert(&self.history, entry_key(&topic_key, seq), entry);
+        let keep = u64::from(rules.history_size.max(1));
+        let mut first = meta.first;
+        while seq - first + 1 > keep {
+            batch.remove(&self.history, entry_key(&topic_key, first));
+            first += 1;
+        }
+        let meta = Meta {
+            first,
+            last: seq,
+            last_at: now,
+            ttl: rules.history_ttl.as_millis() as u64,
+            ..meta
+        };
+        batch.insert(&self.topics, topic_key.clone(), meta.encode());
+        batch.commit().map_err(unavailable)?;
+        if books.topics.insert(topic_key, meta).is_none() {
+            *books.topic_counts.entry(namespace.into()).or_default() += 1;
+        }
+        Ok(Position {
+            epoch: meta.epoch,
+            seq,
+        })
+    }
+
+    /// Adds the removal of every kept entry of a topic to `batch`.
+    fn forget_entries(&self, batch: &mut fjall::OwnedWriteBatch, topic_key: &[u8], meta: &Meta) {
+        for seq in meta.first..=meta.last {
+            batch.remove(&self.history, entry_key(topic_key, seq));
+        }
+    }
+
+    fn read_history(
+        &self,
+        namespace: &str,
+        topic: &str,
+        since: Option<Position>,
+        limit: u32,
+    ) -> Result<Page, StateError> {
+        let topic_key = scoped(namespace, topic);
+        // Held while reading, so that no append trims what the page is read from.
+        let books = self.lock();
+        let now = now_ms();
+        let meta = books
+            .topics
+            .get(&topic_key)
+            .copied()
+            .filter(|m| !m.expired(now));
+        let limit = u64::from(limit.min(MAX_READ));
+        let Some(meta) = meta else {
+            return match since {
+                // Nothing kept, and the client saw something: it was lost.
+                Some(p) if p.seq > 0 => Err(StateError::Lost),
+                _ => Ok(Page {
+                    epoch: 0,
+                    messages: Vec::new(),
+                    last: 0,
+                }),
+            };
+        };
+        let start = match since {
+            None => meta.first.max((meta.last + 1).saturating_sub(limit)),
+            Some(p) if p.epoch != meta.epoch || p.seq + 1 < meta.first || p.seq > meta.last => {
+                return Err(StateError::Lost);
+            }
+            Some(p) => p.seq + 1,
+        };
+        let end = meta.last.min(start.saturating_add(limit).saturating_sub(1));
+        let mut messages = Vec::with_capacity(end.saturating_sub(start).saturating_add(1) as usize);
+        if start <= end && limit > 0 {
+            let range = self
+                .history
+                .range(entry_key(&topic_key, start)..=entry_key(&topic_key, end));
+            for item in range {
+                let (key, value) = item.into_inner().map_err(unavailable)?;
+                let seq = u64::from_be_bytes(key[key.len() - 8..].try_into().unwrap_or_default());
+                if value.len() < 9 {
+                    continue;
+                }
+                messages.push(Kept {
+                    seq,
+                    text: value[0] == 1,
+                    data: value[9..].to_vec(),
+                });
+            }
+        }
+        drop(books);
+        Ok(Page {
+            epoch: meta.epoch,
+            messages,
+            last: meta.last,
+        })
+    }
+
+    /// Removes up to [`SWEEP_BATCH`] expired keys and idle histories; true
+    /// if there may be more.
+    fn sweep_once(&self) -> bool {
+        let now = now_ms();
+        let mut more = false;
+        let due: Vec<Vec<u8>> = self
+            .expiry
+            .range(..expiry_key(now, &[]))
+            .take(SWEEP_BATCH)
+            .filter_map(|item| item.key().ok().map(|k| k.to_vec()))
+            .collect();
+        more |= due.len() == SWEEP_BATCH;
+        if !due.is_empty() {
+            let mut books = self.lock();
+            let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+            for index in &due {
+                batch.remove(&self.expiry, index.clone());
+                let key = &index[8..];
+                let Ok(Some(value)) = self.kv.get(key) else {
+                    continue;
+                };
+                // A later write may have set another expiry: only this one goes.
+                if stored(&value).is_some_and(|(e, _)| e.to_be_bytes() == index[..8]) {
+                    if let (Some((namespace, name)), Some((_, data))) =
+                        (unscope(key), stored(&value))
+                        && let Some(usage) = books.usage.get_mut(namespace)
+                    {
+                        usage.keys -= 1;
+                        usage.bytes -= (name.len() + data.len()) as u64;
+                    }
+                    batch.remove(&self.kv, key.to_vec());
+                }
+            }
+            if let Err(error) = batch.commit() {
+                tracing::error!(%error, "cannot remove expired state keys");
+                return false;
+            }
+        }
+        let mut books = self.lock();
+        let idle: Vec<(Vec<u8>, Meta)> = books
+            .topics
+            .iter()
+            .filter(|(_, m)| m.expired(now))
+            .take(SWEEP_BATCH)
+            .map(|(k, m)| (k.clone(), *m))
+            .collect();
+        more |= idle.len() == SWEEP_BATCH;
+        if idle.is_empty() {
+            return more;
+        }
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        for (key, meta) in &idle {
+            self.forget_entries(&mut batch, key, meta);
+            batch.remove(&self.topics, key.clone());
+        }
+        if let Err(error) = batch.commit() {
+            tracing::error!(%error, "cannot remove idle topic histories");
+            return false;
+        }
+        for (key, _) in idle {
+            books.topics.remove(&key);
+            if let Some((namespace, _)) = unscope(&key)
+                && let Some(count) = books.topic_counts.get_mut(namespace)
+            {
+                *count = count.saturating_sub(1);
+            }
+        }
+        more
+    }
+}
+
+/// A fresh, nonzero epoch: random, so that a wiped store never reuses one.
+fn new_epoch() -> u64 {
+    getrandom::u64()
+        .unwrap_or_else(|_| now_ms() ^ u64::from(std::process::id()) << 32)
+        .max(1)
+}
+
+/// Sweeps until the store is dropped.
+fn sweep(store: Weak<Shared>) {
+    loop {
+        std::thread::sleep(SWEEP_EVERY);
+        let Some(shared) = store.upgrade() else {
+            return;
+        };
+        while shared.sweep_once() {}
+    }
+}
