@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::config::{
-    Config, ListenerConfig, OriginPolicy, PluginSource, RouteConfig, StateConfig, defaults,
+    Config, ListenerConfig, OriginPolicy, PluginSource, RouteConfig, StateConfig, StateRules,
+    defaults,
 };
 
 macro_rules! plugin {
@@ -48,7 +49,14 @@ pub fn config(listen: SocketAddr, plugin_dir: PathBuf) -> Config {
         publish_api: Default::default(),
         routes: vec![
             route("/echo", plugin!("echo")),
-            route("/chat", plugin!("chat")),
+            RouteConfig {
+                // A room's messages outlive its members and restarts of berth.
+                state: StateRules {
+                    history_size: 1000,
+                    ..StateRules::default()
+                },
+                ..route("/chat", plugin!("chat"))
+            },
             route("/ticker", plugin!("ticker")),
             route("/auth", plugin!("auth")),
         ],

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 use crate::config::PublishApiConfig;
 use crate::pubsub::Broker;
 use crate::router::Router;
-use crate::state::State;
+use crate::state::{Entry, State};
 
 /// Where the API's paths start; config keeps routes out of it.
 const PREFIX: &str = "/publish/";
@@ -255,12 +255,16 @@ impl PublishApi {
                 msg.clone(),
             );
             let appended = tokio::task::spawn_blocking(move || {
-                let text = stored.is_text();
-                state.append(&ns, &name, text, &stored.into_data(), &rules)
+                let entry = Entry {
+                    text: stored.is_text(),
+                    data: &stored.clone().into_data(),
+                    position_at: None,
+                };
+                state.append(&ns, &name, entry, &rules)
             })
             .await;
             match appended {
-                Ok(Ok(p)) => format!(",\"position\":\"{:016x}-{}\"", p.epoch, p.seq),
+                Ok(Ok((p, _))) => format!(",\"position\":\"{p}\""),
                 _ => {
                     return plain(
                         StatusCode::SERVICE_UNAVAILABLE,

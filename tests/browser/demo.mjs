@@ -1,5 +1,6 @@
 // Drives the demo page in Debian's Chromium: two pages chat in a fresh room,
-// the ticker updates live, and the layout fits a phone-width window.
+// a third page joining later sees the room's history and members, the ticker
+// updates live, and the layout fits a phone-width window.
 //
 //   node tests/browser/demo.mjs BASE_URL OUT_DIR
 //
@@ -187,6 +188,17 @@ await check(`a ${long.length}-character message to cross compressed`, async () =
   await first.getByTestId('message-input').press('Enter');
   await waitForText(second, 'messages', `#${firstId}: ${long}`);
   return `a ${long.length}-character message crossed intact through permessage-deflate`;
+});
+
+await check(`a third page joining ${room} to see the earlier messages and the members`, async () => {
+  const third = await openPage('third page');
+  const thirdId = await joinRoom(third, room);
+  // berth keeps the room's history: what was said before this page came is shown.
+  await waitForText(third, 'messages', `#${firstId}: ${text}`);
+  await waitForText(third, 'members', `3 people in ${room}`);
+  await waitForText(third, 'members', `#${firstId}`);
+  await third.close();
+  return `third page #${thirdId} saw the earlier message and all three members`;
 });
 
 await check('a ticker symbol to show two different values', async () => {

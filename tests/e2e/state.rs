@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use crate::support::{
-    BerthProcess, Client, TestServer, WAIT, config_text, connect, http_get, recv_text, send_text,
+    BerthProcess, Client, TestServer, WAIT, config_text, connect, http_get, json_field, recv_text,
+    send_text,
 };
 
 /// Sends a command and returns the answer.
@@ -371,4 +372,105 @@ async fn a_backend_publish_through_the_api_is_kept_in_history_too() {
     let (_, got) = entries(&ask(&mut client, &format!("history news {first} 10")).await);
     assert_eq!(got, expected(2..=2));
     server.stop().await;
+}
+
+const CHAT: &str = r#"
+[[route]]
+path = "/chat"
+plugin = "chat.wasm"
+history-size = 1000
+"#;
+
+/// Joins the chat at `query` and returns the client, its id and the welcome.
+async fn join_chat(url: &str) -> (Client, String) {
+    let mut client = connect(url).await;
+    let welcome = recv_text(&mut client).await;
+    assert_eq!(json_field(&welcome, "type"), "\"welcome\"", "{welcome}");
+    (client, welcome)
+}
+
+/// Sends `text` to the room and returns the position the sender is told.
+async fn say(client: &mut Client, text: &str) -> String {
+    send_text(client, text).await;
+    loop {
+        // Joins and leaves of others may come first.
+        let sent = recv_text(client).await;
+        if json_field(&sent, "type") == "\"sent\"" {
+            return json_field(&sent, "position").trim_matches('"').to_string();
+        }
+    }
+}
+
+/// Reads chat messages until one with `text` arrives; returns the texts seen.
+async fn texts_until(client: &mut Client, last: &str) -> Vec<String> {
+    let mut texts = Vec::new();
+    loop {
+        let msg = recv_text(client).await;
+        if json_field(&msg, "type") != "\"message\"" {
+            continue;
+        }
+        assert!(msg.contains("\"position\":\""), "{msg}");
+        let text = json_field(&msg, "text").trim_matches('"').to_string();
+        let done = text == last;
+        texts.push(text);
+        if done {
+            return texts;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_chat_client_that_comes_back_with_since_gets_exactly_what_it_missed() {
+    let server = TestServer::start(CHAT).await;
+    let url = server.url("/chat?room=r");
+    let (mut a, _) = join_chat(&url).await;
+    let (mut b, welcome) = join_chat(&url).await;
+    assert!(welcome.contains("\"members\":["), "{welcome}");
+    let seen = say(&mut a, "m0").await;
+    assert_eq!(texts_until(&mut b, "m0").await, ["m0"]);
+    drop(b);
+    for i in 1..=10 {
+        say(&mut a, &format!("m{i}")).await;
+    }
+    let (mut back, _) = join_chat(&format!("{url}&since={seen}")).await;
+    say(&mut a, "live").await;
+    let expected: Vec<String> = (1..=10)
+        .map(|i| format!("m{i}"))
+        .chain(["live".into()])
+        .collect();
+    assert_eq!(texts_until(&mut back, "live").await, expected);
+
+    // A newcomer gets the recent messages, oldest first; a position that is
+    // no longer kept gets a resync notice, then the same.
+    let (mut fresh, _) = join_chat(&url).await;
+    let all: Vec<String> = (0..=10)
+        .map(|i| format!("m{i}"))
+        .chain(["live".into()])
+        .collect();
+    assert_eq!(texts_until(&mut fresh, "live").await, all);
+    let (epoch, _) = seen.split_once('-').unwrap();
+    let stale = format!("{:016x}-3", u64::from_str_radix(epoch, 16).unwrap() ^ 1);
+    let mut lost = connect(&format!("{url}&since={stale}")).await;
+    recv_text(&mut lost).await; // welcome
+    assert_eq!(recv_text(&mut lost).await, r#"{"type":"resync"}"#);
+    assert_eq!(texts_until(&mut lost, "live").await, all);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_rooms_history_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berth.toml");
+    std::fs::write(&path, config_text(CHAT)).unwrap();
+    let mut berth = BerthProcess::start(&["--config", path.to_str().unwrap()]);
+    let (mut a, _) = join_chat(&berth.url("/chat?room=kept")).await;
+    for i in 0..5 {
+        say(&mut a, &format!("m{i}")).await;
+    }
+    berth.child.kill().unwrap();
+    berth.child.wait().unwrap();
+    let berth = BerthProcess::start(&["--config", path.to_str().unwrap()]);
+    let (mut b, _) = join_chat(&berth.url("/chat?room=kept")).await;
+    let expected: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
+    assert_eq!(texts_until(&mut b, "m4").await, expected);
 }

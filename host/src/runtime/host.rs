@@ -23,7 +23,7 @@ use crate::config;
 use crate::metrics::{Limit, RouteMetrics};
 use crate::outbox::{ConnHandle, PushError};
 use crate::pubsub::{self, Broker};
-use crate::state::State;
+use crate::state::{Entry, State};
 
 /// What every instance of one route shares: its name, its topic namespace and
 /// config values, and the server's broker.
@@ -281,12 +281,29 @@ fn to_wire(msg: types::Message) -> Option<WsMessage> {
     })
 }
 
-/// A binary message's bytes (`to_wire` makes no other kind).
-fn other_payload(msg: &WsMessage) -> &[u8] {
-    match msg {
-        WsMessage::Binary(bytes) => bytes,
-        _ => &[],
+/// `msg` as a history entry with its position written at `position_at`;
+/// `None` if that offset is past the end or inside a character.
+fn history_entry(msg: &WsMessage, position_at: Option<u32>) -> Option<Entry<'_>> {
+    let (text, data): (bool, &[u8]) = match msg {
+        WsMessage::Text(text) => (true, text.as_bytes()),
+        WsMessage::Binary(bytes) => (false, bytes),
+        _ => (false, &[]),
+    };
+    let position_at = position_at.map(|at| at as usize);
+    if let Some(at) = position_at {
+        let fits = match msg {
+            WsMessage::Text(text) => text.is_char_boundary(at),
+            _ => at <= data.len(),
+        };
+        if !fits {
+            return None;
+        }
     }
+    Some(Entry {
+        text,
+        data,
+        position_at,
+    })
 }
 
 /// The bytes whose characters `text` holds, if each is below U+0100.
@@ -438,6 +455,7 @@ impl host::Host for HostState {
         topic: String,
         msg: types::Message,
         exclude: Option<u64>,
+        position_at: Option<u32>,
     ) -> wasmtime::Result<Result<types::Published, types::PublishError>> {
         let Some(msg) = to_wire(msg) else {
             return Ok(Err(types::PublishError::InvalidMessage));
@@ -453,19 +471,31 @@ impl host::Host for HostState {
         }
         // Stored before anyone gets it, so that no subscriber holds a
         // message a later history read would not find.
+        let mut msg = msg;
         let position = if route.rules.history_size > 0 {
-            let (text, data): (bool, &[u8]) = match &msg {
-                WsMessage::Text(text) => (true, text.as_bytes()),
-                other => (false, other_payload(other)),
+            let entry = match history_entry(&msg, position_at) {
+                Some(entry) => entry,
+                None => return Ok(Err(types::PublishError::InvalidMessage)),
             };
             let stored = route
                 .state
-                .append(&route.namespace, &topic, text, data, &route.rules);
+                .append(&route.namespace, &topic, entry, &route.rules);
             match stored {
-                Ok(p) => Some(types::Position {
-                    epoch: p.epoch,
-                    seq: p.seq,
-                }),
+                Ok((p, composed)) => {
+                    if let Some(bytes) = composed {
+                        msg = match entry.text {
+                            // An ASCII position put at a character boundary.
+                            true => {
+                                WsMessage::Text(String::from_utf8(bytes).unwrap_or_default().into())
+                            }
+                            false => WsMessage::Binary(bytes.into()),
+                        };
+                    }
+                    Some(types::Position {
+                        epoch: p.epoch,
+                        seq: p.seq,
+                    })
+                }
                 Err(e) => {
                     if e == crate::state::StateError::HistoryTopics {
                         route.metrics.limit_hit(Limit::HistoryTopics);

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::{Kept, Page, Position, StateError};
+use super::{Entry, Kept, Page, Position, StateError};
 use crate::config::StateRules;
 
 /// How often expired keys and idle histories are swept.
@@ -197,11 +197,10 @@ impl Store {
         &self,
         namespace: &str,
         topic: &str,
-        text: bool,
-        data: &[u8],
+        entry: Entry<'_>,
         rules: &StateRules,
-    ) -> Result<Position, StateError> {
-        self.shared.append(namespace, topic, text, data, rules)
+    ) -> Result<(Position, Option<Vec<u8>>), StateError> {
+        self.shared.append(namespace, topic, entry, rules)
     }
 
     pub(super) fn history(
@@ -410,10 +409,9 @@ impl Shared {
         &self,
         namespace: &str,
         topic: &str,
-        text: bool,
-        data: &[u8],
+        entry: Entry<'_>,
         rules: &StateRules,
-    ) -> Result<Position, StateError> {
+    ) -> Result<(Position, Option<Vec<u8>>), StateError> {
         let mut books = self.lock();
         let now = now_ms();
         let topic_key = scoped(namespace, topic);
@@ -438,11 +436,17 @@ impl Shared {
             }
         };
         let seq = meta.last + 1;
-        let mut entry = Vec::with_capacity(9 + data.len());
-        entry.push(u8::from(text));
-        entry.extend_from_slice(&now.to_be_bytes());
-        entry.extend_from_slice(data);
-        batch.insert(&self.history, entry_key(&topic_key, seq), entry);
+        let position = Position {
+            epoch: meta.epoch,
+            seq,
+        };
+        let composed = entry.compose(position);
+        let data = composed.as_deref().unwrap_or(entry.data);
+        let mut stored = Vec::with_capacity(9 + data.len());
+        stored.push(u8::from(entry.text));
+        stored.extend_from_slice(&now.to_be_bytes());
+        stored.extend_from_slice(data);
+        batch.insert(&self.history, entry_key(&topic_key, seq), stored);
         let keep = u64::from(rules.history_size.max(1));
         let mut first = meta.first;
         while seq - first + 1 > keep {
@@ -461,10 +465,7 @@ impl Shared {
         if books.topics.insert(topic_key, meta).is_none() {
             *books.topic_counts.entry(namespace.into()).or_default() += 1;
         }
-        Ok(Position {
-            epoch: meta.epoch,
-            seq,
-        })
+        Ok((position, composed))
     }
 
     /// Adds the removal of every kept entry of a topic to `batch`.

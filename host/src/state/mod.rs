@@ -26,6 +26,39 @@ pub(crate) struct Position {
     pub(crate) seq: u64,
 }
 
+impl std::fmt::Display for Position {
+    /// The text form plugins and clients exchange: `EPOCH-SEQ`, the epoch as
+    /// 16 lower-case hex digits.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}-{}", self.epoch, self.seq)
+    }
+}
+
+/// A message to store: its kind, its bytes, and where its position's text
+/// goes into them, if anywhere.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Entry<'a> {
+    /// Whether it is text (else binary).
+    pub(crate) text: bool,
+    /// Its bytes.
+    pub(crate) data: &'a [u8],
+    /// A byte offset within `data` (at most its length) for the position.
+    pub(crate) position_at: Option<usize>,
+}
+
+impl Entry<'_> {
+    /// The bytes to store and send once the message has `position`.
+    pub(crate) fn compose(&self, position: Position) -> Option<Vec<u8>> {
+        let at = self.position_at?;
+        let text = position.to_string();
+        let mut out = Vec::with_capacity(self.data.len() + text.len());
+        out.extend_from_slice(&self.data[..at]);
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(&self.data[at..]);
+        Some(out)
+    }
+}
+
 /// A message kept in a topic's history.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Kept {
@@ -108,16 +141,16 @@ impl State {
         self.store.dir()
     }
 
-    /// Stores a message published to `topic` and says where.
+    /// Stores a message published to `topic` and says where, with the bytes
+    /// stored when its position was written into them.
     pub(crate) fn append(
         &self,
         namespace: &str,
         topic: &str,
-        text: bool,
-        data: &[u8],
+        entry: Entry<'_>,
         rules: &StateRules,
-    ) -> Result<Position, StateError> {
-        self.store.append(namespace, topic, text, data, rules)
+    ) -> Result<(Position, Option<Vec<u8>>), StateError> {
+        self.store.append(namespace, topic, entry, rules)
     }
 
     /// The messages of `topic` after `since` (the newest without it), at most `limit`.

@@ -265,7 +265,21 @@ pub mod host {
         msg: Message<'_>,
         exclude: Option<ConnectionId>,
     ) -> Result<Published, PublishError> {
-        raw::publish(topic, msg.lend(), exclude)
+        raw::publish(topic, msg.lend(), exclude, None)
+    }
+
+    /// [`publish`], with the message's position (`EPOCH-SEQ`) written into
+    /// it at byte offset `at` when the route keeps history, so that what is
+    /// stored and sent carries its own position (a JSON field, say). `at`
+    /// must be at most the message's length, and a character boundary.
+    pub fn publish_at(
+        topic: &str,
+        msg: Message<'_>,
+        exclude: Option<ConnectionId>,
+        at: usize,
+    ) -> Result<Published, PublishError> {
+        let at = u32::try_from(at).map_err(|_| PublishError::InvalidMessage)?;
+        raw::publish(topic, msg.lend(), exclude, Some(at))
     }
 
     /// Writes `message` to the host's log at `level`.

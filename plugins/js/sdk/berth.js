@@ -144,10 +144,14 @@ export function send(conn, msg) {
  * how many subscribers on this node it is for (a number), and where it was
  * stored in the topic's history (a position string), or null when the route
  * keeps no history. Throws 'not-stored' when the route keeps history and the
- * message could not be stored; it then reached nobody.
+ * message could not be stored; it then reached nobody. With `positionAt` (a
+ * UTF-8 byte offset into the message), the host writes the message's
+ * position ('EPOCH-SEQ') into it there before storing and sending it, when
+ * the route keeps history.
  */
-export function publish(topic, msg, exclude) {
-  const { subscribers, position } = hostPublish(topic, toMessage(msg), exclude);
+export function publish(topic, msg, exclude, positionAt) {
+  const at = positionAt == null ? undefined : positionAt;
+  const { subscribers, position } = hostPublish(topic, toMessage(msg), exclude, at);
   return { subscribers, position: position == null ? null : formatPosition(position) };
 }
 

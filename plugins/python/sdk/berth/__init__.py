@@ -321,15 +321,19 @@ class Published:
     position: Optional[str]
 
 
-def publish(topic: str, msg: Data, exclude: Optional[int] = None) -> Published:
+def publish(
+    topic: str, msg: Data, exclude: Optional[int] = None, position_at: Optional[int] = None
+) -> Published:
     """Sends ``msg`` (as :func:`send` takes it) to every connection subscribed
     to ``topic`` but ``exclude``; berth does the fan-out. Returns a
-    :class:`Published`. Raises :class:`HostError` with a :class:`PublishError`
-    (``NOT_STORED`` when the route keeps history and the message could not be
-    stored); a message that fails reaches nobody."""
+    :class:`Published`. When the route keeps history and ``position_at`` is
+    given, berth writes the message's position (``EPOCH-SEQ``) into it at that
+    UTF-8 byte offset before storing and sending it. Raises :class:`HostError`
+    with a :class:`PublishError` (``NOT_STORED`` when the route keeps history
+    and the message could not be stored); a message that fails reaches nobody."""
     box = _box(msg)
     try:
-        published = _host.publish(topic, box, exclude)
+        published = _host.publish(topic, box, exclude, position_at)
     except Err as err:
         raise HostError("publish", err.value) from None
     finally:
