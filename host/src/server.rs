@@ -104,12 +104,13 @@ impl Server {
                 (broker, Some(cluster))
             }
         };
-        let state_config = config.state.clone();
+        let (state_config, broker_config) = (config.state.clone(), config.broker.clone());
         // Opening replays the store's journal: disk work, not for an async worker.
-        let state = tokio::task::spawn_blocking(move || State::open(&state_config))
-            .await
-            .expect("opening the state store does not panic")?;
-        tracing::info!(dir = %state.dir().display(), "state store open");
+        let state =
+            tokio::task::spawn_blocking(move || State::open(&state_config, broker_config.as_ref()))
+                .await
+                .expect("opening the state store does not panic")?;
+        tracing::info!(store = %state.describe(), "state store open");
         let metrics = Arc::new(metrics);
         let publish_api = PublishApi::new(
             &config.publish_api,

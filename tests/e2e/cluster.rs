@@ -144,8 +144,9 @@ async fn command(port: u16, args: &[&str]) -> std::io::Result<String> {
 }
 
 /// Writes a node's config into `dir`: the testkit at `/kit` in the shared
-/// namespace `shared` and at `/room` (namespace `/room`), topics through
-/// `redis_url`, and `extra` appended.
+/// namespace `shared`, at `/room` (namespace `/room`) and at `/hist` (with
+/// history and a small key quota), topics and state through `redis_url`, and
+/// `extra` appended to `[broker]`.
 fn node_config(dir: &Path, name: &str, redis_url: &str, extra: &str) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
@@ -154,6 +155,7 @@ fn node_config(dir: &Path, name: &str, redis_url: &str, extra: &str) -> PathBuf 
             r#"listen = "127.0.0.1:0"
 plugin-dir = {plugins:?}
 state-dir = "{name}-state"
+presence-ttl = "2s"
 
 [broker]
 url = "{redis_url}"
@@ -171,6 +173,12 @@ namespace = "shared"
 [[route]]
 path = "/room"
 plugin = "testkit.wasm"
+
+[[route]]
+path = "/hist"
+plugin = "testkit.wasm"
+history-size = 100
+store-keys = 20
 "#,
             plugins = berth::demo::BUILT_PLUGIN_DIR,
         ),
@@ -736,4 +744,91 @@ async fn the_publish_api_is_off_without_tokens_and_its_paths_are_reserved() {
         .expect_err("a route under /publish/ is refused")
         .to_string();
     assert!(error.contains("answered by berth itself"), "{error}");
+}
+
+#[tokio::test]
+async fn history_members_and_keys_are_the_same_on_every_node() {
+    use crate::state::ask_until;
+    let mut cluster = Cluster::start().await;
+    let url = |n: usize| cluster.nodes[n].url("/hist");
+    let (mut a, mut b, mut c) = (
+        connect(&url(0)).await,
+        connect(&url(1)).await,
+        connect(&url(2)).await,
+    );
+
+    // History written through node A is read through node C.
+    let mut positions = Vec::new();
+    for i in 1..=5 {
+        let answer = ask(&mut a, &format!("publish news m{i}")).await;
+        let (_, position) = answer.rsplit_once(" at ").expect("a position");
+        positions.push(position.to_string());
+    }
+    assert_eq!(
+        ask(&mut c, &format!("history news {} 10", positions[1])).await,
+        format!("history last={} 3:m3 4:m4 5:m5", positions[4])
+    );
+    assert_eq!(
+        ask(&mut b, "history news - 2").await,
+        format!("history last={} 4:m4 5:m5", positions[4])
+    );
+    let (epoch, _) = positions[0].split_once('-').unwrap();
+    let stale = format!("{:016x}-2", u64::from_str_radix(epoch, 16).unwrap() ^ 1);
+    assert_eq!(
+        ask(&mut b, &format!("history news {stale} 10")).await,
+        "history error lost"
+    );
+
+    // One store of keys, one quota, for the namespace on every node.
+    assert_eq!(ask(&mut b, "set k v").await, "set ok");
+    assert_eq!(ask(&mut c, "get k").await, "value v");
+    assert_eq!(ask(&mut a, "incr n 2").await, "incr 2");
+    assert_eq!(ask(&mut c, "incr n -5").await, "incr -3");
+    assert_eq!(ask(&mut a, "incr k 1").await, "error not-a-number");
+    assert_eq!(ask(&mut a, "cas k v w").await, "cas true");
+    assert_eq!(ask(&mut c, "cas k v x").await, "cas false");
+    assert_eq!(ask(&mut b, "get k").await, "value w");
+    assert_eq!(ask(&mut a, "fill q 30 4").await, "filled 18, then quota");
+    assert_eq!(ask(&mut c, "set one-more v").await, "error quota");
+    assert_eq!(ask(&mut b, "del q0").await, "deleted true");
+    assert_eq!(ask(&mut c, "set one-more v").await, "set ok");
+    assert_eq!(ask(&mut b, "del q1").await, "deleted true");
+    assert_eq!(ask(&mut b, "set brief x 200").await, "set ok");
+    ask_until(&mut c, "get brief", |v| v == "value none").await;
+    // The expired key gave its place back: the namespace holds 20 keys again.
+    assert_eq!(ask(&mut a, "set after-expiry v").await, "set ok");
+    assert_eq!(ask(&mut a, "set too-many v").await, "error quota");
+
+    // Members of every node, one per node.
+    let mut members = Vec::new();
+    for n in 0..3 {
+        let mut member = connect(&url(n)).await;
+        assert_eq!(
+            ask(&mut member, &format!("subscribe-as room n{n}")).await,
+            "subscribed"
+        );
+        members.push(member);
+    }
+    ask_until(&mut c, "members room 10", |m| m == "members 3 n0 n1 n2").await;
+    ask_until(&mut a, "count room", |m| m == "count 3").await;
+    // A member that leaves is gone at once; a node that dies, within presence-ttl.
+    drop(members.remove(0));
+    ask_until(&mut b, "members room 10", |m| m == "members 2 n1 n2").await;
+    cluster.nodes[1].child.kill().unwrap();
+    cluster.nodes[1].child.wait().unwrap();
+    ask_until(&mut c, "members room 10", |m| m == "members 1 n2").await;
+
+    // Without Redis, state calls answer unavailable within state-timeout,
+    // and the route goes on serving.
+    cluster.redis.kill();
+    assert_eq!(ask(&mut c, "get k").await, "error unavailable");
+    assert_eq!(
+        ask(&mut c, "history news - 2").await,
+        "history error unavailable"
+    );
+    assert_eq!(
+        ask(&mut c, "publish news x").await,
+        "publish failed: not-stored"
+    );
+    assert!(ask(&mut c, "whoami").await.starts_with("id "));
 }

@@ -16,7 +16,11 @@ async fn ask(client: &mut Client, command: &str) -> String {
 }
 
 /// Asks `command` until the answer satisfies `done` (bounded by [`WAIT`]).
-async fn ask_until(client: &mut Client, command: &str, done: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn ask_until(
+    client: &mut Client,
+    command: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let answer = ask(client, command).await;

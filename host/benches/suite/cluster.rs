@@ -23,7 +23,7 @@ use crate::{Bench, LIMIT};
 const NODES: usize = 3;
 
 /// A `redis-server` on a free loopback port, killed when dropped.
-struct Redis {
+pub(crate) struct Redis {
     child: Child,
     port: u16,
 }
@@ -31,7 +31,7 @@ struct Redis {
 impl Redis {
     /// Starts Redis (pinned to CPU 0 where taskset exists) with nothing
     /// written to disk, and waits until it answers; `None` if it is not installed.
-    fn start(dir: &Path) -> Option<Redis> {
+    pub(crate) fn start(dir: &Path) -> Option<Redis> {
         // Asked first: behind taskset, a missing program would only show as
         // taskset failing.
         Command::new("redis-server")
@@ -72,6 +72,11 @@ impl Redis {
             std::thread::sleep(Duration::from_millis(20));
         }
         Some(redis)
+    }
+
+    /// Its URL.
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// One command in Redis's wire format; the raw reply.
@@ -160,10 +165,18 @@ write-queue = {queue}
     .expect("write the node config");
     let nodes: Vec<Server> = (0..NODES)
         .map(|_| {
+            // An embedded store takes one process: each node gets a folder.
+            let state_dir = crate::fresh_state_dir(&config);
             Server::start(
                 "berth node",
                 env!("CARGO_BIN_EXE_berth"),
-                &["serve", "--config", config.to_str().unwrap()],
+                &[
+                    "serve",
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--state-dir",
+                    &state_dir,
+                ],
                 &[("RUST_LOG", "warn")],
             )
         })

@@ -31,11 +31,16 @@
 //!     fan-out to 1,000 subscribers (delivery rate, server CPU per delivery),
 //!     and 1,000 idle connections after one 4 KiB message each way (memory
 //!     per connection).
+//! 11. state: host calls for state timed inside the testkit plugin (the
+//!     crossing included, no WebSocket round trip), p50 and p99: a `set` and
+//!     a `get` of a 64-byte value beside two `config-get`s, a history read of
+//!     50 messages, and a ~200-byte publish on a route that keeps history
+//!     beside one that keeps none, with no subscriber and with one.
 //!
 //! `cargo bench --bench suite -- --smoke` (or `BERTH_BENCH_SMOKE=1`) runs every
 //! scenario once with tiny counts: it proves each completes, not how fast.
 //! Scenario names as arguments (`crossing echo pipelined fanout idle connect reload
-//! languages cluster attack compression`) run only those (with `--smoke` too: tiny counts for just
+//! languages cluster attack compression state`) run only those (with `--smoke` too: tiny counts for just
 //! those);
 //! `BERTH_BENCH_IDLE=N` sets the number of scenario 4's idle connections, and
 //! `BERTH_BENCH_ROUNDS=N` the rounds each scenario alternates (3 by default;
@@ -56,10 +61,12 @@ mod languages;
 mod reload;
 mod report;
 mod servers;
+mod state;
 mod wire;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use servers::{Server, has_taskset};
@@ -68,7 +75,7 @@ use servers::{Server, has_taskset};
 pub const LIMIT: Duration = Duration::from_secs(60);
 
 /// The scenarios, by the names that select them on the command line.
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "crossing",
     "echo",
     "pipelined",
@@ -80,6 +87,7 @@ const SCENARIOS: [&str; 11] = [
     "cluster",
     "attack",
     "compression",
+    "state",
 ];
 
 /// How many messages may wait for one subscriber, in both servers (berth's
@@ -304,14 +312,31 @@ max-connections = 20000
     )
 }
 
-/// Starts berth on the generated config, with instance timings in its log.
+/// Starts berth on the generated config, with instance timings in its log
+/// and its state store in a folder of its own.
 fn start_berth(config: &Path) -> Server {
+    let state_dir = fresh_state_dir(config);
     Server::start(
         "berth",
         env!("CARGO_BIN_EXE_berth"),
-        &["serve", "--config", config.to_str().unwrap()],
+        &[
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--state-dir",
+            &state_dir,
+        ],
         &[("RUST_LOG", "warn,berth::instance=trace")],
     )
+}
+
+/// A new folder name beside `config` for one berth's state store: a store
+/// takes one process, and servers started on one config run side by side.
+pub fn fresh_state_dir(config: &Path) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = config.with_file_name(format!("state-{n}"));
+    dir.to_str().expect("a UTF-8 path").to_string()
 }
 
 /// Starts the baseline: this executable in `--baseline-server` mode.
@@ -485,6 +510,9 @@ instance = "connection"
     }
     if wants("compression") {
         compression::scenario(&bench, &mut summary).await;
+    }
+    if wants("state") {
+        state::scenario(&bench, &mut summary).await;
     }
     summary.print();
 

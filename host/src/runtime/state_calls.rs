@@ -110,9 +110,11 @@ impl state::Host for HostState {
         }
         let route = self.route();
         let limit = limit.min(MAX_MEMBERS) as usize;
-        Ok(Ok(route
-            .state
-            .members(&route.namespace, &topic, limit)
+        let members = match route.state.members(&route.namespace, &topic, limit) {
+            Ok(members) => members,
+            Err(e) => return Ok(Err(state_error(e))),
+        };
+        Ok(Ok(members
             .into_iter()
             .map(|m| state::Member {
                 conn: m.conn,
@@ -128,7 +130,9 @@ impl state::Host for HostState {
         }
         let route = self.route();
         let count = route.state.count_members(&route.namespace, &topic);
-        Ok(Ok(u32::try_from(count).unwrap_or(u32::MAX)))
+        Ok(count
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            .map_err(state_error))
     }
 
     fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, state::StateError>> {

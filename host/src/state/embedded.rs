@@ -609,7 +609,7 @@ impl Shared {
 }
 
 /// A fresh, nonzero epoch: random, so that a wiped store never reuses one.
-fn new_epoch() -> u64 {
+pub(super) fn new_epoch() -> u64 {
     getrandom::u64()
         .unwrap_or_else(|_| now_ms() ^ u64::from(std::process::id()) << 32)
         .max(1)
@@ -623,5 +623,144 @@ fn sweep(store: Weak<Shared>) {
             return;
         };
         while shared.sweep_once() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> StateRules {
+        StateRules {
+            history_size: 3,
+            store_keys: 2,
+            store_bytes: 100,
+            ..StateRules::default()
+        }
+    }
+
+    fn text(data: &[u8]) -> Entry<'_> {
+        Entry {
+            text: true,
+            data,
+            position_at: None,
+        }
+    }
+
+    #[test]
+    fn usage_follows_writes_expiry_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rules = rules();
+        store.set("/a", "k1", b"0123456789", None, &rules).unwrap();
+        store.set("/a", "k2", b"x", Some(1), &rules).unwrap();
+        assert_eq!(
+            store.set("/a", "k3", b"x", None, &rules),
+            Err(StateError::StoreKeys)
+        );
+        // Another namespace has its own quota and cannot see these keys.
+        store.set("/b", "k3", b"x", None, &rules).unwrap();
+        assert_eq!(store.get("/b", "k1"), Ok(None));
+        // The expired key no longer reads, and once swept it frees its place.
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(store.get("/a", "k2"), Ok(None));
+        while store.shared.sweep_once() {}
+        store.set("/a", "k3", b"x", None, &rules).unwrap();
+        let usage = |store: &Store| store.shared.lock().usage.get("/a").copied().unwrap();
+        let (keys, bytes) = (usage(&store).keys, usage(&store).bytes);
+        assert_eq!((keys, bytes), (2, 2 + 10 + 2 + 1));
+        assert_eq!(
+            store.set("/a", "k1", &[b'y'; 100], None, &rules),
+            Err(StateError::StoreBytes)
+        );
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!((usage(&store).keys, usage(&store).bytes), (2, 15));
+        assert_eq!(store.get("/a", "k1"), Ok(Some(b"0123456789".to_vec())));
+    }
+
+    #[test]
+    fn history_keeps_its_size_and_reads_from_a_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rules = rules();
+        let mut last = None;
+        for i in 1..=5u8 {
+            let (position, _) = store.append("/a", "t", text(&[b'0' + i]), &rules).unwrap();
+            assert_eq!(position.seq, u64::from(i));
+            last = Some(position);
+        }
+        let last = last.unwrap();
+        let page = store.history("/a", "t", None, 10).unwrap();
+        let seqs: Vec<u64> = page.messages.iter().map(|k| k.seq).collect();
+        assert_eq!(
+            (seqs, page.last, page.epoch),
+            (vec![3, 4, 5], 5, last.epoch)
+        );
+        let since = |seq| Some(Position { seq, ..last });
+        assert_eq!(
+            store
+                .history("/a", "t", since(2), 10)
+                .unwrap()
+                .messages
+                .len(),
+            3
+        );
+        assert_eq!(
+            store.history("/a", "t", since(1), 10),
+            Err(StateError::Lost)
+        );
+        assert_eq!(
+            store.history("/a", "t", since(6), 10),
+            Err(StateError::Lost)
+        );
+        assert_eq!(
+            store.history("/b", "t", since(2), 10),
+            Err(StateError::Lost)
+        );
+        // The position is written into the message where it is asked for.
+        let entry = Entry {
+            text: true,
+            data: b"{\"p\":\"\"}",
+            position_at: Some(6),
+        };
+        let (position, composed) = store.append("/a", "t", entry, &rules).unwrap();
+        let expected = format!("{{\"p\":\"{position}\"}}");
+        assert_eq!(composed.as_deref(), Some(expected.as_bytes()));
+        let page = store.history("/a", "t", since(5), 10).unwrap();
+        assert_eq!(page.messages[0].data, expected.as_bytes());
+    }
+
+    #[test]
+    fn a_namespace_keeps_history_for_at_most_history_topics_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rules = StateRules {
+            history_size: 1,
+            history_topics: 2,
+            ..StateRules::default()
+        };
+        store.append("/a", "t1", text(b"x"), &rules).unwrap();
+        store.append("/a", "t2", text(b"x"), &rules).unwrap();
+        store.append("/a", "t1", text(b"y"), &rules).unwrap();
+        assert_eq!(
+            store.append("/a", "t3", text(b"x"), &rules).map(|_| ()),
+            Err(StateError::HistoryTopics)
+        );
+        store.append("/b", "t3", text(b"x"), &rules).unwrap();
+    }
+
+    #[test]
+    fn meta_records_round_trip() {
+        let meta = Meta {
+            epoch: u64::MAX,
+            first: 2,
+            last: 3,
+            last_at: 4,
+            ttl: 5,
+        };
+        assert_eq!(Meta::decode(&meta.encode()), Some(meta));
+        assert_eq!(Meta::decode(&[0; 39]), None);
+        assert_eq!(unscope(&scoped("/ns", "key")), Some(("/ns", &b"key"[..])));
     }
 }

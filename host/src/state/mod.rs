@@ -2,18 +2,21 @@
 //! namespace: topic history, topic members (presence) and a key-value store.
 //!
 //! Calls come from route workers and answer before they return, so that a
-//! write a plugin saw acknowledged is in the store: the embedded store
-//! ([`embedded`]) hands every write to the operating system before it
-//! answers, which a `kill -9` of berth cannot undo. Members live in memory
-//! ([`presence`]): they are connections, which end with the process.
+//! write a plugin saw acknowledged is in the store. Without a `[broker]` the
+//! store is embedded ([`embedded`]): it hands every write to the operating
+//! system before it answers, which a `kill -9` of berth cannot undo. With
+//! one, it is Redis ([`shared`]), so that every node sees the same history,
+//! members and keys. This node's members also live in memory ([`presence`]):
+//! they are connections, which end with the process.
 
 mod embedded;
 mod presence;
+mod shared;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{StateConfig, StateRules};
+use crate::config::{BrokerConfig, StateConfig, StateRules};
 
 pub(crate) use presence::Member;
 
@@ -115,30 +118,76 @@ pub enum OpenError {
         /// What the database said.
         reason: String,
     },
+    /// The `[broker]` URL cannot be used for the state store.
+    #[error("cannot use {url} ([broker] url) for the state store: {reason}")]
+    Shared {
+        /// The URL, without its password.
+        url: String,
+        /// What the client said.
+        reason: String,
+    },
 }
 
-/// The server's state: one store and the members of every topic.
+/// Where history and keys live.
+enum Backend {
+    Embedded(embedded::Store),
+    Shared(Arc<shared::Store>),
+}
+
+/// The server's state: one store and this node's members.
 pub(crate) struct State {
-    store: embedded::Store,
-    presence: presence::Presence,
+    backend: Backend,
+    presence: Arc<presence::Presence>,
+    /// The node name this node's members carry.
+    node: Arc<str>,
 }
 
 impl State {
-    /// Opens (or creates) the embedded store in `config.dir`.
-    pub(crate) fn open(config: &StateConfig) -> Result<Arc<State>, OpenError> {
-        let store = embedded::Store::open(&config.dir).map_err(|e| OpenError::Embedded {
-            dir: config.dir.clone(),
-            reason: e.to_string(),
-        })?;
+    /// Opens the store: Redis when there is a `broker`, else the embedded
+    /// one in `config.dir` (created if needed).
+    pub(crate) fn open(
+        config: &StateConfig,
+        broker: Option<&BrokerConfig>,
+    ) -> Result<Arc<State>, OpenError> {
+        let presence = Arc::new(presence::Presence::default());
+        let (backend, node) = match broker {
+            Some(broker) => {
+                let store = shared::Store::open(
+                    &broker.url,
+                    &broker.channel_prefix,
+                    config.timeout,
+                    config.presence_ttl,
+                    presence.clone(),
+                )
+                .map_err(|e| OpenError::Shared {
+                    url: broker.shown_url(),
+                    reason: e.to_string(),
+                })?;
+                let node = store.node().clone();
+                (Backend::Shared(store), node)
+            }
+            None => {
+                let store =
+                    embedded::Store::open(&config.dir).map_err(|e| OpenError::Embedded {
+                        dir: config.dir.clone(),
+                        reason: e.to_string(),
+                    })?;
+                (Backend::Embedded(store), "local".into())
+            }
+        };
         Ok(Arc::new(State {
-            store,
-            presence: presence::Presence::default(),
+            backend,
+            presence,
+            node,
         }))
     }
 
-    /// The store's folder.
-    pub(crate) fn dir(&self) -> &Path {
-        self.store.dir()
+    /// Where the store is, for the log.
+    pub(crate) fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Embedded(store) => store.dir().display().to_string(),
+            Backend::Shared(_) => format!("Redis (node {})", self.node),
+        }
     }
 
     /// Stores a message published to `topic` and says where, with the bytes
@@ -150,7 +199,10 @@ impl State {
         entry: Entry<'_>,
         rules: &StateRules,
     ) -> Result<(Position, Option<Vec<u8>>), StateError> {
-        self.store.append(namespace, topic, entry, rules)
+        match &self.backend {
+            Backend::Embedded(store) => store.append(namespace, topic, entry, rules),
+            Backend::Shared(store) => store.append(namespace, topic, entry, rules),
+        }
     }
 
     /// The messages of `topic` after `since` (the newest without it), at most `limit`.
@@ -161,12 +213,18 @@ impl State {
         since: Option<Position>,
         limit: u32,
     ) -> Result<Page, StateError> {
-        self.store.history(namespace, topic, since, limit)
+        match &self.backend {
+            Backend::Embedded(store) => store.history(namespace, topic, since, limit),
+            Backend::Shared(store) => store.history(namespace, topic, since, limit),
+        }
     }
 
     /// The value of `key`, if it has a live one.
     pub(crate) fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        self.store.get(namespace, key)
+        match &self.backend {
+            Backend::Embedded(store) => store.get(namespace, key),
+            Backend::Shared(store) => store.get(namespace, key),
+        }
     }
 
     /// Stores `value` under `key`, for `ttl_ms` if given.
@@ -178,12 +236,18 @@ impl State {
         ttl_ms: Option<u64>,
         rules: &StateRules,
     ) -> Result<(), StateError> {
-        self.store.set(namespace, key, value, ttl_ms, rules)
+        match &self.backend {
+            Backend::Embedded(store) => store.set(namespace, key, value, ttl_ms, rules),
+            Backend::Shared(store) => store.set(namespace, key, value, ttl_ms, rules),
+        }
     }
 
     /// Removes `key`; true if it had a live value.
     pub(crate) fn delete(&self, namespace: &str, key: &str) -> Result<bool, StateError> {
-        self.store.delete(namespace, key)
+        match &self.backend {
+            Backend::Embedded(store) => store.delete(namespace, key),
+            Backend::Shared(store) => store.delete(namespace, key),
+        }
     }
 
     /// Adds `delta` to the integer under `key`; returns the sum.
@@ -194,7 +258,10 @@ impl State {
         delta: i64,
         rules: &StateRules,
     ) -> Result<i64, StateError> {
-        self.store.increment(namespace, key, delta, rules)
+        match &self.backend {
+            Backend::Embedded(store) => store.increment(namespace, key, delta, rules),
+            Backend::Shared(store) => store.increment(namespace, key, delta, rules),
+        }
     }
 
     /// Sets (or removes) `key` only if it holds `expected`; true if it did.
@@ -207,27 +274,57 @@ impl State {
         ttl_ms: Option<u64>,
         rules: &StateRules,
     ) -> Result<bool, StateError> {
-        self.store
-            .compare_and_set(namespace, key, expected, value, ttl_ms, rules)
+        match &self.backend {
+            Backend::Embedded(store) => {
+                store.compare_and_set(namespace, key, expected, value, ttl_ms, rules)
+            }
+            Backend::Shared(store) => {
+                store.compare_and_set(namespace, key, expected, value, ttl_ms, rules)
+            }
+        }
     }
 
     /// Makes `conn` a member of `topic`, described by `info`.
     pub(crate) fn join(&self, namespace: &Arc<str>, topic: &str, conn: u64, info: &str) {
-        self.presence.join(namespace, topic, conn, info);
+        let info = self.presence.join(namespace, topic, conn, info);
+        if let Backend::Shared(store) = &self.backend {
+            store.joined(namespace, topic, conn, info);
+        }
     }
 
     /// Ends `conn`'s membership of `topic`, if it had one.
     pub(crate) fn leave(&self, namespace: &Arc<str>, topic: &str, conn: u64) {
-        self.presence.leave(namespace, topic, conn);
+        let info = self.presence.leave(namespace, topic, conn);
+        if let (Backend::Shared(store), Some(info)) = (&self.backend, info) {
+            store.left(namespace, topic, conn, info);
+        }
     }
 
-    /// Up to `limit` members of `topic`.
-    pub(crate) fn members(&self, namespace: &str, topic: &str, limit: usize) -> Vec<Member> {
-        self.presence.members(namespace, topic, limit)
+    /// Up to `limit` members of `topic`, this node's first.
+    pub(crate) fn members(
+        &self,
+        namespace: &str,
+        topic: &str,
+        limit: usize,
+    ) -> Result<Vec<Member>, StateError> {
+        let mut members = self.presence.members(namespace, topic, limit, &self.node);
+        if let Backend::Shared(store) = &self.backend
+            && members.len() < limit
+        {
+            let others = store.remote_members(namespace, topic, limit - members.len())?;
+            members.extend(others);
+        }
+        Ok(members)
     }
 
     /// How many members `topic` has.
-    pub(crate) fn count_members(&self, namespace: &str, topic: &str) -> usize {
-        self.presence.count(namespace, topic)
+    pub(crate) fn count_members(&self, namespace: &str, topic: &str) -> Result<usize, StateError> {
+        let here = self.presence.count(namespace, topic);
+        match &self.backend {
+            Backend::Embedded(_) => Ok(here),
+            Backend::Shared(store) => {
+                Ok(here + store.remote_members(namespace, topic, usize::MAX)?.len())
+            }
+        }
     }
 }

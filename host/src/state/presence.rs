@@ -18,6 +18,9 @@ pub(crate) struct Member {
     pub(crate) info: Arc<str>,
 }
 
+/// One membership: namespace, topic, connection and description.
+pub(super) type Membership = (Arc<str>, Box<str>, u64, Arc<str>);
+
 /// The members of one topic, by connection.
 type Members = FxHashMap<u64, Arc<str>>;
 /// Each topic's members, by namespace and topic.
@@ -29,35 +32,60 @@ pub(super) struct Presence {
     topics: Mutex<Topics>,
 }
 
-/// The node name members of this node carry.
-const LOCAL: &str = "local";
-
 impl Presence {
     fn lock(&self) -> std::sync::MutexGuard<'_, Topics> {
         self.topics.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(super) fn join(&self, namespace: &Arc<str>, topic: &str, conn: u64, info: &str) {
+    /// Makes `conn` a member; returns its description, shared.
+    pub(super) fn join(
+        &self,
+        namespace: &Arc<str>,
+        topic: &str,
+        conn: u64,
+        info: &str,
+    ) -> Arc<str> {
+        let info: Arc<str> = info.into();
         self.lock()
             .entry((namespace.clone(), topic.into()))
             .or_default()
-            .insert(conn, info.into());
+            .insert(conn, info.clone());
+        info
     }
 
-    pub(super) fn leave(&self, namespace: &Arc<str>, topic: &str, conn: u64) {
+    /// Ends a membership; returns the description it had.
+    pub(super) fn leave(&self, namespace: &Arc<str>, topic: &str, conn: u64) -> Option<Arc<str>> {
         let mut topics = self.lock();
         let key = (namespace.clone(), Box::<str>::from(topic));
-        if let Some(members) = topics.get_mut(&key) {
-            members.remove(&conn);
-            if members.is_empty() {
-                topics.remove(&key);
-            }
+        let members = topics.get_mut(&key)?;
+        let info = members.remove(&conn);
+        if members.is_empty() {
+            topics.remove(&key);
         }
+        info
     }
 
-    pub(super) fn members(&self, namespace: &str, topic: &str, limit: usize) -> Vec<Member> {
+    /// Every membership on this node, to renew in a shared store.
+    pub(super) fn snapshot(&self) -> Vec<Membership> {
+        self.lock()
+            .iter()
+            .flat_map(|((ns, topic), members)| {
+                members
+                    .iter()
+                    .map(|(&conn, info)| (ns.clone(), topic.clone(), conn, info.clone()))
+            })
+            .collect()
+    }
+
+    /// Up to `limit` members of `topic` on this node, named `node`.
+    pub(super) fn members(
+        &self,
+        namespace: &str,
+        topic: &str,
+        limit: usize,
+        node: &Arc<str>,
+    ) -> Vec<Member> {
         let topics = self.lock();
-        let node: Arc<str> = LOCAL.into();
         topics
             .get(&(Arc::from(namespace), Box::from(topic)))
             .map(|members| {

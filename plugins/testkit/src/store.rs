@@ -15,8 +15,30 @@
 //!   read back with the value `fill` wrote.
 //!
 //! Every refusal is `error KIND`, with the WIT name of the error.
+//!
+//! The timing commands loop N times (at most [`MAX_TIMED`]) inside the
+//! plugin, time each iteration with the WASI monotonic clock, and answer
+//! `timed N P50_NS P99_NS`, so that a benchmark sees what the host calls cost
+//! a plugin, without the WebSocket round trip:
+//!
+//! - `time-store N`: a `set` of a 64-byte value, then a `get` of the same
+//!   key, keys `bench-0` .. cycled over [`TIMED_KEYS`];
+//! - `time-config N`: two `config-get`s of the key `bench` (a cheap pair of
+//!   host calls, beside which the others show what the store adds);
+//! - `time-history TOPIC N LIMIT`: `history(TOPIC, none, LIMIT)`, which must
+//!   find LIMIT messages;
+//! - `time-publish TOPIC N SIZE`: a publish of a SIZE-byte text to TOPIC.
 
-use berth_plugin::{ConnectionId, Position, host, state};
+use std::time::Instant;
+
+use berth_plugin::{ConnectionId, Message, Position, host, state};
+
+/// The most iterations a timing command runs.
+const MAX_TIMED: usize = 100_000;
+/// How many distinct keys `time-store` cycles over.
+const TIMED_KEYS: usize = 1000;
+/// The size of `time-store`'s values.
+const TIMED_VALUE: usize = 64;
 
 /// The value `fill` writes under `PREFIX{i}`, so that `check-many` can tell
 /// a stored value from another.
@@ -135,6 +157,81 @@ pub(crate) fn answer(conn: ConnectionId, command: &str, rest: &str) -> Option<St
                 .count();
             format!("present {present}")
         }
+        "time-store" => time_store(arg().parse().unwrap_or(0)),
+        "time-config" => {
+            let count = arg().parse().unwrap_or(0);
+            timed(count, |_| {
+                let a = host::config_get("bench");
+                let b = host::config_get("bench");
+                match (a, b) {
+                    (Some(_), Some(_)) => Ok(()),
+                    _ => Err("error no config key bench".into()),
+                }
+            })
+        }
+        "time-history" => {
+            let topic = arg();
+            let (count, limit) = (arg().parse().unwrap_or(0), arg().parse().unwrap_or(0));
+            timed(count, |_| match state::history(topic, None, limit) {
+                Ok(page) if page.messages.len() == limit as usize => Ok(()),
+                Ok(page) => Err(format!(
+                    "error history found {} messages, not {limit}",
+                    page.messages.len()
+                )),
+                Err(e) => Err(format!("error {}", e.name())),
+            })
+        }
+        "time-publish" => {
+            let topic = arg();
+            let (count, size) = (arg().parse().unwrap_or(0), arg().parse().unwrap_or(0));
+            let body = ".".repeat(size);
+            timed(count, |_| {
+                match host::publish(topic, Message::text(&body), None) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!("error {}", e.name())),
+                }
+            })
+        }
         _ => return None,
     })
+}
+
+/// `time-store`: each iteration sets a key and reads it back; the keys and
+/// values are made before the clock starts.
+fn time_store(count: usize) -> String {
+    let keys: Vec<String> = (0..TIMED_KEYS).map(|i| format!("bench-{i}")).collect();
+    let mut value = [b'v'; TIMED_VALUE];
+    timed(count, |i| {
+        // A different value each time, so that each set changes the store.
+        value[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        let key = &keys[i % TIMED_KEYS];
+        state::set(key, &value, None).map_err(|e| format!("error {}", e.name()))?;
+        match state::get(key) {
+            Ok(Some(read)) if read == value => Ok(()),
+            Ok(_) => Err(format!("error {key} read back differently")),
+            Err(e) => Err(format!("error {}", e.name())),
+        }
+    })
+}
+
+/// Runs `step` `count` times (at most [`MAX_TIMED`]), timing each, and
+/// answers `timed N P50_NS P99_NS`, or the first step's error.
+fn timed(count: usize, mut step: impl FnMut(usize) -> Result<(), String>) -> String {
+    let count = count.min(MAX_TIMED);
+    if count == 0 {
+        return "error nothing to time".into();
+    }
+    let mut samples: Vec<u64> = Vec::with_capacity(count);
+    for i in 0..count {
+        let started = Instant::now();
+        let result = step(i);
+        let took = started.elapsed();
+        if let Err(error) = result {
+            return error;
+        }
+        samples.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
+    samples.sort_unstable();
+    let at = |p: f64| samples[((count - 1) as f64 * p).round() as usize];
+    format!("timed {count} {} {}", at(0.5), at(0.99))
 }
