@@ -35,7 +35,7 @@
 //!     crossing included, no WebSocket round trip), p50 and p99: a `set` and
 //!     a `get` of a 64-byte value beside two `config-get`s, a history read of
 //!     50 messages, and a ~200-byte publish on a route that keeps history
-//!     beside one that keeps none, with no subscriber and with one.
+//!     beside one that keeps none, with no subscriber, one and a hundred.
 //!
 //! `cargo bench --bench suite -- --smoke` (or `BERTH_BENCH_SMOKE=1`) runs every
 //! scenario once with tiny counts: it proves each completes, not how fast.

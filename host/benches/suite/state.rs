@@ -9,7 +9,7 @@
 //!   ~200 bytes;
 //! - a ~200-byte publish to a topic of a route that keeps history (full: each
 //!   publish also drops the oldest) beside the same publish on a route that
-//!   keeps none, with no subscriber and with one that reads.
+//!   keeps none, with no subscriber, one that reads and a hundred.
 //!
 //! One berth with its store in a temporary folder, two testkit routes (their
 //! own namespaces): `/hist` keeps history, `/plain` does not.
@@ -188,26 +188,33 @@ async fn subscriber(
     })
 }
 
-/// Times `publish` runs of `TOPIC` on `path`, with a reading subscriber or none.
+/// How many subscribers read the publishes, in turn: none, one, and a room's worth.
+const FAN_OUTS: [usize; 3] = [0, 1, 100];
+
+/// Times `publish` runs of topic `p{subscribers}` on `path`, with that many
+/// reading subscribers; also answers berth's CPU time per publish, from the
+/// first publish until every subscriber has read the last (the fan-out and
+/// the socket writes included).
 async fn publish(
     server: &Server,
     client: &mut Client,
     path: &str,
-    subscribed: bool,
+    subscribers: usize,
     count: usize,
-) -> Timed {
-    let topic = if subscribed { "p1" } else { "p0" };
-    let reader = if subscribed {
-        Some(subscriber(server, path, topic, count).await)
-    } else {
-        None
-    };
+) -> (Timed, Duration) {
+    let topic = format!("p{subscribers}");
+    let mut readers = Vec::with_capacity(subscribers);
+    for _ in 0..subscribers {
+        readers.push(subscriber(server, path, &topic, count).await);
+    }
+    let cpu = server.cpu();
     let figures = timed(client, &format!("time-publish {topic} {count} {MESSAGE}")).await;
-    if let Some(reader) = reader {
+    for reader in readers {
         let received = reader.await.expect("the subscriber finished");
         assert_eq!(received, count, "{path}: the subscriber's deliveries");
     }
-    figures
+    let per_publish = server.cpu().saturating_sub(cpu) / count.max(1) as u32;
+    (figures, per_publish)
 }
 
 /// Prints the median row of `rounds` under `label`, with p50 and p99 over
@@ -260,7 +267,7 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
     let answer = command(&mut hist, &format!("publish-many h 0 {KEPT} {MESSAGE}")).await;
     assert_eq!(answer, "published");
     for client in [&mut hist, &mut plain] {
-        for topic in ["p0", "p1"] {
+        for topic in FAN_OUTS.map(|n| format!("p{n}")) {
             timed(
                 client,
                 &format!("time-publish {topic} {HISTORY_SIZE} {MESSAGE}"),
@@ -274,8 +281,8 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
          keys, then read back and compared, {} per round; beside two config-gets, {} per \
          round. History: `history(h, none, {PAGE})` on a topic holding {KEPT} messages of \
          {MESSAGE} B, {} per round. Publish: {} publishes of {MESSAGE} B text per round to a \
-         topic with no subscriber (p0) or one that reads every message (p1), on {HISTORY} \
-         (full history) and {PLAIN}. The base of a ratio: the config-gets for set + get \
+         topic with no subscriber (p0), one that reads every message (p1) or a hundred \
+         (p100), on {HISTORY} (full history) and {PLAIN}. The base of a ratio: the config-gets for set + get \
          and history, the same publish without history for a publish with it.",
         counts.store, counts.config, counts.history, counts.publish
     );
@@ -288,8 +295,12 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
         "publish, 0 subs, history",
         "publish, 1 sub, no history",
         "publish, 1 sub, history",
+        "publish, 100 subs, no history",
+        "publish, 100 subs, history",
     ];
-    let mut rounds: [Vec<Timed>; 7] = Default::default();
+    let mut rounds: [Vec<Timed>; 9] = Default::default();
+    // Berth's CPU per publish, by fan-out, without and with history.
+    let mut cpu: [[Vec<Duration>; 2]; 3] = Default::default();
     for round in 1..=plan.rounds {
         let mut figures = Vec::with_capacity(names.len());
         figures.push(timed(&mut hist, &format!("time-config {}", counts.config)).await);
@@ -301,9 +312,15 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
             )
             .await,
         );
-        for subscribed in [false, true] {
-            for (path, client) in [(PLAIN, &mut plain), (HISTORY, &mut hist)] {
-                figures.push(publish(&server, client, path, subscribed, counts.publish).await);
+        for (fan_out, subscribers) in FAN_OUTS.into_iter().enumerate() {
+            for (kept, (path, client)) in [(PLAIN, &mut plain), (HISTORY, &mut hist)]
+                .into_iter()
+                .enumerate()
+            {
+                let (timed, per_publish) =
+                    publish(&server, client, path, subscribers, counts.publish).await;
+                figures.push(timed);
+                cpu[fan_out][kept].push(per_publish);
             }
         }
         for ((name, figure), results) in names.iter().zip(figures).zip(&mut rounds) {
@@ -326,7 +343,7 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
         Some(config_pair),
     );
     let mut publishes = Vec::new();
-    for pair in [[3, 4], [5, 6]] {
+    for pair in [[3, 4], [5, 6], [7, 8]] {
         let without = median_row(
             &table,
             &format!("median {}", names[pair[0]]),
@@ -383,11 +400,49 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
                 "",
             ),
         ),
+        (
+            "publish, 100 subscribers",
+            summary.check(
+                "11. state, publish, 100 subscribers",
+                "p50 with history / without",
+                publishes[2].1.p50.as_secs_f64() / publishes[2].0.p50.as_secs_f64(),
+                Goal::RatioAtMost(1.5),
+                "",
+            ),
+        ),
     ];
     for (what, check) in checks {
         println!("  {what}: {check}");
     }
-    for ((without, with), subscribers) in publishes.iter().zip(["0 subscribers", "1 subscriber"]) {
+    println!(
+        "  berth's CPU time per publish, from the first publish until every subscriber read \
+         the last (fan-out and socket writes included; /proc counts in 10 ms ticks, so the \
+         figure without subscribers is coarse), medians of the rounds:"
+    );
+    let cpu_table = Table::new(&["no history", "history", "history / none"]);
+    let mut cpu_ratios = Vec::new();
+    for (subscribers, [without, with]) in FAN_OUTS.iter().zip(&cpu) {
+        let (without, with) = (median_duration(without), median_duration(with));
+        cpu_table.row(
+            &format!("publish, {subscribers} subscribers"),
+            "",
+            &[micros(without), micros(with), ratio_of(with, without)],
+        );
+        cpu_ratios.push(with.as_secs_f64() / without.as_secs_f64().max(1e-9));
+    }
+    let cpu_check = summary.check(
+        "11. state, publish to 100 subscribers",
+        "berth CPU per publish, history / none",
+        cpu_ratios[2],
+        Goal::RatioAtMost(1.5),
+        "",
+    );
+    println!("  publish to 100 subscribers, CPU: {cpu_check}");
+    for ((without, with), subscribers) in
+        publishes
+            .iter()
+            .zip(["0 subscribers", "1 subscriber", "100 subscribers"])
+    {
         println!(
             "  publish, {subscribers}: history adds {} at p50, {} at p99",
             micros(with.p50.saturating_sub(without.p50)),
