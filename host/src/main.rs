@@ -145,11 +145,11 @@ fn serve_command(args: ServeArgs) -> ExitCode {
 /// Sets up logging to stderr in `format`: at the level `RUST_LOG` asks for
 /// when it is set, else at `level` (the config's `log-level`).
 fn init_logging(format: LogFormat, level: LevelFilter) {
-    let from_config = || {
-        EnvFilter::builder()
-            .with_default_directive(level.into())
-            .parse_lossy("")
-    };
+    // The state store's database reports every keyspace it opens or
+    // recovers at info; berth says once that the store is open, so the
+    // database speaks only of trouble unless RUST_LOG asks for more.
+    let quiet = level.min(LevelFilter::WARN);
+    let from_config = || EnvFilter::new(format!("{level},fjall={quiet},lsm_tree={quiet}"));
     let mut bad_env = None;
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|error| {
