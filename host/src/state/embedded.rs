@@ -154,6 +154,33 @@ fn live(value: &[u8], now: u64) -> Option<&[u8]> {
     (expiry == 0 || expiry > now).then_some(data)
 }
 
+/// One key-value write: its key, what the key held when the call read it
+/// (expiry and bytes, even if expired), and the call's clock.
+#[derive(Clone, Copy)]
+struct Write<'a> {
+    namespace: &'a str,
+    key: &'a str,
+    old: Option<(u64, &'a [u8])>,
+    now: u64,
+}
+
+impl<'a> Write<'a> {
+    fn new(namespace: &'a str, key: &'a str, old: &'a Option<fjall::Slice>, now: u64) -> Self {
+        Write {
+            namespace,
+            key,
+            old: old.as_deref().and_then(stored),
+            now,
+        }
+    }
+
+    /// The value the key holds, unless it has expired.
+    fn live(&self) -> Option<&'a [u8]> {
+        self.old
+            .and_then(|(expiry, data)| (expiry == 0 || expiry > self.now).then_some(data))
+    }
+}
+
 fn expiry_key(expiry: u64, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + key.len());
     out.extend_from_slice(&expiry.to_be_bytes());
@@ -232,24 +259,18 @@ impl Store {
     ) -> Result<(), StateError> {
         let shared = &self.shared;
         let mut books = shared.lock();
-        let now = now_ms();
-        shared.write(&mut books, namespace, key, Some(value), ttl_ms, now, rules)
+        let old = shared.read(namespace, key)?;
+        let write = Write::new(namespace, key, &old, now_ms());
+        shared.write(&mut books, write, Some(value), ttl_ms, rules)
     }
 
     pub(super) fn delete(&self, namespace: &str, key: &str) -> Result<bool, StateError> {
         let shared = &self.shared;
         let mut books = shared.lock();
-        let now = now_ms();
-        let had = shared.live_value(namespace, key, now)?.is_some();
-        shared.write(
-            &mut books,
-            namespace,
-            key,
-            None,
-            None,
-            now,
-            &StateRules::default(),
-        )?;
+        let old = shared.read(namespace, key)?;
+        let write = Write::new(namespace, key, &old, now_ms());
+        let had = write.live().is_some();
+        shared.write(&mut books, write, None, None, &StateRules::default())?;
         Ok(had)
     }
 
@@ -262,10 +283,10 @@ impl Store {
     ) -> Result<i64, StateError> {
         let shared = &self.shared;
         let mut books = shared.lock();
-        let now = now_ms();
-        let current = shared.kv.get(scoped(namespace, key)).map_err(unavailable)?;
-        let (old, expiry) = match current.as_deref().and_then(stored) {
-            Some((expiry, data)) if expiry == 0 || expiry > now => {
+        let old = shared.read(namespace, key)?;
+        let write = Write::new(namespace, key, &old, now_ms());
+        let (current, expiry) = match (write.live(), write.old) {
+            (Some(data), Some((expiry, _))) => {
                 let text = std::str::from_utf8(data).map_err(|_| StateError::NotANumber)?;
                 (
                     text.parse::<i64>().map_err(|_| StateError::NotANumber)?,
@@ -274,18 +295,11 @@ impl Store {
             }
             _ => (0, 0),
         };
-        let sum = old.checked_add(delta).ok_or(StateError::NotANumber)?;
+        let sum = current.checked_add(delta).ok_or(StateError::NotANumber)?;
         // The key keeps its time to live: the remaining part of it.
-        let ttl = (expiry != 0).then(|| expiry - now);
-        shared.write(
-            &mut books,
-            namespace,
-            key,
-            Some(sum.to_string().as_bytes()),
-            ttl,
-            now,
-            rules,
-        )?;
+        let ttl = (expiry != 0).then(|| expiry - write.now);
+        let text = sum.to_string();
+        shared.write(&mut books, write, Some(text.as_bytes()), ttl, rules)?;
         Ok(sum)
     }
 
@@ -300,11 +314,12 @@ impl Store {
     ) -> Result<bool, StateError> {
         let shared = &self.shared;
         let mut books = shared.lock();
-        let now = now_ms();
-        if shared.live_value(namespace, key, now)?.as_deref() != expected {
+        let old = shared.read(namespace, key)?;
+        let write = Write::new(namespace, key, &old, now_ms());
+        if write.live() != expected {
             return Ok(false);
         }
-        shared.write(&mut books, namespace, key, value, ttl_ms, now, rules)?;
+        shared.write(&mut books, write, value, ttl_ms, rules)?;
         Ok(true)
     }
 }
@@ -335,32 +350,28 @@ impl Shared {
         Ok(())
     }
 
-    fn live_value(
-        &self,
-        namespace: &str,
-        key: &str,
-        now: u64,
-    ) -> Result<Option<Vec<u8>>, StateError> {
-        let value = self.kv.get(scoped(namespace, key)).map_err(unavailable)?;
-        Ok(value.and_then(|v| live(&v, now).map(<[u8]>::to_vec)))
+    /// What `key` holds now, as stored (expiry first), read once per call.
+    fn read(&self, namespace: &str, key: &str) -> Result<Option<fjall::Slice>, StateError> {
+        self.kv.get(scoped(namespace, key)).map_err(unavailable)
     }
 
-    /// Writes `value` under `key` (removes it for `None`) within the
-    /// namespace's quota, in one durable batch.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes `value` under the write's key (removes it for `None`) within
+    /// the namespace's quota, in one durable batch.
     fn write(
         &self,
         books: &mut Books,
-        namespace: &str,
-        key: &str,
+        write: Write<'_>,
         value: Option<&[u8]>,
         ttl_ms: Option<u64>,
-        now: u64,
         rules: &StateRules,
     ) -> Result<(), StateError> {
+        let Write {
+            namespace,
+            key,
+            old: old_entry,
+            now,
+        } = write;
         let full = scoped(namespace, key);
-        let old = self.kv.get(&full).map_err(unavailable)?;
-        let old_entry = old.as_deref().and_then(stored);
         let usage = books.usage.get(namespace).copied().unwrap_or_default();
         let old_size = old_entry.map_or(0, |(_, data)| (key.len() + data.len()) as u64);
         let new_size = value.map_or(0, |data| (key.len() + data.len()) as u64);

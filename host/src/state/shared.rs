@@ -94,6 +94,14 @@ if start > stop then return {epoch, last, start, {}} end
 return {epoch, last, start, redis.call('LRANGE', list, start - first, stop - first)}
 "#;
 
+/// A topic's live members, read against Redis's own clock (which scored
+/// them) in one round trip.
+const MEMBERS: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf', 'LIMIT', 0, tonumber(ARGV[1]))
+"#;
+
 /// Every key-value write: forgets names whose values Redis expired, checks
 /// the quota, and writes. ARGV: value-key prefix, name, op, max keys, max
 /// bytes, then the op's own arguments.
@@ -185,6 +193,7 @@ pub(super) struct Store {
     append: Script,
     read: Script,
     write: Script,
+    members: Script,
 }
 
 /// `namespace`'s keys start with this: its length, then itself.
@@ -234,6 +243,7 @@ impl Store {
             append: Script::new(APPEND),
             read: Script::new(READ),
             write: Script::new(WRITE),
+            members: Script::new(MEMBERS),
         });
         let weak = Arc::downgrade(&store);
         std::thread::Builder::new()
@@ -434,15 +444,10 @@ impl Store {
     ) -> Result<Vec<Member>, StateError> {
         let key = format!("{}p:{topic}", scope(&self.prefix, namespace));
         let entries: Vec<Vec<u8>> = self.with(|conn| {
-            let now: (u64, u64) = redis::cmd("TIME").query(conn)?;
-            redis::cmd("ZRANGEBYSCORE")
-                .arg(&key)
-                .arg(now.0 * 1000 + now.1 / 1000)
-                .arg("+inf")
-                .arg("LIMIT")
-                .arg(0)
+            self.members
+                .key(&key)
                 .arg(limit.min(MAX_MEMBERS))
-                .query(conn)
+                .invoke(conn)
         })?;
         Ok(entries
             .iter()
