@@ -10,13 +10,19 @@
 //! namespace can spell another's keys):
 //! - `kv`: namespace, key -> expiry (ms since the epoch, 0 for none), value.
 //! - `expiry`: expiry, namespace, key -> nothing; what the sweeper walks.
-//! - `topics`: namespace, topic -> the topic's history record ([`Meta`]).
+//! - `topics`: namespace, topic -> the topic's history record ([`Meta`]),
+//!   written when its epoch starts or its route's rules change.
 //! - `history`: namespace, topic, sequence number -> kind, time, bytes.
+//!
+//! A publish writes one entry and nothing else: where a topic's history
+//! ends, and when it was last written, are read back from its entries when
+//! the store opens, and the sweeper removes what falls off the front, so
+//! that the route's thread pays for the message alone.
 //!
 //! A mutex orders the writes, so that quotas, `increment` and
 //! `compare-and-set` read and write as one step; plain reads skip it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -57,6 +63,8 @@ struct Books {
     topics: HashMap<Vec<u8>, Meta>,
     /// Topics with history per namespace.
     topic_counts: HashMap<Box<str>, u32>,
+    /// Topics holding entries before their first kept one, for the sweeper.
+    untrimmed: HashSet<Vec<u8>>,
 }
 
 #[derive(Clone, Copy, Default, Debug)]
@@ -65,7 +73,9 @@ struct Usage {
     bytes: u64,
 }
 
-/// One topic's history record.
+/// One topic's history, as the books hold it. Its record on disk is written
+/// when the epoch starts or `ttl` or `keep` change, so `first`, `last` and
+/// `last_at` may be behind there: [`Shared::load`] reads them from the entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Meta {
     epoch: u64,
@@ -76,34 +86,48 @@ struct Meta {
     last_at: u64,
     /// The route's `history-ttl` then, in ms.
     ttl: u64,
+    /// The route's `history-size` then.
+    keep: u64,
+    /// The oldest entry still on disk (below `first` until swept); not in
+    /// the record.
+    stored_from: u64,
 }
 
 impl Meta {
-    const LEN: usize = 40;
+    const LEN: usize = 48;
 
     fn encode(&self) -> [u8; Self::LEN] {
         let mut out = [0; Self::LEN];
-        for (i, n) in [self.epoch, self.first, self.last, self.last_at, self.ttl]
-            .into_iter()
-            .enumerate()
-        {
+        let fields = [
+            self.epoch,
+            self.first,
+            self.last,
+            self.last_at,
+            self.ttl,
+            self.keep,
+        ];
+        for (i, n) in fields.into_iter().enumerate() {
             out[i * 8..i * 8 + 8].copy_from_slice(&n.to_be_bytes());
         }
         out
     }
 
+    /// Reads a record; one without `keep` (40 bytes) keeps everything it holds.
     fn decode(bytes: &[u8]) -> Option<Meta> {
         let n = |i: usize| {
             Some(u64::from_be_bytes(
                 bytes.get(i * 8..i * 8 + 8)?.try_into().ok()?,
             ))
         };
+        let first = n(1)?;
         Some(Meta {
             epoch: n(0)?,
-            first: n(1)?,
+            first,
             last: n(2)?,
             last_at: n(3)?,
             ttl: n(4)?,
+            keep: n(5).unwrap_or(u64::MAX),
+            stored_from: first,
         })
     }
 
@@ -343,11 +367,45 @@ impl Shared {
         for item in self.topics.iter() {
             let (key, value) = item.into_inner()?;
             if let (Some((namespace, _)), Some(meta)) = (unscope(&key), Meta::decode(&value)) {
+                let meta = self.read_ends(&key, meta)?;
                 *books.topic_counts.entry(namespace.into()).or_default() += 1;
+                if meta.stored_from < meta.first {
+                    books.untrimmed.insert(key.to_vec());
+                }
                 books.topics.insert(key.to_vec(), meta);
             }
         }
         Ok(())
+    }
+
+    /// `meta` brought up to date from the topic's entries: the last one
+    /// gives `last` and `last_at`, the first one `stored_from`.
+    fn read_ends(&self, topic_key: &[u8], mut meta: Meta) -> Result<Meta, fjall::Error> {
+        let mut prefix = topic_key.to_vec();
+        prefix.push(0);
+        let seq_of = |key: &[u8]| {
+            key.get(prefix.len()..)
+                .and_then(|seq| seq.try_into().ok())
+                .map(u64::from_be_bytes)
+        };
+        let mut entries = self.history.prefix(&prefix);
+        if let Some(item) = entries.next_back() {
+            let (key, value) = item.into_inner()?;
+            if let Some(seq) = seq_of(&key).filter(|&seq| seq >= meta.last) {
+                meta.last = seq;
+                let at = value.get(1..9).and_then(|at| at.try_into().ok());
+                meta.last_at = meta.last_at.max(at.map_or(0, u64::from_be_bytes));
+            }
+        }
+        if let Some(item) = entries.next() {
+            meta.stored_from = seq_of(&item.key()?).unwrap_or(meta.first);
+        } else {
+            meta.stored_from = meta.last + 1;
+        }
+        let kept_from = (meta.last + 1).saturating_sub(meta.keep);
+        meta.first = meta.first.max(meta.stored_from).max(kept_from);
+        meta.stored_from = meta.stored_from.min(meta.first);
+        Ok(meta)
     }
 
     /// What `key` holds now, as stored (expiry first), read once per call.
@@ -427,23 +485,30 @@ impl Shared {
         let now = now_ms();
         let topic_key = scoped(namespace, topic);
         let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
-        let meta = match books.topics.get(&topic_key).copied() {
-            Some(meta) if !meta.expired(now) => meta,
+        let ttl = rules.history_ttl.as_millis() as u64;
+        let keep = u64::from(rules.history_size.max(1));
+        let (meta, fresh) = match books.topics.get(&topic_key).copied() {
+            Some(meta) if !meta.expired(now) => (meta, false),
             stale => {
                 if let Some(stale) = stale {
+                    // The new epoch counts from 1 again: none of the old
+                    // entries may stay to be read as its own.
                     self.forget_entries(&mut batch, &topic_key, &stale);
                 } else if books.topic_counts.get(namespace).copied().unwrap_or(0)
                     >= rules.history_topics
                 {
                     return Err(StateError::HistoryTopics);
                 }
-                Meta {
+                let meta = Meta {
                     epoch: new_epoch(),
                     first: 1,
                     last: 0,
                     last_at: now,
-                    ttl: 0,
-                }
+                    ttl,
+                    keep,
+                    stored_from: 1,
+                };
+                (meta, true)
             }
         };
         let seq = meta.last + 1;
@@ -458,32 +523,78 @@ impl Shared {
         stored.extend_from_slice(&now.to_be_bytes());
         stored.extend_from_slice(data);
         batch.insert(&self.history, entry_key(&topic_key, seq), stored);
-        let keep = u64::from(rules.history_size.max(1));
-        let mut first = meta.first;
-        while seq - first + 1 > keep {
-            batch.remove(&self.history, entry_key(&topic_key, first));
-            first += 1;
-        }
+        let rules_changed = meta.ttl != ttl || meta.keep != keep;
         let meta = Meta {
-            first,
+            first: meta.first.max((seq + 1).saturating_sub(keep)),
             last: seq,
             last_at: now,
-            ttl: rules.history_ttl.as_millis() as u64,
+            ttl,
+            keep,
             ..meta
         };
-        batch.insert(&self.topics, topic_key.clone(), meta.encode());
+        if fresh || rules_changed {
+            batch.insert(&self.topics, topic_key.clone(), meta.encode());
+        }
         batch.commit().map_err(unavailable)?;
+        if meta.stored_from < meta.first {
+            books.untrimmed.insert(topic_key.clone());
+        }
         if books.topics.insert(topic_key, meta).is_none() {
             *books.topic_counts.entry(namespace.into()).or_default() += 1;
         }
         Ok((position, composed))
     }
 
-    /// Adds the removal of every kept entry of a topic to `batch`.
+    /// Adds the removal of every entry a topic has on disk to `batch`.
     fn forget_entries(&self, batch: &mut fjall::OwnedWriteBatch, topic_key: &[u8], meta: &Meta) {
-        for seq in meta.first..=meta.last {
+        for seq in meta.stored_from..=meta.last {
             batch.remove(&self.history, entry_key(topic_key, seq));
         }
+    }
+
+    /// Removes up to `budget` entries that fell off the front of their
+    /// topics' histories; answers how many it removed.
+    fn trim(&self, books: &mut Books, budget: usize) -> Result<usize, fjall::Error> {
+        if books.untrimmed.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        let mut removed = 0;
+        let mut trimmed = Vec::new();
+        for key in books.untrimmed.iter() {
+            let Some(meta) = books.topics.get(key) else {
+                trimmed.push((key.clone(), None));
+                continue;
+            };
+            let end = meta.first.min(meta.stored_from + (budget - removed) as u64);
+            for seq in meta.stored_from..end {
+                batch.remove(&self.history, entry_key(key, seq));
+            }
+            removed += end.saturating_sub(meta.stored_from) as usize;
+            trimmed.push((key.clone(), Some(end)));
+            if removed >= budget {
+                break;
+            }
+        }
+        if removed > 0 {
+            batch.commit()?;
+        }
+        for (key, end) in trimmed {
+            let meta = books.topics.get_mut(&key).zip(end);
+            match meta {
+                Some((meta, end)) if end < meta.first => {
+                    meta.stored_from = end.max(meta.stored_from)
+                }
+                Some((meta, _)) => {
+                    meta.stored_from = meta.first;
+                    books.untrimmed.remove(&key);
+                }
+                None => {
+                    books.untrimmed.remove(&key);
+                }
+            }
+        }
+        Ok(removed)
     }
 
     fn read_history(
@@ -587,6 +698,13 @@ impl Shared {
             }
         }
         let mut books = self.lock();
+        match self.trim(&mut books, SWEEP_BATCH) {
+            Ok(removed) => more |= removed == SWEEP_BATCH,
+            Err(error) => {
+                tracing::error!(%error, "cannot remove old history entries");
+                return false;
+            }
+        }
         let idle: Vec<(Vec<u8>, Meta)> = books
             .topics
             .iter()
@@ -609,6 +727,7 @@ impl Shared {
         }
         for (key, _) in idle {
             books.topics.remove(&key);
+            books.untrimmed.remove(&key);
             if let Some((namespace, _)) = unscope(&key)
                 && let Some(count) = books.topic_counts.get_mut(namespace)
             {
@@ -743,6 +862,59 @@ mod tests {
     }
 
     #[test]
+    fn history_reopens_where_its_entries_end_and_sheds_its_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = rules();
+        let store = Store::open(dir.path()).unwrap();
+        let mut last = None;
+        for i in 0..10u8 {
+            last = Some(
+                store
+                    .append("/a", "t", text(&[b'a' + i]), &rules)
+                    .unwrap()
+                    .0,
+            );
+        }
+        let last = last.unwrap();
+        // Only the first publish wrote the topic's record; the entries say
+        // where the history ends.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let page = store.history("/a", "t", None, 10).unwrap();
+        let seqs: Vec<u64> = page.messages.iter().map(|k| k.seq).collect();
+        assert_eq!(
+            (seqs, page.last, page.epoch),
+            (vec![8, 9, 10], 10, last.epoch)
+        );
+        let (next, _) = store.append("/a", "t", text(b"k"), &rules).unwrap();
+        assert_eq!(next, Position { seq: 11, ..last });
+        // The sweeper removes the entries before the kept ones, and no more.
+        let on_disk = |store: &Store| {
+            let mut prefix = scoped("/a", "t");
+            prefix.push(0);
+            store.shared.history.prefix(prefix).count()
+        };
+        assert_eq!(on_disk(&store), 11);
+        while store.shared.sweep_once() {}
+        assert_eq!(on_disk(&store), 3);
+        assert!(store.shared.lock().untrimmed.is_empty());
+        // A smaller history-size is written down, and holds after a reopen.
+        let smaller = StateRules {
+            history_size: 1,
+            ..rules
+        };
+        store.append("/a", "t", text(b"l"), &smaller).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let page = store.history("/a", "t", None, 10).unwrap();
+        assert_eq!(page.messages.len(), 1);
+        assert_eq!(
+            (page.messages[0].seq, &page.messages[0].data[..]),
+            (12, &b"l"[..])
+        );
+    }
+
+    #[test]
     fn a_namespace_keeps_history_for_at_most_history_topics_topics() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -769,8 +941,12 @@ mod tests {
             last: 3,
             last_at: 4,
             ttl: 5,
+            keep: 6,
+            stored_from: 2,
         };
         assert_eq!(Meta::decode(&meta.encode()), Some(meta));
+        let old = Meta::decode(&meta.encode()[..40]).unwrap();
+        assert_eq!(old.keep, u64::MAX);
         assert_eq!(Meta::decode(&[0; 39]), None);
         assert_eq!(unscope(&scoped("/ns", "key")), Some(("/ns", &b"key"[..])));
     }
