@@ -15,18 +15,18 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 pub mod check;
+mod client_addr;
 mod close_code;
 pub mod cluster;
 pub mod config;
 pub mod demo;
 mod extensions;
-mod handshake;
 mod http;
 pub mod listener;
 mod metrics;
 mod outbox;
-mod proxy;
 mod publish_api;
 mod pubsub;
 pub mod reload;
@@ -36,6 +36,7 @@ pub mod scaffold;
 pub mod server;
 mod session;
 pub mod state;
+mod upgrade;
 mod watch;
 
 pub use config::Config;

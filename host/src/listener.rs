@@ -11,7 +11,7 @@
 //! cap of its own.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,10 +27,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Admission, Refused};
+use crate::client_addr;
 use crate::config::{ListenerConfig, TlsFiles};
-use crate::http::{self, Admission, App, Tally};
+use crate::http;
 use crate::metrics::Rejection;
-use crate::proxy;
+use crate::server::Shared;
 
 /// How many connections the kernel may hold for us before we accept them.
 /// We ask for more than Linux grants (`net.core.somaxconn`, 4096 on current
@@ -66,46 +68,6 @@ pub enum ListenError {
         /// What is wrong, naming the file.
         reason: String,
     },
-}
-
-/// The limits a socket is admitted under. Sockets are counted at accept (or
-/// right after the PROXY header that names their client), before any HTTP: a
-/// client that opens sockets and never sends a request holds file descriptors
-/// and memory all the same, so that is what has to be capped.
-pub(crate) struct Limits {
-    /// `max-connections`: sockets open at once.
-    pub(crate) global: Arc<Semaphore>,
-    /// `max-connections-per-ip`: open sockets per client address, and the cap.
-    pub(crate) per_ip: Option<(Arc<Tally<IpAddr>>, usize)>,
-}
-
-/// Why a socket was refused.
-enum Refused {
-    /// The server has `max-connections` open: 503.
-    Full,
-    /// The client's address has `max-connections-per-ip` open: 429.
-    PeerFull,
-}
-
-impl Limits {
-    /// Takes a place for a socket from `ip` under every limit (`None`: a
-    /// trusted proxy, whose clients are counted per request instead), or says
-    /// which one is full. The address is checked first: one that is over its
-    /// own limit is told so, and takes nothing from everyone's.
-    fn admit(&self, ip: Option<IpAddr>) -> Result<Admission, Refused> {
-        let peer = match (&self.per_ip, ip) {
-            (Some((tally, max)), Some(ip)) => {
-                Some(tally.try_acquire(ip, *max).ok_or(Refused::PeerFull)?)
-            }
-            _ => None,
-        };
-        let permit = self
-            .global
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Refused::Full)?;
-        Ok(Admission::new(permit, peer))
-    }
 }
 
 /// A listener bound and ready to accept.
@@ -153,8 +115,8 @@ impl Bound {
         self.tls.is_some()
     }
 
-    /// Accepts sockets until `stop`, each served in a task of the app's tracker.
-    pub(crate) async fn run(self, app: Arc<App>, limits: Arc<Limits>, stop: CancellationToken) {
+    /// Accepts sockets until `stop`, each served in a task of the server's tracker.
+    pub(crate) async fn run(self, shared: Arc<Shared>, stop: CancellationToken) {
         let this = Arc::new(self);
         loop {
             let accepted = tokio::select! {
@@ -168,11 +130,10 @@ impl Bound {
                     let accepted_at = Instant::now();
                     let socket = Socket {
                         listener: this.clone(),
-                        app: app.clone(),
-                        limits: limits.clone(),
+                        shared: shared.clone(),
                         accepted_at,
                     };
-                    app.tracker.spawn(socket.serve(stream, peer));
+                    shared.tracker.spawn(socket.serve(stream, peer));
                 }
                 Err(error) => {
                     // Out of file descriptors, most likely: back off rather
@@ -188,28 +149,32 @@ impl Bound {
 /// One accepted socket on its way to HTTP.
 struct Socket {
     listener: Arc<Bound>,
-    app: Arc<App>,
-    limits: Arc<Limits>,
+    shared: Arc<Shared>,
     accepted_at: Instant,
 }
 
 impl Socket {
     fn deadline(&self) -> Instant {
-        self.accepted_at + self.app.handshake_timeout
+        self.accepted_at + self.shared.handshake_timeout
     }
 
     async fn serve(self, stream: TcpStream, peer: SocketAddr) {
         if !self.listener.proxy_protocol {
             return self.admitted(stream, peer).await;
         }
-        match tokio::time::timeout_at(self.deadline(), proxy::read_header(stream, peer)).await {
+        match tokio::time::timeout_at(
+            self.deadline(),
+            client_addr::read_proxy_header(stream, peer),
+        )
+        .await
+        {
             Ok(Ok((stream, client))) => self.admitted(stream, client).await,
             Ok(Err(error)) => {
-                self.app.metrics.rejected(Rejection::ProxyHeader);
+                self.shared.metrics.rejected(Rejection::ProxyHeader);
                 tracing::debug!(%peer, %error, "dropped: no valid PROXY header");
             }
             Err(_) => {
-                self.app.metrics.rejected(Rejection::ProxyHeader);
+                self.shared.metrics.rejected(Rejection::ProxyHeader);
                 tracing::debug!(%peer, "dropped: no PROXY header in time");
             }
         }
@@ -224,19 +189,19 @@ impl Socket {
         // A trusted proxy carries many clients: they are counted per request,
         // by the address it forwards, not as the proxy's own.
         let ip = (!trusted.iter().any(|net| net.contains(&client.ip()))).then(|| client.ip());
-        let admission = match self.limits.admit(ip) {
+        let admission = match self.shared.limits.admit(ip) {
             Ok(admission) => admission,
-            Err(Refused::Full) => {
-                self.app.metrics.rejected(Rejection::ServerFull);
-                tracing::warn!(%client, "connection limit reached; answering 503");
-                return http::refuse_socket(stream, http::OVERLOADED).await;
-            }
-            Err(Refused::PeerFull) => {
-                self.app.metrics.rejected(Rejection::PeerFull);
-                // Debug, not warn: the client decides how often this
-                // happens, and could fill the log.
-                tracing::debug!(%client, "connection limit of the address reached; answering 429");
-                return http::refuse_socket(stream, http::TOO_MANY_FROM_PEER).await;
+            Err(refused) => {
+                if refused == Refused::Full {
+                    self.shared.metrics.rejected(Rejection::ServerFull);
+                    tracing::warn!(%client, "connection limit reached; answering 503");
+                } else {
+                    self.shared.metrics.rejected(Rejection::PeerFull);
+                    // Debug, not warn: the client decides how often this
+                    // happens, and could fill the log.
+                    tracing::debug!(%client, "connection limit of the address reached; answering 429");
+                }
+                return http::refuse_socket(stream, refused).await;
             }
         };
         let Some(acceptor) = self.listener.tls.clone() else {
@@ -245,11 +210,11 @@ impl Socket {
         match tokio::time::timeout_at(self.deadline(), acceptor.accept(stream)).await {
             Ok(Ok(tls)) => self.http(tls, client, admission).await,
             Ok(Err(error)) => {
-                self.app.metrics.rejected(Rejection::Tls);
+                self.shared.metrics.rejected(Rejection::Tls);
                 tracing::debug!(%client, %error, "TLS handshake failed");
             }
             Err(_) => {
-                self.app.metrics.rejected(Rejection::Tls);
+                self.shared.metrics.rejected(Rejection::Tls);
                 tracing::debug!(%client, "TLS handshake not done in time");
             }
         }
@@ -259,14 +224,13 @@ impl Socket {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let context = http::Accepted {
+        let accepted = http::Accepted {
             peer: client,
             admission,
             since: self.accepted_at,
             trusted_proxies: self.listener.trusted_proxies.clone(),
-            per_ip: self.limits.per_ip.clone(),
         };
-        http::serve(self.app, stream, context).await;
+        http::serve(self.shared, stream, accepted).await;
     }
 }
 
@@ -289,8 +253,8 @@ impl AdminListener {
             .expect("a bound listener has an address")
     }
 
-    /// Accepts sockets until `stop`, each served in a task of the app's tracker.
-    pub(crate) async fn run(self, app: Arc<App>, stop: CancellationToken) {
+    /// Accepts sockets until `stop`, each served in a task of the server's tracker.
+    pub(crate) async fn run(self, shared: Arc<Shared>, stop: CancellationToken) {
         let room = Arc::new(Semaphore::new(ADMIN_SOCKETS));
         loop {
             let accepted = tokio::select! {
@@ -304,10 +268,10 @@ impl AdminListener {
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let app = app.clone();
-                    app.tracker.clone().spawn(async move {
+                    let shared = shared.clone();
+                    shared.tracker.clone().spawn(async move {
                         let _permit = permit;
-                        http::serve_admin(app, stream).await;
+                        http::serve_admin(shared, stream).await;
                     });
                 }
                 Err(error) => {

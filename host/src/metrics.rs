@@ -22,7 +22,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::handshake::Refusal;
+use crate::upgrade::Refusal;
 
 /// The `Content-Type` of what [`Metrics::encode`] writes: the Prometheus text
 /// format, version 0.0.4.

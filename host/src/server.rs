@@ -5,16 +5,17 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::admission::Limits;
 use crate::cluster::{self, Cluster, ClusterError};
 use crate::config::{Config, Overrides};
-use crate::http::App;
-use crate::listener::{AdminListener, Bound, Limits, ListenError};
+use crate::listener::{AdminListener, Bound, ListenError};
 use crate::metrics::Metrics;
 use crate::publish_api::PublishApi;
 use crate::pubsub::Broker;
@@ -62,12 +63,45 @@ pub struct ServeOptions {
     pub watch: bool,
 }
 
+/// What every step of every connection of one server reads: made here, once,
+/// and handed to the listeners.
+pub(crate) struct Shared {
+    /// The routing table, which reload replaces.
+    pub(crate) router: Arc<Router>,
+    /// Cancelled when the server shuts down.
+    pub(crate) shutdown: CancellationToken,
+    /// Every socket's task, so that shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
+    /// The time from a socket's connect (or, on a kept-alive socket, from its
+    /// last answer) to the 101 answer: the request head and `on-connect` both
+    /// have to fit in it.
+    pub(crate) handshake_timeout: Duration,
+    /// The caps on open connections.
+    pub(crate) limits: Limits,
+    /// The next connection id.
+    next_conn: AtomicU64,
+    /// Whether `/` answers a browser with the demo page.
+    pub(crate) demo_page: bool,
+    /// The server's metrics.
+    pub(crate) metrics: Arc<Metrics>,
+    /// Whether the public listeners answer `/metrics` (no admin listener).
+    pub(crate) public_metrics: bool,
+    /// `POST /publish/...`, when `[publish-api]` has tokens.
+    pub(crate) publish_api: Option<PublishApi>,
+}
+
+impl Shared {
+    /// A new connection's id, unique within this process.
+    pub(crate) fn next_conn(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
 /// A bound, loaded server that has not started accepting yet.
 pub struct Server {
     listeners: Vec<Bound>,
     admin: Option<AdminListener>,
-    app: Arc<App>,
-    limits: Arc<Limits>,
+    shared: Arc<Shared>,
     reload: ReloadHandle,
     reload_thread: JoinHandle<Stopped>,
     plugin_dir: Option<PathBuf>,
@@ -118,20 +152,17 @@ impl Server {
             broker.clone(),
             state.clone(),
         );
-        let app = Arc::new(App::new(
-            router.clone(),
-            config.handshake_timeout,
-            config.demo_page,
-            shutdown.clone(),
-            metrics.clone(),
-            admin.is_none(),
+        let shared = Arc::new(Shared {
+            router: router.clone(),
+            shutdown: shutdown.clone(),
+            tracker: TaskTracker::new(),
+            handshake_timeout: config.handshake_timeout,
+            limits: Limits::new(config.max_connections, config.max_connections_per_ip),
+            next_conn: AtomicU64::new(1),
+            demo_page: config.demo_page,
+            metrics: metrics.clone(),
+            public_metrics: admin.is_none(),
             publish_api,
-        ));
-        let limits = Arc::new(Limits {
-            global: Arc::new(Semaphore::new(config.max_connections)),
-            per_ip: config
-                .max_connections_per_ip
-                .map(|max| (Arc::default(), max)),
         });
         let plugin_dir = config.auto_routes.then(|| config.plugin_dir.clone());
         let loader = runtime.clone();
@@ -160,8 +191,7 @@ impl Server {
         Ok(Server {
             listeners,
             admin,
-            app,
-            limits,
+            shared,
             reload,
             reload_thread,
             plugin_dir,
@@ -191,7 +221,7 @@ impl Server {
 
     /// The routes served now, as (path, plugin) pairs in path order.
     pub fn routes(&self) -> Vec<(String, String)> {
-        self.app.router.list()
+        self.shared.router.list()
     }
 
     /// The folder whose `NAME.wasm` files are served at `/NAME`, if drop-in
@@ -202,12 +232,12 @@ impl Server {
 
     /// Whether `/` serves the demo's chat page to browsers.
     pub fn serves_demo_page(&self) -> bool {
-        self.app.serves_demo_page()
+        self.shared.demo_page
     }
 
     /// Whether backends can publish with `POST /publish/NAMESPACE/TOPIC`.
     pub fn serves_publish_api(&self) -> bool {
-        self.app.serves_publish_api()
+        self.shared.publish_api.is_some()
     }
 
     /// A handle that makes the server re-read its config and plugin files.
@@ -221,8 +251,7 @@ impl Server {
         let Server {
             listeners,
             admin,
-            app,
-            limits,
+            shared,
             reload,
             reload_thread,
             plugin_dir: _,
@@ -232,34 +261,34 @@ impl Server {
         let stop_accepting = CancellationToken::new();
         let mut accepting = tokio::task::JoinSet::new();
         for listener in listeners {
-            accepting.spawn(listener.run(app.clone(), limits.clone(), stop_accepting.clone()));
+            accepting.spawn(listener.run(shared.clone(), stop_accepting.clone()));
         }
         if let Some(admin) = admin {
-            accepting.spawn(admin.run(app.clone(), stop_accepting.clone()));
+            accepting.spawn(admin.run(shared.clone(), stop_accepting.clone()));
         }
         shutdown.await;
         stop_accepting.cancel();
         // The listening sockets close here, before the connections are told.
         while accepting.join_next().await.is_some() {}
         tracing::info!("shutting down");
-        app.shutdown.cancel();
-        app.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, app.tracker.wait())
+        shared.shutdown.cancel();
+        shared.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, shared.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                open = app.tracker.len(),
+                open = shared.tracker.len(),
                 "connections still open after the shutdown grace period"
             );
         }
         // Route threads end once every handle to them is gone: the reload
-        // thread drops its table when it stops, the app its router. The last
+        // thread drops its table when it stops, `shared` its router. The last
         // on-close calls are already in their queues.
         reload.trigger(Trigger::Stop);
         let drained = tokio::task::spawn_blocking(move || {
             let threads = reload_thread.join().unwrap_or_default();
-            drop(app);
+            drop(shared);
             for thread in threads {
                 let _ = thread.join();
             }

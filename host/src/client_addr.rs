@@ -78,7 +78,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 /// the header. A connection without a valid header is an error: on a
 /// listener behind a proxy, a client that can reach berth directly must not
 /// be able to pass as anyone.
-pub(crate) async fn read_header<S: AsyncRead + Unpin>(
+pub(crate) async fn read_proxy_header<S: AsyncRead + Unpin>(
     mut stream: S,
     peer: SocketAddr,
 ) -> io::Result<(Prefixed<S>, SocketAddr)> {
@@ -150,7 +150,11 @@ fn v2_client(header: &v2::Header, peer: SocketAddr) -> SocketAddr {
 /// proxies; the first address that is not one is the client (anything left of
 /// it could have been written by the client itself). A forwarded address has
 /// no port, so the result carries port 0 unless `Forwarded` gives one.
-pub(crate) fn client_addr(headers: &HeaderMap, peer: SocketAddr, trusted: &[IpNet]) -> SocketAddr {
+pub(crate) fn from_forwarded(
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    trusted: &[IpNet],
+) -> SocketAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(&ip));
     if !is_trusted(peer.ip()) {
         return peer;
@@ -225,20 +229,20 @@ mod tests {
     fn forwarded_headers_count_only_from_trusted_peers() {
         let peer: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         let spoofed = headers(&[("x-forwarded-for", "1.2.3.4")]);
-        assert_eq!(client_addr(&spoofed, peer, &[]), peer);
+        assert_eq!(from_forwarded(&spoofed, peer, &[]), peer);
         assert_eq!(
-            client_addr(&spoofed, peer, &nets(&["192.168.0.0/16"])),
+            from_forwarded(&spoofed, peer, &nets(&["192.168.0.0/16"])),
             peer
         );
         let trusted = nets(&["10.0.0.0/8"]);
         assert_eq!(
-            client_addr(&spoofed, peer, &trusted),
+            from_forwarded(&spoofed, peer, &trusted),
             "1.2.3.4:0".parse().unwrap()
         );
         // The client wrote the leftmost entry itself; the rightmost untrusted hop wins.
         let chain = headers(&[("x-forwarded-for", "6.6.6.6, 1.2.3.4, 10.0.0.9")]);
         assert_eq!(
-            client_addr(&chain, peer, &trusted),
+            from_forwarded(&chain, peer, &trusted),
             "1.2.3.4:0".parse().unwrap()
         );
         let forwarded = headers(&[(
@@ -246,18 +250,18 @@ mod tests {
             "for=6.6.6.6, for=\"[2001:db8::17]:4711\";proto=https",
         )]);
         assert_eq!(
-            client_addr(&forwarded, peer, &trusted),
+            from_forwarded(&forwarded, peer, &trusted),
             "[2001:db8::17]:4711".parse().unwrap()
         );
         let hidden = headers(&[("forwarded", "for=_hidden")]);
-        assert_eq!(client_addr(&hidden, peer, &trusted), peer);
+        assert_eq!(from_forwarded(&hidden, peer, &trusted), peer);
     }
 
     #[tokio::test]
     async fn proxy_headers_v1_and_v2_name_the_client_and_keep_what_follows() {
         let peer: SocketAddr = "10.0.0.5:4000".parse().unwrap();
         let v1 = b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\nGET / HTTP/1.1\r\n".to_vec();
-        let (mut rest, client) = read_header(&v1[..], peer).await.unwrap();
+        let (mut rest, client) = read_proxy_header(&v1[..], peer).await.unwrap();
         assert_eq!(client, "203.0.113.7:51000".parse().unwrap());
         let mut after = String::new();
         rest.read_to_string(&mut after).await.unwrap();
@@ -269,16 +273,16 @@ mod tests {
         v2.extend(51001u16.to_be_bytes());
         v2.extend(443u16.to_be_bytes());
         v2.extend(b"hello");
-        let (mut rest, client) = read_header(&v2[..], peer).await.unwrap();
+        let (mut rest, client) = read_proxy_header(&v2[..], peer).await.unwrap();
         assert_eq!(client, "198.51.100.9:51001".parse().unwrap());
         let mut after = String::new();
         rest.read_to_string(&mut after).await.unwrap();
         assert_eq!(after, "hello");
 
         let local = [b"\r\n\r\n\0\r\nQUIT\n".as_slice(), &[0x20, 0x00, 0, 0]].concat();
-        assert_eq!(read_header(&local[..], peer).await.unwrap().1, peer);
+        assert_eq!(read_proxy_header(&local[..], peer).await.unwrap().1, peer);
         assert!(
-            read_header(&b"GET / HTTP/1.1\r\n\r\n"[..], peer)
+            read_proxy_header(&b"GET / HTTP/1.1\r\n\r\n"[..], peer)
                 .await
                 .is_err()
         );
