@@ -6,7 +6,7 @@
 //!
 //! It is a plain locked `VecDeque` rather than a channel because:
 //! - a route worker that handles a batch of events can hold back the wake-ups
-//!   it causes until the batch is done ([`deferring_wakes`]), so that a
+//!   it causes until the batch is done ([`Wakes`]), so that a
 //!   session wakes once to write every message the batch queued for it,
 //!   instead of once per message, which is what makes a fan-out to a thousand
 //!   subscribers cheap;
@@ -27,7 +27,6 @@
 //! queue means a wake-up is already on its way, and the session always takes
 //! everything there is before it sleeps again.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -136,36 +135,44 @@ impl Shared {
     }
 }
 
-thread_local! {
-    /// Wake-ups held back on this thread while it runs [`deferring_wakes`].
-    static DEFERRED: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+/// The session wake-ups that pushes cause: made at once, or held back by a
+/// route worker until its batch of events is done, so that a session wakes
+/// once to write everything the batch queued for it.
+#[derive(Default)]
+pub(crate) struct Wakes {
+    /// `None` wakes at once.
+    held: Option<Vec<Waker>>,
 }
 
-fn wake(waker: Waker) {
-    let waker = DEFERRED.with_borrow_mut(|deferred| match deferred {
-        Some(held) => {
-            held.push(waker);
-            None
+impl Wakes {
+    /// Wake-ups made as they happen.
+    pub(crate) fn immediate() -> Wakes {
+        Wakes { held: None }
+    }
+
+    /// Wake-ups held until [`Self::wake_all`].
+    pub(crate) fn deferred() -> Wakes {
+        Wakes {
+            held: Some(Vec::new()),
         }
-        None => Some(waker),
-    });
-    if let Some(waker) = waker {
-        waker.wake();
     }
-}
 
-/// Runs `f`, holding back every session wake-up that pushes on this thread
-/// cause until it returns, then waking each session once.
-pub(crate) fn deferring_wakes<R>(held: &mut Vec<Waker>, f: impl FnOnce() -> R) -> R {
-    let previous = DEFERRED.replace(Some(std::mem::take(held)));
-    let result = f();
-    *held = DEFERRED
-        .replace(previous)
-        .expect("only deferring_wakes takes the held wakes");
-    for waker in held.drain(..) {
-        waker.wake();
+    fn add(&mut self, waker: Waker) {
+        match &mut self.held {
+            Some(held) => held.push(waker),
+            None => waker.wake(),
+        }
     }
-    result
+
+    /// Wakes each session held back. Each is in the list once: only a push
+    /// onto an empty queue wakes its session.
+    pub(crate) fn wake_all(&mut self) {
+        if let Some(held) = &mut self.held {
+            for waker in held.drain(..) {
+                waker.wake();
+            }
+        }
+    }
 }
 
 /// The sending side of one connection's outbound queue, held by the plugin
@@ -189,36 +196,48 @@ impl Drop for ConnHandle {
             // The last handle: the session must learn that nobody will write
             // to it again.
             if let Some(waker) = self.shared.lock().waiter.take() {
-                wake(waker);
+                waker.wake();
             }
         }
     }
 }
 
 impl ConnHandle {
-    /// Queues `out` without waiting. A full queue marks the client as a slow
-    /// consumer: its session closes it with 1013.
-    pub(crate) fn push(&self, out: WsMessage) -> Result<(), PushError> {
+    /// Queues `out` without waiting; the session's wake-up goes to `wakes`.
+    /// A full queue marks the client as a slow consumer: its session closes
+    /// it with 1013.
+    pub(crate) fn push(&self, out: WsMessage, wakes: &mut Wakes) -> Result<(), PushError> {
         let bytes = out.len();
         if bytes > self.shared.byte_capacity {
             return Err(PushError::TooLarge);
         }
-        self.queue(1, bytes, Outbound::One(out))
+        self.queue(1, bytes, Outbound::One(out), wakes)
     }
 
     /// Queues a run of publishes whose payloads add up to `bytes`, as
     /// [`Self::push`] does one message, each counted against the bounds. A
     /// run that does not fit whole is not queued: the client is a slow
     /// consumer, and its session closes it.
-    pub(crate) fn push_run(&self, messages: &Published, bytes: usize) -> Result<(), PushError> {
+    pub(crate) fn push_run(
+        &self,
+        messages: &Published,
+        bytes: usize,
+        wakes: &mut Wakes,
+    ) -> Result<(), PushError> {
         let run = Outbound::Run {
             messages: messages.clone(),
             next: 0,
         };
-        self.queue(messages.len(), bytes, run)
+        self.queue(messages.len(), bytes, run, wakes)
     }
 
-    fn queue(&self, count: usize, bytes: usize, out: Outbound) -> Result<(), PushError> {
+    fn queue(
+        &self,
+        count: usize,
+        bytes: usize,
+        out: Outbound,
+        wakes: &mut Wakes,
+    ) -> Result<(), PushError> {
         let mut state = self.shared.lock();
         if state.closed {
             return Err(PushError::Gone);
@@ -238,7 +257,7 @@ impl ConnHandle {
         let waiter = state.waiter.take();
         drop(state);
         if let Some(waker) = waiter {
-            wake(waker);
+            wakes.add(waker);
         }
         Ok(())
     }
@@ -395,12 +414,11 @@ mod tests {
         let mut into = VecDeque::new();
         let mut cx = Context::from_waker(&waker);
         assert!(outbox.poll_take(&mut cx, &mut into).is_pending());
-        let mut held = Vec::new();
-        deferring_wakes(&mut held, || {
-            handle.push(text("a")).unwrap();
-            handle.push(text("b")).unwrap();
-            assert!(!flag.0.load(Ordering::SeqCst), "woken inside the batch");
-        });
+        let mut wakes = Wakes::deferred();
+        handle.push(text("a"), &mut wakes).unwrap();
+        handle.push(text("b"), &mut wakes).unwrap();
+        assert!(!flag.0.load(Ordering::SeqCst), "woken inside the batch");
+        wakes.wake_all();
         assert!(flag.0.load(Ordering::SeqCst), "not woken after the batch");
         assert_eq!(outbox.poll_take(&mut cx, &mut into), Poll::Ready(true));
         assert_eq!(into, [one("a"), one("b")]);
@@ -409,19 +427,25 @@ mod tests {
     #[test]
     fn a_full_queue_stops_the_connection_and_a_closed_one_refuses() {
         let (handle, outbox) = bounded(2, &CancellationToken::new());
-        handle.push(text("a")).unwrap();
-        handle.push(text("b")).unwrap();
-        assert_eq!(handle.push(text("c")).err(), Some(PushError::Full));
+        handle.push(text("a"), &mut Wakes::immediate()).unwrap();
+        handle.push(text("b"), &mut Wakes::immediate()).unwrap();
+        assert_eq!(
+            handle.push(text("c"), &mut Wakes::immediate()).err(),
+            Some(PushError::Full)
+        );
         assert!(outbox.stop().is_cancelled());
         drop(outbox);
-        assert_eq!(handle.push(text("d")).err(), Some(PushError::Gone));
+        assert_eq!(
+            handle.push(text("d"), &mut Wakes::immediate()).err(),
+            Some(PushError::Gone)
+        );
     }
 
     #[test]
     fn the_last_handle_gone_ends_the_queue_after_what_it_holds() {
         let (handle, outbox) = bounded(4, &CancellationToken::new());
         let second = handle.clone();
-        handle.push(text("a")).unwrap();
+        handle.push(text("a"), &mut Wakes::immediate()).unwrap();
         drop(handle);
         drop(second);
         let waker = Waker::noop();
@@ -439,14 +463,17 @@ mod tests {
             .into_iter()
             .map(Publish::from)
             .collect();
-        handle.push_run(&run, 4).unwrap();
-        handle.push(text("a")).unwrap();
-        handle.push(text("b")).unwrap();
-        assert_eq!(handle.push_run(&run, 4).err(), Some(PushError::Full));
+        handle.push_run(&run, 4, &mut Wakes::immediate()).unwrap();
+        handle.push(text("a"), &mut Wakes::immediate()).unwrap();
+        handle.push(text("b"), &mut Wakes::immediate()).unwrap();
+        assert_eq!(
+            handle.push_run(&run, 4, &mut Wakes::immediate()).err(),
+            Some(PushError::Full)
+        );
         assert!(outbox.stop().is_cancelled());
 
         let (handle, taken) = bounded(2, &CancellationToken::new());
-        handle.push_run(&run, 4).unwrap();
+        handle.push_run(&run, 4, &mut Wakes::immediate()).unwrap();
         let mut cx = Context::from_waker(Waker::noop());
         let mut into = VecDeque::new();
         assert_eq!(taken.poll_take(&mut cx, &mut into), Poll::Ready(true));
@@ -458,7 +485,7 @@ mod tests {
             }]
         );
         // What the session took no longer counts against the message count.
-        handle.push_run(&run, 4).unwrap();
+        handle.push_run(&run, 4, &mut Wakes::immediate()).unwrap();
     }
 
     #[test]
@@ -468,23 +495,32 @@ mod tests {
         let mut into = VecDeque::new();
         // Larger than the whole bound: refused, and the connection stays.
         assert_eq!(
-            handle.push(text("elevenbytes")).err(),
+            handle
+                .push(text("elevenbytes"), &mut Wakes::immediate())
+                .err(),
             Some(PushError::TooLarge)
         );
         assert!(!outbox.stop().is_cancelled());
-        handle.push(text("123456")).unwrap();
+        handle
+            .push(text("123456"), &mut Wakes::immediate())
+            .unwrap();
         assert_eq!(held.get(), 6);
         assert_eq!(outbox.poll_take(&mut cx, &mut into), Poll::Ready(true));
         // Taken but not yet written: still held, still counted.
         assert_eq!(held.get(), 6);
-        handle.push(text("1234")).unwrap();
+        handle.push(text("1234"), &mut Wakes::immediate()).unwrap();
         assert_eq!(held.get(), 10);
         // The session wrote what it took and comes back: that is released.
         into.clear();
         assert_eq!(outbox.poll_take(&mut cx, &mut into), Poll::Ready(true));
         assert_eq!(held.get(), 4);
-        handle.push(text("123456")).unwrap();
-        assert_eq!(handle.push(text("1")).err(), Some(PushError::Full));
+        handle
+            .push(text("123456"), &mut Wakes::immediate())
+            .unwrap();
+        assert_eq!(
+            handle.push(text("1"), &mut Wakes::immediate()).err(),
+            Some(PushError::Full)
+        );
         assert!(outbox.stop().is_cancelled());
         drop(outbox);
         assert_eq!(held.get(), 0);

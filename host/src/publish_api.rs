@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use crate::config::PublishApiConfig;
-use crate::pubsub::Broker;
+use crate::pubsub::{Broker, Held};
 use crate::router::Router;
 use crate::state::{Entry, State};
 
@@ -275,7 +275,9 @@ impl PublishApi {
         } else {
             String::new()
         };
-        let count = self.broker.publish(&namespace, &topic, msg, None);
+        let count = self
+            .broker
+            .publish(&namespace, &topic, msg, None, &mut Held::immediate());
         tracing::debug!(%namespace, topic, local_subscribers = count, "published through the API");
         answer(
             StatusCode::ACCEPTED,

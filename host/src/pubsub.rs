@@ -3,30 +3,28 @@
 //! queue; a subscriber whose queue is full is closed as a slow consumer, and
 //! nobody else waits for it.
 //!
-//! While a route worker runs a batch of plugin calls ([`batching`]),
-//! consecutive publishes to one topic are held as a run, and the run is
-//! queued as one shared entry per subscriber ([`Published`]): a thousand
-//! subscribers cost a thousand pushes per run, not per publish, and hold no
-//! per-message copy or reference count (in the fan-out benchmark's profile,
-//! a push per publish per subscriber was a quarter of berth's CPU, and a
-//! reference-counted clone per message per subscriber a tenth after that).
-//! Anything that must come after the run in some connection's order (a
-//! `send` or `close` to one of its subscribers, a subscription change, the
-//! end of the batch) delivers it first.
+//! While a route worker runs a batch of plugin calls, what they publish and
+//! the wake-ups they cause are held in a [`Held`] that the worker owns and
+//! lends to each call. Consecutive publishes to one topic are held as a run,
+//! and the run is queued as one shared entry per subscriber ([`Published`]),
+//! so that a subscriber costs one push per run, not per publish, and holds
+//! no per-message copy or reference count. Anything that must come after the
+//! run in some connection's order (a `send` or `close` to one of its
+//! subscribers, a subscription change, the end of the batch) delivers it
+//! first.
 //!
 //! A [`Remote`] (the Redis link in `cluster`) extends topics to other nodes:
 //! the broker tells it when a topic gains its first or loses its last local
 //! subscriber, and hands it every publish made here; what other nodes
 //! publish comes back through [`Broker::deliver`].
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::outbox::{ConnHandle, Published};
+use crate::outbox::{ConnHandle, Published, Wakes};
 
 /// Subscribers of one topic, by connection id.
 type Subscribers = FxHashMap<u64, ConnHandle>;
@@ -65,45 +63,67 @@ struct Run {
     messages: Vec<(WsMessage, Option<u64>)>,
 }
 
-impl Run {
-    fn deliver(self) {
-        self.broker
-            .deliver(&self.namespace, &self.topic, &self.messages);
+/// What a batch of plugin calls holds back until something needs it: a run
+/// of publishes to one topic, and the session wake-ups its pushes cause.
+/// Made by a route worker for its batches ([`Held::batching`]); elsewhere
+/// ([`Held::immediate`]) nothing waits.
+#[derive(Default)]
+pub(crate) struct Held {
+    /// Whether publishes are held in runs.
+    batching: bool,
+    run: Option<Run>,
+    wakes: Wakes,
+}
+
+impl Held {
+    /// Holds publishes in runs and wake-ups until [`Self::finish`].
+    pub(crate) fn batching() -> Held {
+        Held {
+            batching: true,
+            run: None,
+            wakes: Wakes::deferred(),
+        }
     }
-}
 
-thread_local! {
-    /// Set while this thread runs [`batching`].
-    static BATCHING: Cell<bool> = const { Cell::new(false) };
-    static RUN: RefCell<Option<Run>> = const { RefCell::new(None) };
-}
-
-/// Runs `f` with publishes on this thread held in runs, and delivers the last
-/// run when it returns.
-pub(crate) fn batching<R>(f: impl FnOnce() -> R) -> R {
-    let outer = BATCHING.replace(true);
-    let result = f();
-    deliver_held();
-    BATCHING.set(outer);
-    result
-}
-
-/// Delivers the run this thread holds, if any.
-pub(crate) fn deliver_held() {
-    if let Some(run) = RUN.take() {
-        run.deliver();
+    /// Delivers each publish and wake-up as it is made.
+    pub(crate) fn immediate() -> Held {
+        Held {
+            batching: false,
+            run: None,
+            wakes: Wakes::immediate(),
+        }
     }
-}
 
-/// Delivers the held run first if `conn` subscribes to its topic, so that a
-/// message sent to `conn` now arrives after those published before it.
-pub(crate) fn deliver_held_before(conn: u64) {
-    let due = RUN.with_borrow(|run| {
-        run.as_ref()
-            .is_some_and(|run| run.broker.subscribes(&run.namespace, &run.topic, conn))
-    });
-    if due {
-        deliver_held();
+    /// The wake-ups, for pushes made outside a topic.
+    pub(crate) fn wakes(&mut self) -> &mut Wakes {
+        &mut self.wakes
+    }
+
+    /// Delivers the held run, if any.
+    pub(crate) fn deliver(&mut self) {
+        if let Some(run) = self.run.take() {
+            run.broker
+                .deliver(&run.namespace, &run.topic, &run.messages, &mut self.wakes);
+        }
+    }
+
+    /// Delivers the held run first if `conn` subscribes to its topic, so that
+    /// a message sent to `conn` now arrives after those published before it.
+    pub(crate) fn deliver_before(&mut self, conn: u64) {
+        let due = self
+            .run
+            .as_ref()
+            .is_some_and(|run| run.broker.subscribes(&run.namespace, &run.topic, conn));
+        if due {
+            self.deliver();
+        }
+    }
+
+    /// Ends the batch: delivers the held run, then wakes every session that
+    /// has something to write.
+    pub(crate) fn finish(&mut self) {
+        self.deliver();
+        self.wakes.wake_all();
     }
 }
 
@@ -116,15 +136,17 @@ impl Broker {
         }
     }
 
-    /// Adds `conn` to `topic` in `namespace`.
+    /// Adds `conn` to `topic` in `namespace`, after delivering what `held`
+    /// holds (published before `conn` subscribed).
     pub(crate) fn subscribe(
         &self,
         namespace: &Arc<str>,
         topic: &str,
         conn: u64,
         handle: ConnHandle,
+        held: &mut Held,
     ) {
-        deliver_held();
+        held.deliver();
         let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
         let subscribers = namespaces
             .entry(namespace.clone())
@@ -139,9 +161,11 @@ impl Broker {
         subscribers.insert(conn, handle);
     }
 
-    /// Removes `conn` from `topic` in `namespace`; empty topics are forgotten.
-    pub(crate) fn unsubscribe(&self, namespace: &str, topic: &str, conn: u64) {
-        deliver_held();
+    /// Removes `conn` from `topic` in `namespace`, after delivering what
+    /// `held` holds (published while `conn` was subscribed); empty topics are
+    /// forgotten.
+    pub(crate) fn unsubscribe(&self, namespace: &str, topic: &str, conn: u64, held: &mut Held) {
+        held.deliver();
         let mut namespaces = self.namespaces.write().unwrap_or_else(|e| e.into_inner());
         let Some(topics) = namespaces.get_mut(namespace) else {
             return;
@@ -169,7 +193,7 @@ impl Broker {
     }
 
     /// Queues `msg` for every local subscriber of `topic` but `exclude` (now,
-    /// or at the end of the run when [`batching`]), and hands it to the
+    /// or in a run when `held` is batching), and hands it to the
     /// [`Remote`] for the other nodes' subscribers (`exclude` is a local
     /// connection: it means nothing there); returns how many local
     /// subscribers it is for.
@@ -179,6 +203,7 @@ impl Broker {
         topic: &str,
         msg: WsMessage,
         exclude: Option<u64>,
+        held: &mut Held,
     ) -> u32 {
         if let Some(remote) = &self.remote {
             remote.publish(namespace, topic, &msg);
@@ -194,32 +219,28 @@ impl Broker {
         if count == 0 {
             return 0;
         }
-        if !BATCHING.get() {
-            self.deliver(namespace, topic, &[(msg, exclude)]);
+        if !held.batching {
+            self.deliver(namespace, topic, &[(msg, exclude)], &mut held.wakes);
             return count;
         }
-        let finished = RUN.with_borrow_mut(|held| {
-            if let Some(run) = held
-                && Arc::ptr_eq(&run.broker, self)
-                && run.namespace == *namespace
-                && *run.topic == *topic
-            {
-                run.messages.push((msg, exclude));
-                if run.messages.len() < MAX_RUN {
-                    return None;
-                }
-                return held.take();
+        if let Some(run) = &mut held.run
+            && Arc::ptr_eq(&run.broker, self)
+            && run.namespace == *namespace
+            && *run.topic == *topic
+        {
+            run.messages.push((msg, exclude));
+            if run.messages.len() >= MAX_RUN {
+                held.deliver();
             }
-            held.replace(Run {
-                broker: self.clone(),
-                namespace: namespace.clone(),
-                topic: topic.into(),
-                messages: vec![(msg, exclude)],
-            })
-        });
-        if let Some(run) = finished {
-            run.deliver();
+            return count;
         }
+        held.deliver();
+        held.run = Some(Run {
+            broker: self.clone(),
+            namespace: namespace.clone(),
+            topic: topic.into(),
+            messages: vec![(msg, exclude)],
+        });
         count
     }
 
@@ -228,12 +249,14 @@ impl Broker {
     /// Every subscriber's queue gets the same shared run, except that a
     /// connection some of them exclude (their sender) gets a run of its own
     /// without those: a queue then holds only what it will write, and
-    /// `write-queue` bounds its memory as it bounds its count.
+    /// `write-queue` bounds its memory as it bounds its count. Wake-ups go
+    /// to `wakes`.
     pub(crate) fn deliver(
         &self,
         namespace: &str,
         topic: &str,
         messages: &[(WsMessage, Option<u64>)],
+        wakes: &mut Wakes,
     ) {
         let namespaces = self.namespaces.read().unwrap_or_else(|e| e.into_inner());
         let Some(subscribers) = namespaces.get(namespace).and_then(|t| t.get(topic)) else {
@@ -245,7 +268,7 @@ impl Broker {
         let excluded: FxHashSet<u64> = messages.iter().filter_map(|(_, e)| *e).collect();
         for (&conn, handle) in subscribers {
             if excluded.is_empty() || !excluded.contains(&conn) {
-                let _ = handle.push_run(&shared, shared_bytes);
+                let _ = handle.push_run(&shared, shared_bytes, wakes);
                 continue;
             }
             let own: Published = messages
@@ -254,7 +277,7 @@ impl Broker {
                 .map(|(msg, _)| msg.clone().into())
                 .collect();
             if !own.is_empty() {
-                let _ = handle.push_run(&own, own.iter().map(|s| s.msg.len()).sum());
+                let _ = handle.push_run(&own, own.iter().map(|s| s.msg.len()).sum(), wakes);
             }
         }
     }
@@ -299,33 +322,34 @@ mod tests {
         let shutdown = CancellationToken::new();
         let (a, a_out) = outbox(16, &shutdown);
         let (b, b_out) = outbox(16, &shutdown);
-        broker.subscribe(&namespace, "t", 1, a.clone());
-        broker.subscribe(&namespace, "t", 2, b.clone());
-        batching(|| {
-            assert_eq!(
-                broker.publish(&namespace, "t", WsMessage::text("p1"), None),
-                2
-            );
-            assert_eq!(
-                broker.publish(&namespace, "t", WsMessage::text("p2"), Some(2)),
-                1
-            );
-            assert!(
-                texts(&b_out).is_empty(),
-                "the run is held until something needs it"
-            );
-            // A direct send to a subscriber comes after what was published before it.
-            deliver_held_before(1);
-            a.push(WsMessage::text("direct")).unwrap();
-            assert_eq!(
-                broker.publish(&namespace, "t", WsMessage::text("p3"), None),
-                2
-            );
-            assert_eq!(
-                broker.publish(&namespace, "other", WsMessage::text("x"), None),
-                0
-            );
-        });
+        let mut held = Held::batching();
+        broker.subscribe(&namespace, "t", 1, a.clone(), &mut held);
+        broker.subscribe(&namespace, "t", 2, b.clone(), &mut held);
+        let text = WsMessage::text;
+        assert_eq!(
+            broker.publish(&namespace, "t", text("p1"), None, &mut held),
+            2
+        );
+        assert_eq!(
+            broker.publish(&namespace, "t", text("p2"), Some(2), &mut held),
+            1
+        );
+        assert!(
+            texts(&b_out).is_empty(),
+            "the run is held until something needs it"
+        );
+        // A direct send to a subscriber comes after what was published before it.
+        held.deliver_before(1);
+        a.push(text("direct"), held.wakes()).unwrap();
+        assert_eq!(
+            broker.publish(&namespace, "t", text("p3"), None, &mut held),
+            2
+        );
+        assert_eq!(
+            broker.publish(&namespace, "other", text("x"), None, &mut held),
+            0
+        );
+        held.finish();
         assert_eq!(texts(&a_out), ["p1", "p2", "direct", "p3"]);
         assert_eq!(texts(&b_out), ["p1", "p3"]);
     }

@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
@@ -18,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::envelope;
 use super::{Outgoing, PING_EVERY, backoff, subscribe_connection, timed_out};
 use crate::metrics::BrokerMetrics;
-use crate::outbox;
+use crate::outbox::Wakes;
 use crate::pubsub::Broker;
 
 /// A change in the topics that have subscribers on this node.
@@ -55,7 +54,7 @@ pub(super) struct Subscriber {
     /// Channels changed since they were last brought in line with Redis.
     dirty: HashSet<String>,
     /// Wake-ups of sessions, held while a batch is delivered.
-    wakes: Vec<Waker>,
+    wakes: Wakes,
     /// Payloads that were not envelopes, since they were last reported.
     foreign: u64,
     reported: Option<Instant>,
@@ -89,7 +88,7 @@ impl Subscriber {
             wanted: HashMap::new(),
             subscribed: HashSet::new(),
             dirty: HashSet::new(),
-            wakes: Vec::new(),
+            wakes: Wakes::deferred(),
             foreign: 0,
             reported: None,
             outgoing,
@@ -307,38 +306,37 @@ impl Subscriber {
             metrics,
             ..
         } = self;
-        let flush = |channel: Option<&str>, run: &mut Vec<(WsMessage, Option<u64>)>| {
+        let mut flush = |channel: Option<&str>, run: &mut Vec<(WsMessage, Option<u64>)>| {
             if let Some((namespace, topic)) = channel.and_then(|c| wanted.get(c))
                 && !run.is_empty()
             {
-                broker.deliver(namespace, topic, run);
+                broker.deliver(namespace, topic, run, wakes);
                 metrics.received.inc_by(run.len() as u64);
             }
             run.clear();
         };
-        outbox::deferring_wakes(wakes, || {
-            for msg in batch.iter() {
-                let channel = msg.get_channel_name();
-                if run_channel != Some(channel) {
-                    flush(run_channel, &mut run);
-                    run_channel = Some(channel);
-                }
-                let payload = msg.get_payload_bytes();
-                // This node delivered its own publishes when they were made.
-                if envelope::node_of(payload) == Some(*node) {
-                    continue;
-                }
-                match envelope::decode(payload) {
-                    Ok((_, msg)) => run.push((msg, None)),
-                    Err(error) => {
-                        *foreign += 1;
-                        metrics.foreign.inc();
-                        tracing::debug!(channel, %error, "not a berth message; dropped");
-                    }
+        for msg in batch.iter() {
+            let channel = msg.get_channel_name();
+            if run_channel != Some(channel) {
+                flush(run_channel, &mut run);
+                run_channel = Some(channel);
+            }
+            let payload = msg.get_payload_bytes();
+            // This node delivered its own publishes when they were made.
+            if envelope::node_of(payload) == Some(*node) {
+                continue;
+            }
+            match envelope::decode(payload) {
+                Ok((_, msg)) => run.push((msg, None)),
+                Err(error) => {
+                    *foreign += 1;
+                    metrics.foreign.inc();
+                    tracing::debug!(channel, %error, "not a berth message; dropped");
                 }
             }
-            flush(run_channel, &mut run);
-        });
+        }
+        flush(run_channel, &mut run);
+        wakes.wake_all();
         batch.clear();
         if self.foreign > 0 && self.reported.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
             tracing::warn!(

@@ -31,8 +31,8 @@ use super::timers::Timers;
 use super::{CloseInfo, Compiled, EPOCH_TICK, RouteActor, RuntimeError};
 use crate::config::{InstanceModel, RouteConfig};
 use crate::metrics::{Export, Limit, RouteMetrics};
-use crate::outbox::{ConnHandle, deferring_wakes};
-use crate::pubsub::{self, Broker};
+use crate::outbox::ConnHandle;
+use crate::pubsub::{Broker, Held};
 use crate::state::State;
 
 /// How many events may wait for a worker before sessions stop reading their
@@ -180,6 +180,16 @@ enum Instances {
     PerConnection(FxHashMap<u64, Live>),
 }
 
+impl Instances {
+    /// The instance `key` names (see [`Worker::key`]), if it is alive.
+    fn get_mut(&mut self, key: u64) -> Option<&mut Live> {
+        match self {
+            Instances::Shared(live) => live.as_mut(),
+            Instances::PerConnection(map) => map.get_mut(&key),
+        }
+    }
+}
+
 /// Everything a worker needs to make and call instances.
 struct Worker {
     route: Arc<RouteConfig>,
@@ -193,6 +203,9 @@ struct Worker {
     instances: Instances,
     /// The events taken for the next `on-events` call.
     batch: Batch,
+    /// What the calls of the batch publish and wake, held until it ends;
+    /// lent to each call.
+    held: Held,
     metrics: Arc<RouteMetrics>,
 }
 
@@ -247,6 +260,7 @@ pub(super) fn spawn(
             deadline_ticks,
             instances: Instances::PerConnection(FxHashMap::default()),
             batch: Batch::default(),
+            held: Held::batching(),
             metrics: metrics.clone(),
         };
         if route.instance == InstanceModel::Route {
@@ -279,22 +293,19 @@ pub(super) fn spawn(
 impl Worker {
     fn run(mut self, mut rx: QueueRx<Event>) {
         let mut batch = Vec::with_capacity(BATCH);
-        let mut wakes = Vec::new();
         while rx.blocking_recv_many(&mut batch, BATCH) > 0 {
-            // Each session wakes once per batch, to write all the batch queued for it.
-            deferring_wakes(&mut wakes, || {
-                pubsub::batching(|| {
-                    let mut taken = 0;
-                    for event in batch.drain(..) {
-                        if let Event::Message { msg, .. } = &event {
-                            taken += rx.room(msg.len());
-                        }
-                        self.handle(event);
-                    }
-                    rx.release(taken);
-                    self.flush();
-                })
-            });
+            let mut taken = 0;
+            for event in batch.drain(..) {
+                if let Event::Message { msg, .. } = &event {
+                    taken += rx.room(msg.len());
+                }
+                self.handle(event);
+            }
+            rx.release(taken);
+            self.flush();
+            // Each session wakes once per batch, to write all the batch
+            // queued for it.
+            self.held.finish();
         }
         // Each version of a route has its own workers: after a reload, this
         // tells the operator when the last connection of the old one has gone.
@@ -362,10 +373,7 @@ impl Worker {
     }
 
     fn live(&mut self, key: u64) -> Option<&mut Live> {
-        match &mut self.instances {
-            Instances::Shared(live) => live.as_mut(),
-            Instances::PerConnection(map) => map.get_mut(&key),
-        }
+        self.instances.get_mut(key)
     }
 
     /// Calls into instance `key` under the route's deadline and times the
@@ -382,11 +390,14 @@ impl Worker {
         f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, Option<u32>> {
         let ticks = self.deadline_ticks;
-        let live = self.live(key).ok_or(None)?;
+        let held = &mut self.held;
+        let live = self.instances.get_mut(key).ok_or(None)?;
         live.store.set_epoch_deadline(ticks);
+        live.store.data_mut().lend(held);
         let started = std::time::Instant::now();
         let result = f(&live.plugin, &mut live.store);
         let took = started.elapsed();
+        live.store.data_mut().lend(held);
         live.store.data().set_current(0);
         let at = live.store.data().handled_at();
         self.metrics.observe_call(export, took);
@@ -424,6 +435,8 @@ impl Worker {
                 humantime::format_duration(rule.window)
             );
         }
+        // The failed instance's connections may leave their topics.
+        self.held.deliver();
         match &mut self.instances {
             Instances::Shared(live) => {
                 tracing::error!(
@@ -448,7 +461,7 @@ impl Worker {
                         code: CloseCode::Error,
                         reason: "plugin failed".into(),
                     };
-                    let _ = entry.push(WsMessage::Close(Some(frame)));
+                    let _ = entry.push(WsMessage::Close(Some(frame)), &mut self.held);
                 }
             }
         }
@@ -501,7 +514,7 @@ impl Worker {
             Event::Settled { reply } => {
                 // Publishes held in this batch belong before the answer too.
                 self.flush();
-                pubsub::deliver_held();
+                self.held.deliver();
                 let _ = reply.send(());
             }
             Event::Timer { key, timer } => {
@@ -671,6 +684,8 @@ impl Worker {
         if !self.batch.fits(key, info.reason.len()) || self.batch.has_other_than_closes() {
             self.flush();
         }
+        // Its subscriptions end with its entry: what they hold goes first.
+        self.held.deliver();
         if let Some(live) = self.live(key) {
             live.store.data_mut().remove_conn(conn);
         } else {
@@ -688,6 +703,7 @@ impl Worker {
 
     /// Forgets a connection that was not accepted (and its instance, if it had one).
     fn forget(&mut self, conn: u64) {
+        self.held.deliver();
         let key = self.key(conn);
         match &mut self.instances {
             Instances::Shared(Some(live)) => {

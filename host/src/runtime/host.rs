@@ -22,7 +22,7 @@ use super::timers::Timers;
 use crate::config;
 use crate::metrics::{Limit, RouteMetrics};
 use crate::outbox::{ConnHandle, PushError};
-use crate::pubsub::{self, Broker};
+use crate::pubsub::{Broker, Held};
 use crate::state::{Entry, State};
 
 /// What every instance of one route shares: its name, its topic namespace and
@@ -119,10 +119,10 @@ pub(crate) struct ConnEntry {
 
 impl ConnEntry {
     /// Queues `msg` for the connection, after anything published to it
-    /// earlier in this batch of calls (see `pubsub::batching`).
-    pub(crate) fn push(&self, msg: WsMessage) -> Result<(), PushError> {
-        pubsub::deliver_held_before(self.conn);
-        self.handle.push(msg)
+    /// earlier in the batch that `held` holds.
+    pub(crate) fn push(&self, msg: WsMessage, held: &mut Held) -> Result<(), PushError> {
+        held.deliver_before(self.conn);
+        self.handle.push(msg, held.wakes())
     }
 }
 
@@ -131,10 +131,13 @@ impl Drop for ConnEntry {
         self.route
             .subscriptions
             .fetch_sub(self.topics.len(), Ordering::Relaxed);
+        // The worker delivers what its batch holds before it lets an entry
+        // go, so nothing is held here.
+        let mut held = Held::immediate();
         for topic in &self.topics {
             self.route
                 .broker
-                .unsubscribe(&self.route.namespace, topic, self.conn);
+                .unsubscribe(&self.route.namespace, topic, self.conn, &mut held);
         }
         for topic in &self.memberships {
             self.route
@@ -161,6 +164,8 @@ pub(crate) struct HostState {
     event_conns: Vec<u64>,
     /// The event of the call in progress that the plugin said it handles.
     handling: u32,
+    /// What the worker's batch holds back, lent to each call ([`Self::lend`]).
+    held: Held,
 }
 
 impl HostState {
@@ -184,7 +189,15 @@ impl HostState {
             log_budget,
             event_conns: Vec::new(),
             handling: 0,
+            held: Held::immediate(),
         }
+    }
+
+    /// Swaps `held` with the store's own: the worker lends its batch's
+    /// before a call and takes it back after, so that what the plugin sends
+    /// and publishes keeps the batch's order.
+    pub(crate) fn lend(&mut self, held: &mut Held) {
+        std::mem::swap(&mut self.held, held);
     }
 
     /// Starts an `on-events` call whose events are about `conns`, in order:
@@ -249,7 +262,8 @@ impl HostState {
         self.current_conn.store(conn, Ordering::Relaxed);
     }
 
-    fn entry(&mut self, conn: u64) -> Result<&mut ConnEntry, types::ConnError> {
+    /// The entry of `conn`, and what the batch holds.
+    fn entry(&mut self, conn: u64) -> Result<(&mut ConnEntry, &mut Held), types::ConnError> {
         let entry = self
             .conns
             .get_mut(&conn)
@@ -257,7 +271,7 @@ impl HostState {
         if entry.closing {
             return Err(types::ConnError::Closing);
         }
-        Ok(entry)
+        Ok((entry, &mut self.held))
     }
 }
 
@@ -328,14 +342,14 @@ impl host::Host for HostState {
         conn: u64,
         msg: types::Message,
     ) -> wasmtime::Result<Result<(), types::ConnError>> {
-        let entry = match self.entry(conn) {
-            Ok(entry) => entry,
+        let (entry, held) = match self.entry(conn) {
+            Ok(found) => found,
             Err(e) => return Ok(Err(e)),
         };
         let Some(msg) = to_wire(msg) else {
             return Ok(Err(types::ConnError::InvalidMessage));
         };
-        let pushed = entry.push(msg);
+        let pushed = entry.push(msg, held);
         if pushed == Err(PushError::TooLarge) {
             self.route.metrics.limit_hit(Limit::WriteQueueBytes);
         }
@@ -354,15 +368,15 @@ impl host::Host for HostState {
         // tungstenite names no 1014 (it is `Bad(1014)` there), but writes
         // any code as its number.
         let code = CloseCode::from(code);
-        let entry = match self.entry(conn) {
-            Ok(entry) => entry,
+        let (entry, held) = match self.entry(conn) {
+            Ok(found) => found,
             Err(e) => return Ok(Err(e)),
         };
         let frame = CloseFrame {
             code,
             reason: close_reason(reason).into(),
         };
-        let result = entry.push(WsMessage::Close(Some(frame)));
+        let result = entry.push(WsMessage::Close(Some(frame)), held);
         entry.closing = true;
         Ok(result.map_err(conn_error))
     }
@@ -386,8 +400,8 @@ impl host::Host for HostState {
             self.route.metrics.limit_hit(Limit::MaxMember);
             return Ok(Err(types::ConnError::TooLarge));
         }
-        let entry = match self.entry(conn) {
-            Ok(entry) => entry,
+        let (entry, held) = match self.entry(conn) {
+            Ok(found) => found,
             Err(e) => return Ok(Err(e)),
         };
         if !entry.topics.contains(topic.as_str()) {
@@ -406,9 +420,10 @@ impl host::Host for HostState {
                 route.metrics.limit_hit(Limit::Subscriptions);
                 return Ok(Err(types::ConnError::TooManySubscriptions));
             }
+            let handle = entry.handle.clone();
             route
                 .broker
-                .subscribe(&route.namespace, &topic, conn, entry.handle.clone());
+                .subscribe(&route.namespace, &topic, conn, handle, held);
             entry.topics.insert(topic.as_str().into());
         }
         let route = &entry.route;
@@ -442,7 +457,9 @@ impl host::Host for HostState {
         if entry.topics.remove(topic.as_str()) {
             let route = &entry.route;
             route.subscriptions.fetch_sub(1, Ordering::Relaxed);
-            route.broker.unsubscribe(&route.namespace, &topic, conn);
+            route
+                .broker
+                .unsubscribe(&route.namespace, &topic, conn, &mut self.held);
             if entry.memberships.remove(topic.as_str()) {
                 route.state.leave(&route.namespace, &topic, conn);
             }
@@ -506,7 +523,10 @@ impl host::Host for HostState {
         } else {
             None
         };
-        let subscribers = route.broker.publish(&route.namespace, &topic, msg, exclude);
+        let subscribers =
+            route
+                .broker
+                .publish(&route.namespace, &topic, msg, exclude, &mut self.held);
         Ok(Ok(types::Published {
             subscribers,
             position,

@@ -1,15 +1,18 @@
 //! permessage-deflate's codec: one message in, one message out, with a hard
 //! cap on what inflating may produce.
 //!
-//! No context is kept between messages (see `extensions.rs`), so one
-//! compressor per window size and one inflater serve every connection on a
-//! thread: a connection holds deflate memory only for the length of a call.
+//! No context is kept between messages (see `extensions.rs`), so the
+//! compressors (one kind per window size) and inflaters are shared by every
+//! connection, each lent for one message: a connection holds deflate memory
+//! only for the length of a call, and the pools hold no more than were in
+//! use at once.
 
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+use super::spares::Spares;
 
 /// What every compressed message ends with before its trailing bytes are
 /// taken off, and what an inflater is given back at its end (RFC 7692 7.2.1).
@@ -25,12 +28,15 @@ const LEVEL: u32 = 1;
 /// Messages the deflate library failed on (and that went uncompressed).
 static LIBRARY_FAILURES: AtomicUsize = AtomicUsize::new(0);
 
-thread_local! {
-    /// A compressor per window size, made when first needed.
-    static COMPRESSORS: RefCell<[Option<Compress>; 7]> = const { RefCell::new([const { None }; 7]) };
-    /// An inflater for the largest window, which inflates any.
-    static INFLATER: RefCell<Option<Decompress>> = const { RefCell::new(None) };
-}
+/// The most compressors of one window size, and inflaters, kept for reuse:
+/// more than the threads that serve sessions, which is as many as can be in
+/// use at once.
+const KEPT: usize = 64;
+
+/// Compressors per window size, from [`MIN_WINDOW_BITS`] to 15.
+static COMPRESSORS: [Spares<Compress>; 7] = [const { Spares::new(KEPT) }; 7];
+/// Inflaters for the largest window, which inflates any.
+static INFLATERS: Spares<Decompress> = Spares::new(KEPT);
 
 /// What a corrupt compressed message is called in the read error that
 /// closes its connection with 1007.
@@ -48,54 +54,61 @@ pub(crate) enum InflateError {
 /// `payload` compressed as one message with a window of `window_bits`, its
 /// trailing `00 00 FF FF` removed; `None` if that is not smaller.
 pub(crate) fn compress(payload: &[u8], window_bits: u8) -> Option<Bytes> {
-    let slot = usize::from(window_bits.clamp(MIN_WINDOW_BITS, 15) - MIN_WINDOW_BITS);
-    COMPRESSORS.with_borrow_mut(|compressors| {
-        let compressor = compressors[slot].get_or_insert_with(|| {
-            Compress::new_with_window_bits(Compression::new(LEVEL), false, window_bits)
-        });
-        compressor.reset();
-        // Room for the worst case, so that one call always finishes: the
-        // fastest level's static codes can make incompressible data an
-        // eighth larger, and zlib-rs 0.6 panics in that level when its
-        // output runs short mid-block rather than waiting for more room.
-        let mut out = Vec::with_capacity(payload.len() + payload.len() / 8 + 64);
-        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            compressor.compress_vec(payload, &mut out, FlushCompress::Sync)
-        }));
-        match done {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return None,
-            Err(_) => {
-                // Its state is unknown: the next message gets a new one,
-                // and this one goes uncompressed.
-                compressors[slot] = None;
-                LIBRARY_FAILURES.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    len = payload.len(),
-                    "the deflate library failed on a message; sent uncompressed"
-                );
-                return None;
-            }
-        }
-        let whole = usize::try_from(compressor.total_in()).ok() == Some(payload.len());
-        if !whole || out.len() == out.capacity() {
-            return None;
-        }
-        out.truncate(out.strip_suffix(&TAIL)?.len());
-        if out.len() >= payload.len() {
-            return None;
-        }
-        out.shrink_to_fit();
-        Some(Bytes::from(out))
-    })
+    let spares =
+        &COMPRESSORS[usize::from(window_bits.clamp(MIN_WINDOW_BITS, 15) - MIN_WINDOW_BITS)];
+    let mut compressor = spares.take().unwrap_or_else(|| {
+        Compress::new_with_window_bits(Compression::new(LEVEL), false, window_bits)
+    });
+    compressor.reset();
+    // Room for the worst case, so that one call always finishes: the
+    // fastest level's static codes can make incompressible data an
+    // eighth larger, and zlib-rs 0.6 panics in that level when its
+    // output runs short mid-block rather than waiting for more room.
+    let mut out = Vec::with_capacity(payload.len() + payload.len() / 8 + 64);
+    let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        compressor.compress_vec(payload, &mut out, FlushCompress::Sync)
+    }));
+    let Ok(done) = done else {
+        // Its state is unknown: it is not kept, and this message goes
+        // uncompressed.
+        LIBRARY_FAILURES.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            len = payload.len(),
+            "the deflate library failed on a message; sent uncompressed"
+        );
+        return None;
+    };
+    let whole = usize::try_from(compressor.total_in()).ok() == Some(payload.len());
+    spares.give(compressor);
+    if done.is_err() || !whole || out.len() == out.capacity() {
+        return None;
+    }
+    out.truncate(out.strip_suffix(&TAIL)?.len());
+    if out.len() >= payload.len() {
+        return None;
+    }
+    out.shrink_to_fit();
+    Some(Bytes::from(out))
 }
 
 /// Inflates one message's `compressed` payload, stopping as soon as it would
 /// be more than `max` bytes: a small message that inflates to gigabytes costs
 /// no more than the cap.
 pub(crate) fn inflate(compressed: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
-    INFLATER.with_borrow_mut(|inflater| {
-        let inflater = inflater.get_or_insert_with(|| Decompress::new_with_window_bits(false, 15));
+    let mut inflater = INFLATERS
+        .take()
+        .unwrap_or_else(|| Decompress::new_with_window_bits(false, 15));
+    let inflated = inflate_with(&mut inflater, compressed, max);
+    INFLATERS.give(inflater);
+    inflated
+}
+
+fn inflate_with(
+    inflater: &mut Decompress,
+    compressed: &[u8],
+    max: usize,
+) -> Result<Vec<u8>, InflateError> {
+    {
         inflater.reset(false);
         // Room grows as output comes, up to one byte past the cap: reaching it
         // is how an over-long message is told apart from one of exactly `max`.
@@ -137,7 +150,7 @@ pub(crate) fn inflate(compressed: &[u8], max: usize) -> Result<Vec<u8>, InflateE
             }
         }
         Ok(out)
-    })
+    }
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use gate::Gate;
 mod deflate;
 mod gate;
 mod reader;
+mod spares;
 mod wire;
 
 use wire::Wire;

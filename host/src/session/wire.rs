@@ -12,7 +12,6 @@
 //! subscribers on the way out, and a tenth of a pipelined echo's on the way
 //! in.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -27,6 +26,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use super::deflate;
 use super::gate::Gate;
 use super::reader::Reader;
+use super::spares::Spares;
 use crate::extensions::MAX_WINDOW_BITS;
 use crate::metrics::Traffic;
 use crate::outbox::Outbound;
@@ -41,16 +41,14 @@ const BATCH: usize = 64 * 1024;
 /// entry in a vectored write.
 const LARGE: usize = 16 * 1024;
 
-/// Output buffers a thread keeps for the connections it serves next, and the
-/// largest it keeps: an idle connection holds no output buffer, and a busy
-/// one takes a warm buffer instead of growing a new one at every burst.
-const SPARES: usize = 8;
+/// Output buffers kept for the connections that need one next, and the
+/// largest kept: an idle connection holds no output buffer, and a busy one
+/// takes a warm buffer instead of growing a new one at every burst.
+const SPARES: usize = 16;
 const SPARE_CAPACITY: usize = 2 * (BATCH + LARGE);
 
-thread_local! {
-    /// Output buffers given back by connections that went idle on this thread.
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
+/// Output buffers given back by connections that went idle.
+static SPARE: Spares<Vec<u8>> = Spares::new(SPARES);
 
 /// Reads pause while this much output waits. Framing data never leaves more
 /// than [`BATCH`] plus one message under [`LARGE`], so only control frames
@@ -222,7 +220,7 @@ where
     /// `sent`; control frames go to the side buffer.
     pub(crate) fn frame(&mut self, queue: &mut VecDeque<Outbound>, sent: &mut Traffic) {
         if self.out.capacity() == 0 {
-            self.out = SPARE.with_borrow_mut(Vec::pop).unwrap_or_default();
+            self.out = SPARE.take().unwrap_or_default();
         }
         self.take_control();
         while !self.full() {
@@ -408,11 +406,7 @@ where
         out.clear();
         self.written = 0;
         if out.capacity() <= SPARE_CAPACITY {
-            SPARE.with_borrow_mut(|spare| {
-                if spare.len() < SPARES {
-                    spare.push(out);
-                }
-            });
+            SPARE.give(out);
         }
     }
 
