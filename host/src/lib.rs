@@ -21,6 +21,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 mod extensions;
+pub mod folders;
 mod handshake;
 mod http;
 pub mod listener;
