@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::config::{
-    Config, ListenerConfig, OriginPolicy, PluginSource, RouteConfig, StateConfig, StateRules,
-    defaults,
+    Config, ListenerConfig, LiveConfig, OriginPolicy, PluginSource, RouteConfig, StartupConfig,
+    StateConfig, StateRules,
 };
+use crate::folders::user_dir;
 
 macro_rules! plugin {
     ($name:literal) => {
@@ -31,35 +32,30 @@ fn route(path: &str, plugin: PluginSource) -> RouteConfig {
 /// `listen`, and every `NAME.wasm` dropped into `plugin_dir` at `/NAME`.
 pub fn config(listen: SocketAddr, plugin_dir: PathBuf) -> Config {
     Config {
-        state: StateConfig::in_dir(StateConfig::demo_dir()),
-        listeners: vec![ListenerConfig::plain(listen)],
-        plugin_dir,
-        auto_routes: true,
-        auto_route_origins: OriginPolicy::Any,
-        cache_dir: crate::config::default_cache_dir(),
-        demo_page: true,
-        admin_listen: None,
-        log_level: tracing::level_filters::LevelFilter::INFO,
-        max_connections: defaults::MAX_CONNECTIONS,
-        max_connections_per_ip: None,
-        handshake_timeout: defaults::HANDSHAKE_TIMEOUT,
-        max_instances: defaults::MAX_INSTANCES,
-        max_memory: defaults::MAX_MEMORY,
-        broker: None,
-        publish_api: Default::default(),
-        routes: vec![
-            route("/echo", plugin!("echo")),
-            RouteConfig {
-                // A room's messages outlive its members and restarts of berth.
-                state: StateRules {
-                    history_size: 1000,
-                    ..StateRules::default()
+        startup: StartupConfig {
+            listeners: vec![ListenerConfig::plain(listen)],
+            state: StateConfig::in_dir(default_state_dir()),
+            demo_page: true,
+            ..StartupConfig::default()
+        },
+        live: LiveConfig {
+            plugin_dir,
+            auto_routes: true,
+            auto_route_origins: OriginPolicy::Any,
+            routes: vec![
+                route("/echo", plugin!("echo")),
+                RouteConfig {
+                    // A room's messages outlive its members and restarts of berth.
+                    state: StateRules {
+                        history_size: 1000,
+                        ..StateRules::default()
+                    },
+                    ..route("/chat", plugin!("chat"))
                 },
-                ..route("/chat", plugin!("chat"))
-            },
-            route("/ticker", plugin!("ticker")),
-            route("/auth", plugin!("auth")),
-        ],
+                route("/ticker", plugin!("ticker")),
+                route("/auth", plugin!("auth")),
+            ],
+        },
     }
 }
 
@@ -70,7 +66,16 @@ pub const BUILT_PLUGIN_DIR: &str = env!("BERTH_PLUGIN_DIR");
 /// otherwise: `$XDG_DATA_HOME/berth/plugins`, else `~/.local/share/berth/plugins`,
 /// else a folder under the system's temporary directory.
 pub fn default_plugin_dir() -> PathBuf {
-    crate::config::user_dir("XDG_DATA_HOME", ".local/share")
+    user_dir("XDG_DATA_HOME", ".local/share")
         .map(|dir| dir.join("berth/plugins"))
         .unwrap_or_else(|| std::env::temp_dir().join("berth-plugins"))
+}
+
+/// Where the demo keeps its store unless `--state-dir` says otherwise:
+/// `state` beside its default plugin folder, `$XDG_DATA_HOME/berth/state`
+/// (else `~/.local/share/berth/state`, else under the temporary folder).
+pub fn default_state_dir() -> PathBuf {
+    user_dir("XDG_DATA_HOME", ".local/share")
+        .map(|dir| dir.join("berth/state"))
+        .unwrap_or_else(|| std::env::temp_dir().join("berth-state"))
 }

@@ -23,6 +23,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 mod extensions;
+pub mod folders;
 mod http;
 pub mod listener;
 mod metrics;

@@ -127,7 +127,7 @@ fn serve_command(args: ServeArgs) -> ExitCode {
     let prepared = prepare(args);
     let level = prepared
         .as_ref()
-        .map_or(LevelFilter::INFO, |(config, _)| config.log_level);
+        .map_or(LevelFilter::INFO, |(config, _)| config.startup.log_level);
     init_logging(log_format, level);
     match prepared.and_then(|(config, options)| run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -314,7 +314,7 @@ fn check(file: &Path, cache_dir: Option<PathBuf>) -> ExitCode {
     if report.fits() {
         // The decoded types say it fits; linking it as `serve` would is the
         // final word (a WASI function newer than this berth's, say).
-        let cache_dir = cache_dir.or_else(berth::config::default_cache_dir);
+        let cache_dir = cache_dir.or_else(berth::folders::default_cache_dir);
         if let Err(error) = berth::runtime::link_check(&shown.to_string(), &bytes, cache_dir) {
             report.problems.push(error.to_string());
         }

@@ -21,15 +21,13 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{
-    Config, ConfigError, Overrides, PluginSource, ReloadPolicy, RouteConfig, auto_route_path,
-};
+use crate::config::{Config, ConfigError, Overrides, PluginSource, ReloadPolicy, RouteConfig};
 use crate::metrics::{Metrics, Reload};
 use crate::pubsub::Broker;
 use crate::router::{Route, Router, Table};
 use crate::runtime::{Compiled, Origin, Runtime, RuntimeError};
 use crate::state::State;
-use crate::watch::Watcher;
+use crate::watch::{Watcher, auto_route_path};
 
 /// What woke the reload thread.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,85 +221,31 @@ impl Reloader {
             }
         };
         self.overrides.apply(&mut next);
-        let running = &self.config;
-        for (name, changed) in [
-            (
-                "listen and [[listener]]",
-                next.listeners != running.listeners,
-            ),
-            (
-                "max-connections",
-                next.max_connections != running.max_connections,
-            ),
-            (
-                "handshake-timeout",
-                next.handshake_timeout != running.handshake_timeout,
-            ),
-            (
-                "max-connections-per-ip",
-                next.max_connections_per_ip != running.max_connections_per_ip,
-            ),
-            ("max-instances", next.max_instances != running.max_instances),
-            ("max-memory", next.max_memory != running.max_memory),
-            ("cache-dir", next.cache_dir != running.cache_dir),
-            ("admin-listen", next.admin_listen != running.admin_listen),
-            ("log-level", next.log_level != running.log_level),
-            ("[broker]", next.broker != running.broker),
-            ("state-dir", next.state.dir != running.state.dir),
-            ("state-timeout", next.state.timeout != running.state.timeout),
-            (
-                "presence-ttl",
-                next.state.presence_ttl != running.state.presence_ttl,
-            ),
-            ("[publish-api]", next.publish_api != running.publish_api),
-        ] {
-            if changed {
-                tracing::warn!(file = %file.display(), "{name} changed: it takes effect at the next restart");
-            }
+        for name in next.startup.differences(&self.config.startup) {
+            tracing::warn!(file = %file.display(), "{name} changed: it takes effect at the next restart");
         }
+        tracing::info!(file = %file.display(), "config reloaded");
         // Settings that need a restart keep their running values, so that
         // the warning above is given once per edit, not at every reload.
-        next.listeners = running.listeners.clone();
-        next.max_connections = running.max_connections;
-        next.max_connections_per_ip = running.max_connections_per_ip;
-        next.handshake_timeout = running.handshake_timeout;
-        next.max_instances = running.max_instances;
-        next.max_memory = running.max_memory;
-        next.cache_dir = running.cache_dir.clone();
-        next.admin_listen = running.admin_listen;
-        next.log_level = running.log_level;
-        next.broker = running.broker.clone();
-        next.state = running.state.clone();
-        next.publish_api = running.publish_api.clone();
-        tracing::info!(file = %file.display(), "config reloaded");
-        self.config = next;
+        self.config.live = next.live;
         self.rewatch();
     }
 
     /// Points the watcher at the folders the current config names.
     fn rewatch(&mut self) {
-        let Some(watcher) = &mut self.watcher else {
-            return;
-        };
-        let mut folders = vec![self.config.plugin_dir.clone()];
-        for route in &self.config.routes {
-            if let PluginSource::File(file) = &route.plugin
-                && let Some(folder) = file.parent()
-            {
-                folders.push(folder.to_path_buf());
-            }
+        if let Some(watcher) = &mut self.watcher {
+            watcher.watch_folders(self.config.live.plugin_folders());
         }
-        watcher.watch_folders(folders);
     }
 
     /// The routes the config and the plugin folder ask for: configured routes
     /// first, then one per drop-in plugin whose path no configured route takes.
     fn wanted(&self) -> Vec<RouteConfig> {
-        let mut routes = self.config.routes.clone();
-        if !self.config.auto_routes {
+        let mut routes = self.config.live.routes.clone();
+        if !self.config.live.auto_routes {
             return routes;
         }
-        let folder = &self.config.plugin_dir;
+        let folder = &self.config.live.plugin_dir;
         let listing = match std::fs::read_dir(folder) {
             Ok(listing) => listing,
             Err(error) => {
@@ -320,7 +264,7 @@ impl Reloader {
                     return None;
                 }
                 Some(RouteConfig {
-                    allowed_origins: self.config.auto_route_origins.clone(),
+                    allowed_origins: self.config.live.auto_route_origins.clone(),
                     ..RouteConfig::with_defaults(path, PluginSource::File(file))
                 })
             })
@@ -358,7 +302,7 @@ impl Reloader {
     /// then publishes it. With `strict` (startup), the first configured route
     /// that cannot load is an error, and loads are not counted as reloads.
     fn reconcile(&mut self, strict: bool) -> Result<(), LoadError> {
-        let configured = self.config.routes.len();
+        let configured = self.config.live.routes.len();
         let wanted = self.wanted();
         let mut next = Table::new();
         // Counted once the table is out: a version counts when it serves.

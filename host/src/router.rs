@@ -27,6 +27,17 @@ pub(crate) struct Route {
     pub(crate) metrics: Arc<RouteMetrics>,
 }
 
+/// Paths the host answers itself, which no route may take.
+const RESERVED_PATHS: &[&str] = &["/healthz", "/metrics"];
+
+/// Path prefixes the host answers itself (the publish API), which no route may take.
+const RESERVED_PREFIXES: &[&str] = &["/publish/"];
+
+/// Whether berth answers `path` itself, so that no route may take it.
+pub(crate) fn is_reserved(path: &str) -> bool {
+    RESERVED_PATHS.contains(&path) || RESERVED_PREFIXES.iter().any(|p| path.starts_with(p))
+}
+
 /// Routes by exact path.
 pub(crate) type Table = HashMap<String, Arc<Route>>;
 
@@ -78,5 +89,18 @@ impl Router {
         // The old table (and any route only it held, with its workers) goes
         // outside the lock.
         drop(old);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_publish_api_prefix_is_reserved() {
+        assert!(is_reserved("/healthz"));
+        assert!(is_reserved("/publish/x"));
+        assert!(!is_reserved("/publish"));
+        assert!(!is_reserved("/publisher"));
     }
 }

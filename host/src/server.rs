@@ -121,24 +121,25 @@ impl Server {
 
     /// [`Server::bind`] with a config file to reload and files to watch.
     pub async fn bind_with(config: Config, options: ServeOptions) -> Result<Server, ServeError> {
-        let listeners = config
+        let (startup, live) = (&config.startup, &config.live);
+        let listeners = startup
             .listeners
             .iter()
             .map(Bound::bind)
             .collect::<Result<Vec<_>, _>>()?;
-        let admin = config.admin_listen.map(AdminListener::bind).transpose()?;
+        let admin = startup.admin_listen.map(AdminListener::bind).transpose()?;
         let mut metrics = Metrics::new();
         let runtime = Arc::new(Runtime::new(&config)?);
         let router = Arc::new(Router::default());
         let shutdown = CancellationToken::new();
-        let (broker, cluster) = match &config.broker {
+        let (broker, cluster) = match &startup.broker {
             None => (Arc::new(Broker::default()), None),
             Some(broker) => {
                 let (broker, cluster) = cluster::start(broker, metrics.register_broker()).await?;
                 (broker, Some(cluster))
             }
         };
-        let (state_config, broker_config) = (config.state.clone(), config.broker.clone());
+        let (state_config, broker_config) = (startup.state.clone(), startup.broker.clone());
         // Opening replays the store's journal: disk work, not for an async worker.
         let state =
             tokio::task::spawn_blocking(move || State::open(&state_config, broker_config.as_ref()))
@@ -147,7 +148,7 @@ impl Server {
         tracing::info!(store = %state.describe(), "state store open");
         let metrics = Arc::new(metrics);
         let publish_api = PublishApi::new(
-            &config.publish_api,
+            &startup.publish_api,
             router.clone(),
             broker.clone(),
             state.clone(),
@@ -156,15 +157,15 @@ impl Server {
             router: router.clone(),
             shutdown: shutdown.clone(),
             tracker: TaskTracker::new(),
-            handshake_timeout: config.handshake_timeout,
-            limits: Limits::new(config.max_connections, config.max_connections_per_ip),
+            handshake_timeout: startup.handshake_timeout,
+            limits: Limits::new(startup.max_connections, startup.max_connections_per_ip),
             next_conn: AtomicU64::new(1),
-            demo_page: config.demo_page,
+            demo_page: startup.demo_page,
             metrics: metrics.clone(),
             public_metrics: admin.is_none(),
             publish_api,
         });
-        let plugin_dir = config.auto_routes.then(|| config.plugin_dir.clone());
+        let plugin_dir = live.auto_routes.then(|| live.plugin_dir.clone());
         let loader = runtime.clone();
         let ServeOptions {
             config_file,

@@ -2,7 +2,8 @@
 //! file's folder, debounced, reduced to "plugins changed" or "config changed"
 //! for the reload thread. Folders are watched rather than files, because
 //! editors and build tools replace a file by renaming another over it, which a
-//! watch on the file itself would lose.
+//! watch on the file itself would lose. Which files in a plugin folder are
+//! plugins, and the path a drop-in one is served at, is decided here too.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{DebounceEventResult, Debouncer, RecommendedCache, new_debouncer};
 
 use crate::reload::{ReloadHandle, Trigger};
+use crate::router::is_reserved;
 
 /// Quiet time after a file's last event before it is looked at: a file still
 /// being written keeps producing events, so it is not read half-written.
@@ -116,7 +118,47 @@ fn is_plugin_file(path: &Path) -> bool {
         .is_some_and(|name| name.ends_with(".wasm") && !name.starts_with('.'))
 }
 
+/// The route path a drop-in plugin file is served at (`chat.wasm` -> `/chat`),
+/// or `None` for files that are not plugins: dotfiles, temporary files that
+/// editors and build tools write before renaming, and names a URL path
+/// cannot hold plainly.
+pub(crate) fn auto_route_path(file: &Path) -> Option<String> {
+    let name = file.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".wasm")?;
+    let plain = !stem.is_empty()
+        && !stem.starts_with('.')
+        && stem
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let path = format!("/{stem}");
+    (plain && !is_reserved(&path)).then_some(path)
+}
+
 /// `path` made absolute, so that it compares equal to the paths in events.
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_in_names() {
+        let path = |name: &str| auto_route_path(Path::new(name));
+        assert_eq!(path("/p/chat.wasm").as_deref(), Some("/chat"));
+        assert_eq!(path("/p/my-game_2.wasm").as_deref(), Some("/my-game_2"));
+        for ignored in [
+            "/p/.chat.wasm",
+            "/p/chat.wasm.tmp",
+            "/p/chat.wasm~",
+            "/p/.wasm",
+            "/p/chat.WASM",
+            "/p/sp ace.wasm",
+            "/p/healthz.wasm",
+            "/p/metrics.wasm",
+        ] {
+            assert_eq!(path(ignored), None, "{ignored}");
+        }
+    }
 }

@@ -531,7 +531,7 @@ pub fn guest_plugin(lang: &'static str, name: &str) -> std::path::PathBuf {
                 berth::runtime::link_check(
                     &path.display().to_string(),
                     &bytes,
-                    berth::config::default_cache_dir(),
+                    berth::folders::default_cache_dir(),
                 )
                 .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()));
             }

@@ -193,7 +193,7 @@ impl Runtime {
             .map_err(engine_err)?;
         let ticker =
             EpochTicker::start(engine.clone()).map_err(|e| RuntimeError::Engine(e.to_string()))?;
-        let cache = CompileCache::open(&engine, config.cache_dir.as_deref());
+        let cache = CompileCache::open(&engine, config.startup.cache_dir.as_deref());
         Ok(Runtime {
             cache,
             engine,
@@ -259,7 +259,7 @@ pub fn link_check(
     cache_dir: Option<PathBuf>,
 ) -> Result<Origin, RuntimeError> {
     let mut config = crate::demo::config(SocketAddr::from(([127, 0, 0, 1], 0)), PathBuf::new());
-    config.cache_dir = cache_dir;
+    config.startup.cache_dir = cache_dir;
     let runtime = Runtime::new(&config)?;
     let (_, origin) = runtime.compile(name, bytes, &blake3::hash(bytes))?;
     Ok(origin)
@@ -282,10 +282,10 @@ fn engine_config(config: &Config, pooling: bool) -> EngineConfig {
     let mut engine = EngineConfig::new();
     engine.wasm_component_model(true).epoch_interruption(true);
     // Reserve what a memory may reach, not 4 GiB each: many small instances.
-    engine.memory_reservation(config.max_memory);
+    engine.memory_reservation(config.startup.max_memory);
     engine.memory_guard_size(64 << 10);
     if pooling {
-        let instances = config.max_instances;
+        let instances = config.startup.max_instances;
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(instances)
             // A component holds a few core instances (the program, plus the
@@ -295,7 +295,7 @@ fn engine_config(config: &Config, pooling: bool) -> EngineConfig {
             .total_tables(instances.saturating_mul(8))
             .total_stacks(0)
             .total_gc_heaps(0)
-            .max_memory_size(usize::try_from(config.max_memory).unwrap_or(usize::MAX));
+            .max_memory_size(usize::try_from(config.startup.max_memory).unwrap_or(usize::MAX));
         engine.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     engine

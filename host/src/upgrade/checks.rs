@@ -251,7 +251,7 @@ mod tests {
             std::path::Path::new("/"),
         )
         .expect("valid config");
-        config.routes.remove(0)
+        config.live.routes.remove(0)
     }
 
     /// The refusal of a request with `method`, `version` and header lines.
