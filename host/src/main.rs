@@ -180,9 +180,9 @@ fn init_logging(format: LogFormat, level: LevelFilter) {
         }
     }
     // Dependencies that log through the `log` crate reach the same output, but
-    // only up to debug: tungstenite logs several trace lines per frame, and
-    // with any trace directive in RUST_LOG (berth's own included) forwarding
-    // them took a third of a busy server's CPU.
+    // only up to debug: tungstenite logs several trace lines per frame, which
+    // any trace directive in RUST_LOG (berth's own included) would otherwise
+    // forward, at a cost per frame of every connection.
     tracing_log::LogTracer::builder()
         .with_max_level(tracing_log::log::LevelFilter::Debug)
         .init()

@@ -21,7 +21,7 @@ use crate::publish_api::PublishApi;
 use crate::pubsub::Broker;
 use crate::reload::{LoadError, ReloadHandle, Reloader, Stopped, Trigger};
 use crate::router::Router;
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{EngineSettings, Runtime, RuntimeError};
 use crate::state::State;
 
 /// How long open connections get to finish their close handshakes at shutdown.
@@ -129,7 +129,7 @@ impl Server {
             .collect::<Result<Vec<_>, _>>()?;
         let admin = startup.admin_listen.map(AdminListener::bind).transpose()?;
         let mut metrics = Metrics::new();
-        let runtime = Arc::new(Runtime::new(&config)?);
+        let runtime = Arc::new(Runtime::new(&EngineSettings::from(startup))?);
         let router = Arc::new(Router::default());
         let shutdown = CancellationToken::new();
         let (broker, cluster) = match &startup.broker {

@@ -27,7 +27,7 @@ mod units;
 pub use broker::{BrokerConfig, PublishApiConfig};
 pub use listen::{DEFAULT_LISTEN, ListenerConfig, TlsFiles};
 pub use route::{
-    DirGrant, Grants, InstanceModel, OriginPolicy, PluginSource, Quarantine, ReloadPolicy,
+    DirGrant, Grants, InstanceModel, OriginPolicy, PluginSource, QuarantineRule, ReloadPolicy,
     RouteConfig,
 };
 pub use state::{StateConfig, StateRules};

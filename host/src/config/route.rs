@@ -62,7 +62,7 @@ pub struct RouteConfig {
     /// Outbound messages shorter than this go uncompressed, in bytes.
     pub compression_threshold: usize,
     /// When the route's plugin is quarantined for trapping too often.
-    pub quarantine: Quarantine,
+    pub quarantine: QuarantineRule,
     /// The route's history and store bounds.
     pub state: StateRules,
     /// What the plugin may reach besides clocks and random numbers.
@@ -97,7 +97,7 @@ impl RouteConfig {
             max_memory: defaults::MAX_MEMORY,
             compression: true,
             compression_threshold: defaults::COMPRESSION_THRESHOLD,
-            quarantine: Quarantine {
+            quarantine: QuarantineRule {
                 traps: defaults::QUARANTINE_TRAPS,
                 window: defaults::QUARANTINE_WINDOW,
             },
@@ -174,7 +174,7 @@ pub enum ReloadPolicy {
 /// A plugin that traps `traps` times within `window` is quarantined: new
 /// connections to its route get 503 until its file changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Quarantine {
+pub struct QuarantineRule {
     /// Traps that trip the quarantine; 0 turns it off.
     pub traps: u32,
     /// The window the traps are counted in.

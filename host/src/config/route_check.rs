@@ -12,7 +12,8 @@ use super::raw::{Compression, RawRoute};
 use super::state::state_rules;
 use super::units::ByteSize;
 use super::{
-    ConfigError, DirGrant, Grants, OriginPolicy, PluginSource, Quarantine, RouteConfig, defaults,
+    ConfigError, DirGrant, Grants, OriginPolicy, PluginSource, QuarantineRule, RouteConfig,
+    defaults,
 };
 use crate::router::is_reserved;
 
@@ -122,7 +123,7 @@ pub(super) fn check_route(
             writable: dir.writable,
         });
     }
-    let quarantine = Quarantine {
+    let quarantine = QuarantineRule {
         traps: raw.quarantine_traps.unwrap_or(defaults::QUARANTINE_TRAPS),
         window: nonzero(source, raw.quarantine_window, defaults::QUARANTINE_WINDOW)?,
     };

@@ -1,27 +1,34 @@
 //! The plugin runtime: one wasmtime [`Engine`] and [`Linker`] for the whole
 //! server, one compiled [`InstancePre`](wasmtime::component::InstancePre) per
-//! plugin, and one actor thread per route that owns the route's instance.
+//! plugin, and worker threads that own each route's instances (one for the
+//! `route` model, one per core for the `connection` model).
 //!
-//! Why a thread per route rather than async calls from tokio tasks: a
-//! synchronous call into a component from the thread that owns its store skips
-//! the fiber that async calls need, which is the larger part of the crossing
-//! cost, and a blocking WASI call made by a guest cannot stall tokio's workers.
-//! Events reach the thread through a bounded queue; the thread drains
-//! everything queued before it sleeps again, so a busy route is never woken
-//! once per message.
+//! Why threads rather than async calls from tokio tasks: a synchronous call
+//! into a component from the thread that owns its store skips the fiber that
+//! async calls need, which is the larger part of the crossing cost, and a
+//! blocking WASI call made by a guest cannot stall tokio's workers. Events
+//! reach a worker through a bounded queue; it drains everything queued
+//! before it sleeps again, so a busy route is never woken once per message.
+//!
+//! The generated bindings stay inside this module: the rest of the host
+//! speaks to a plugin in its own types ([`Request`], [`CloseInfo`],
+//! [`ConnectOutcome`]).
 
-mod actor;
 mod batch;
 mod bindings;
 mod cache;
-mod host;
+mod handle;
+mod imports;
+mod instances;
 mod limits;
+mod quarantine;
 mod queue;
 mod state_calls;
 mod stdio;
+mod store;
 mod timers;
+mod worker;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,14 +39,13 @@ use wasmtime::{
     Config as EngineConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
 };
 
-pub(crate) use actor::{ConnectOutcome, PluginHandle};
-pub(crate) use bindings::berth::plugin::types::Request;
 use bindings::{Plugin, PluginPre};
 use cache::CompileCache;
 pub use cache::Origin;
-use host::HostState;
+pub(crate) use handle::{ConnectOutcome, PluginHandle, Request};
+use store::HostState;
 
-use crate::config::{Config, RouteConfig};
+use crate::config::{RouteConfig, StartupConfig, defaults};
 use crate::metrics::RouteMetrics;
 use crate::pubsub::Broker;
 use crate::state::State;
@@ -154,8 +160,40 @@ pub(crate) struct Compiled {
     pre: PluginPre<HostState>,
 }
 
+/// What the engine is built with: the instance pool's size and each
+/// instance's memory cap, and where compiled plugins are cached.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// Instances alive at once (`max-instances`).
+    pub max_instances: u32,
+    /// One instance's linear memory cap, in bytes (`max-memory`).
+    pub max_memory: u64,
+    /// Where compiled plugins are cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            max_instances: defaults::MAX_INSTANCES,
+            max_memory: defaults::MAX_MEMORY,
+            cache_dir: None,
+        }
+    }
+}
+
+impl From<&StartupConfig> for EngineSettings {
+    fn from(config: &StartupConfig) -> Self {
+        EngineSettings {
+            max_instances: config.max_instances,
+            max_memory: config.max_memory,
+            cache_dir: config.cache_dir.clone(),
+        }
+    }
+}
+
 /// A route's workers: the handle sessions use, and the threads to wait for at shutdown.
-pub(crate) struct RouteActor {
+pub(crate) struct RouteWorkers {
     /// Where sessions send this route's events.
     pub(crate) handle: PluginHandle,
     /// The threads that own the route's instances.
@@ -172,11 +210,11 @@ pub(crate) struct Runtime {
 
 impl Runtime {
     /// Sets up the engine (component model, epoch interruption, an instance
-    /// pool sized from `config`) and the linker (WASI p2 and berth's host
+    /// pool sized by `settings`) and the linker (WASI p2 and berth's host
     /// interface).
-    pub(crate) fn new(config: &Config) -> Result<Runtime, RuntimeError> {
+    pub(crate) fn new(settings: &EngineSettings) -> Result<Runtime, RuntimeError> {
         let engine_err = |e: wasmtime::Error| RuntimeError::Engine(format!("{e:#}"));
-        let engine = match Engine::new(&engine_config(config, true)) {
+        let engine = match Engine::new(&engine_config(settings, true)) {
             Ok(engine) => engine,
             Err(error) => {
                 // Some hosts cap virtual memory too tightly for the pool's
@@ -184,7 +222,7 @@ impl Runtime {
                 tracing::warn!(
                     "instance pool unavailable ({error:#}); allocating instances on demand"
                 );
-                Engine::new(&engine_config(config, false)).map_err(engine_err)?
+                Engine::new(&engine_config(settings, false)).map_err(engine_err)?
             }
         };
         let mut linker = Linker::new(&engine);
@@ -193,7 +231,7 @@ impl Runtime {
             .map_err(engine_err)?;
         let ticker =
             EpochTicker::start(engine.clone()).map_err(|e| RuntimeError::Engine(e.to_string()))?;
-        let cache = CompileCache::open(&engine, config.startup.cache_dir.as_deref());
+        let cache = CompileCache::open(&engine, settings.cache_dir.as_deref());
         Ok(Runtime {
             cache,
             engine,
@@ -244,8 +282,8 @@ impl Runtime {
         route: Arc<RouteConfig>,
         plugin: Arc<Compiled>,
         metrics: Arc<RouteMetrics>,
-    ) -> Result<RouteActor, RuntimeError> {
-        actor::spawn(&self.engine, runtime, broker, state, route, plugin, metrics)
+    ) -> Result<RouteWorkers, RuntimeError> {
+        instances::spawn(&self.engine, runtime, broker, state, route, plugin, metrics)
     }
 }
 
@@ -258,9 +296,11 @@ pub fn link_check(
     bytes: &[u8],
     cache_dir: Option<PathBuf>,
 ) -> Result<Origin, RuntimeError> {
-    let mut config = crate::demo::config(SocketAddr::from(([127, 0, 0, 1], 0)), PathBuf::new());
-    config.startup.cache_dir = cache_dir;
-    let runtime = Runtime::new(&config)?;
+    let settings = EngineSettings {
+        cache_dir,
+        ..EngineSettings::default()
+    };
+    let runtime = Runtime::new(&settings)?;
     let (_, origin) = runtime.compile(name, bytes, &blake3::hash(bytes))?;
     Ok(origin)
 }
@@ -276,16 +316,16 @@ pub(super) fn one_line(error: &wasmtime::Error) -> String {
 }
 
 /// The engine settings. With `pooling`, instances come from a pool sized from
-/// the config rather than wasmtime's defaults (which reserve terabytes of
+/// the settings rather than wasmtime's defaults (which reserve terabytes of
 /// address space): `max-instances` slots, each memory capped at `max-memory`.
-fn engine_config(config: &Config, pooling: bool) -> EngineConfig {
+fn engine_config(settings: &EngineSettings, pooling: bool) -> EngineConfig {
     let mut engine = EngineConfig::new();
     engine.wasm_component_model(true).epoch_interruption(true);
     // Reserve what a memory may reach, not 4 GiB each: many small instances.
-    engine.memory_reservation(config.startup.max_memory);
+    engine.memory_reservation(settings.max_memory);
     engine.memory_guard_size(64 << 10);
     if pooling {
-        let instances = config.startup.max_instances;
+        let instances = settings.max_instances;
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(instances)
             // A component holds a few core instances (the program, plus the
@@ -295,7 +335,7 @@ fn engine_config(config: &Config, pooling: bool) -> EngineConfig {
             .total_tables(instances.saturating_mul(8))
             .total_stacks(0)
             .total_gc_heaps(0)
-            .max_memory_size(usize::try_from(config.startup.max_memory).unwrap_or(usize::MAX));
+            .max_memory_size(usize::try_from(settings.max_memory).unwrap_or(usize::MAX));
         engine.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     engine

@@ -3,7 +3,7 @@
 //! the store sees them; the store bounds the namespace's totals.
 
 use super::bindings::berth::plugin::{state, types};
-use super::host::HostState;
+use super::store::HostState;
 use crate::config::defaults::MAX_KEY;
 use crate::metrics::Limit;
 use crate::state::{self as store, StateError};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::actor::Event;
+use super::handle::Event;
 use super::queue::WeakQueueTx;
 
 /// The most live timers one instance may have.

@@ -10,10 +10,9 @@ use futures_util::task::{ArcWake, AtomicWaker, waker};
 /// has fired.
 ///
 /// The loop runs once per outbound wake-up, when the other branches usually
-/// have nothing for it. Polling them anyway is not free: tungstenite
-/// zero-fills its free read buffer on every read attempt, even one that
-/// finds no data (perf: once the top symbol of a fan-out), and a
-/// cancellation token takes a lock to say it is not cancelled.
+/// have nothing for it, and polling a branch that was not woken is not free:
+/// a read attempt zero-fills the free read buffer even when it finds no
+/// data, and a cancellation token takes a lock to say it is not cancelled.
 pub(crate) struct Gate {
     woken: AtomicBool,
     task: AtomicWaker,

@@ -6,292 +6,64 @@
 //! connection is pinned to one of them, gets its own instance there, and
 //! connections on different workers run in parallel.
 
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicU64;
 
 use http::StatusCode;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use super::queue::{QueueRx, QueueTx, WeakQueueTx, queue};
+use super::queue::{QueueRx, WeakQueueTx};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use wasmtime::Store;
-use wasmtime::error::Context as _;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::batch::{Batch, Named};
 use super::bindings::Plugin;
-use super::bindings::berth::plugin::types::{MessageKind, Request};
-use super::host::{ConnEntry, HostState, Quarantine, RouteShared};
-use super::limits::Limits;
-use super::stdio::{LineBudget, LogTarget, Stdio};
-use super::timers::Timers;
-use super::{CloseInfo, Compiled, EPOCH_TICK, RouteActor, RuntimeError};
-use crate::config::{InstanceModel, RouteConfig};
+use super::bindings::berth::plugin::types::{self, MessageKind};
+use super::handle::{ConnectOutcome, Event, Request};
+use super::instances::{Instances, Live};
+use super::store::{HostState, RouteShared};
+use super::{CloseInfo, Compiled};
+use crate::config::RouteConfig;
 use crate::metrics::{Export, Limit, RouteMetrics};
 use crate::outbox::ConnHandle;
-use crate::pubsub::{Broker, Held};
-use crate::state::State;
+use crate::pubsub::Held;
 
 /// How many events may wait for a worker before sessions stop reading their
 /// sockets (TCP backpressure reaches the clients).
-const QUEUE: usize = 4096;
+pub(super) const QUEUE: usize = 4096;
 /// The longest `reject` reason sent as an HTTP body; the rest is cut.
 const MAX_REJECT_REASON: usize = 1024;
 /// The bytes of the messages a route worker's queue may hold: a count of
 /// events alone would let 4,096 messages of the largest size wait.
-const QUEUE_BYTES: usize = 8 << 20;
+pub(super) const QUEUE_BYTES: usize = 8 << 20;
 /// The most events handled per wake-up of a worker.
 const BATCH: usize = 256;
 /// The instance key of a route-model instance (connection ids start at 1).
-const SHARED: u64 = 0;
-
-/// What the plugin decided about a new connection.
-#[derive(Debug)]
-pub(crate) enum ConnectOutcome {
-    /// Open the connection, answering with this subprotocol.
-    Accept { subprotocol: Option<String> },
-    /// Answer the upgrade request with this HTTP status and reason.
-    Reject { status: StatusCode, reason: String },
-    /// The plugin failed (trapped or broke the contract): answer 500.
-    Failed,
-    /// No instance could be made for the connection (the pool is full): answer 503.
-    Unavailable,
-    /// The route is quarantined: answer 503.
-    Quarantined,
-}
-
-/// Something for a worker to do.
-pub(crate) enum Event {
-    Connect {
-        conn: u64,
-        // Boxed: every event is moved through the queue at the size of the
-        // largest, and messages are the common case.
-        request: Box<Request>,
-        handle: ConnHandle,
-        reply: oneshot::Sender<ConnectOutcome>,
-    },
-    Message {
-        conn: u64,
-        msg: WsMessage,
-    },
-    Close {
-        conn: u64,
-        info: CloseInfo,
-    },
-    /// Answered once the worker has handled every event queued before it.
-    Settled {
-        reply: oneshot::Sender<()>,
-    },
-    /// Timer `timer` of instance `key` is due.
-    Timer {
-        key: u64,
-        timer: u64,
-    },
-}
-
-/// Where sessions send a route's events; cheap to clone.
-#[derive(Clone)]
-pub(crate) struct PluginHandle {
-    workers: Arc<[QueueTx<Event>]>,
-}
-
-impl PluginHandle {
-    /// The worker that serves `conn`: the same one for the connection's whole life.
-    fn worker(&self, conn: u64) -> &QueueTx<Event> {
-        &self.workers[(conn % self.workers.len() as u64) as usize]
-    }
-
-    /// Asks the plugin about a new connection. `None` when the route's worker is gone.
-    pub(crate) async fn connect(
-        &self,
-        conn: u64,
-        request: Request,
-        handle: ConnHandle,
-    ) -> Option<ConnectOutcome> {
-        let (reply, outcome) = oneshot::channel();
-        let event = Event::Connect {
-            conn,
-            request: Box::new(request),
-            handle,
-            reply,
-        };
-        self.worker(conn).send(event).await.ok()?;
-        outcome.await.ok()
-    }
-
-    /// Delivers a data message; waits while the worker's queue is full.
-    pub(crate) async fn message(&self, conn: u64, msg: WsMessage) {
-        let bytes = msg.len();
-        let _ = self
-            .worker(conn)
-            .send_sized(Event::Message { conn, msg }, bytes)
-            .await;
-    }
-
-    /// Waits until the worker has handled every event sent before for `conn`,
-    /// so that the plugin's answers to them are in the connection's outbox.
-    pub(crate) async fn settled(&self, conn: u64) {
-        let (reply, done) = oneshot::channel();
-        if self
-            .worker(conn)
-            .send(Event::Settled { reply })
-            .await
-            .is_ok()
-        {
-            let _ = done.await;
-        }
-    }
-
-    /// Reports the end of an accepted connection.
-    pub(crate) async fn close(&self, conn: u64, info: CloseInfo) {
-        let _ = self.worker(conn).send(Event::Close { conn, info }).await;
-    }
-
-    /// Reports the end of a connection without waiting, for drop paths; falls
-    /// back to a task when the queue is full.
-    pub(crate) fn close_soon(&self, conn: u64, info: CloseInfo) {
-        let worker = self.worker(conn);
-        if let Err(mpsc::error::TrySendError::Full(event)) =
-            worker.try_send(Event::Close { conn, info })
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let worker = worker.clone();
-            runtime.spawn(async move {
-                let _ = worker.send(event).await;
-            });
-        }
-    }
-}
-
-/// A live instance and its store.
-struct Live {
-    store: Store<HostState>,
-    plugin: Plugin,
-}
-
-/// The instances one worker owns.
-enum Instances {
-    /// The route model: one instance, or none after it failed to restart.
-    Shared(Option<Live>),
-    /// The connection model: one instance per connection pinned to this worker.
-    PerConnection(FxHashMap<u64, Live>),
-}
-
-impl Instances {
-    /// The instance `key` names (see [`Worker::key`]), if it is alive.
-    fn get_mut(&mut self, key: u64) -> Option<&mut Live> {
-        match self {
-            Instances::Shared(live) => live.as_mut(),
-            Instances::PerConnection(map) => map.get_mut(&key),
-        }
-    }
-}
+pub(super) const SHARED: u64 = 0;
 
 /// Everything a worker needs to make and call instances.
-struct Worker {
-    route: Arc<RouteConfig>,
-    shared: Arc<RouteShared>,
-    compiled: Arc<Compiled>,
-    engine: wasmtime::Engine,
-    runtime: tokio::runtime::Handle,
-    queue: WeakQueueTx<Event>,
-    current_conn: Arc<AtomicU64>,
-    deadline_ticks: u64,
-    instances: Instances,
+pub(super) struct Worker {
+    pub(super) route: Arc<RouteConfig>,
+    pub(super) shared: Arc<RouteShared>,
+    pub(super) compiled: Arc<Compiled>,
+    pub(super) engine: wasmtime::Engine,
+    pub(super) runtime: tokio::runtime::Handle,
+    pub(super) queue: WeakQueueTx<Event>,
+    pub(super) current_conn: Arc<AtomicU64>,
+    pub(super) deadline_ticks: u64,
+    pub(super) instances: Instances,
     /// The events taken for the next `on-events` call.
-    batch: Batch,
+    pub(super) batch: Batch,
     /// What the calls of the batch publish and wake, held until it ends;
     /// lent to each call.
-    held: Held,
-    metrics: Arc<RouteMetrics>,
-}
-
-/// Starts the workers of `route`: one for the route model (its instance made
-/// here, so a plugin that cannot start fails the server's startup), one per
-/// core for the connection model.
-pub(super) fn spawn(
-    engine: &wasmtime::Engine,
-    runtime: &tokio::runtime::Handle,
-    broker: &Arc<Broker>,
-    state: &Arc<State>,
-    route: Arc<RouteConfig>,
-    compiled: Arc<Compiled>,
-    metrics: Arc<RouteMetrics>,
-) -> Result<RouteActor, RuntimeError> {
-    let deadline_ticks = route
-        .call_timeout
-        .as_micros()
-        .div_ceil(EPOCH_TICK.as_micros())
-        .max(1) as u64;
-    let shared = Arc::new(RouteShared {
-        name: route.path.as_str().into(),
-        write_queue_bytes: route.write_queue_bytes,
-        max_topic_name: route.max_topic_name,
-        max_subscriptions_per_connection: route.max_subscriptions_per_connection,
-        max_subscriptions: route.max_subscriptions,
-        subscriptions: AtomicUsize::new(0),
-        metrics: metrics.clone(),
-        namespace: route.namespace.as_str().into(),
-        values: route.values.clone(),
-        broker: broker.clone(),
-        state: state.clone(),
-        rules: route.state,
-        quarantine: Quarantine::new(route.quarantine),
-    });
-    let count = match route.instance {
-        InstanceModel::Route => 1,
-        InstanceModel::Connection => std::thread::available_parallelism().map_or(2, |n| n.get()),
-    };
-    let mut senders = Vec::with_capacity(count);
-    let mut threads = Vec::with_capacity(count);
-    for index in 0..count {
-        let (tx, rx) = queue(QUEUE, QUEUE_BYTES, runtime);
-        let mut worker = Worker {
-            route: route.clone(),
-            shared: shared.clone(),
-            compiled: compiled.clone(),
-            engine: engine.clone(),
-            runtime: runtime.clone(),
-            queue: tx.downgrade(),
-            current_conn: Arc::new(AtomicU64::new(0)),
-            deadline_ticks,
-            instances: Instances::PerConnection(FxHashMap::default()),
-            batch: Batch::default(),
-            held: Held::batching(),
-            metrics: metrics.clone(),
-        };
-        if route.instance == InstanceModel::Route {
-            let live = worker
-                .instantiate(SHARED)
-                .map_err(|e| RuntimeError::Instantiate {
-                    plugin: compiled.name.clone(),
-                    reason: super::one_line(&e),
-                })?;
-            worker.instances = Instances::Shared(Some(live));
-        }
-        let thread = std::thread::Builder::new()
-            .name(format!("berth{}#{index}", route.path))
-            .spawn(move || worker.run(rx))
-            .map_err(|source| RuntimeError::Thread {
-                route: route.path.clone(),
-                source,
-            })?;
-        senders.push(tx);
-        threads.push(thread);
-    }
-    Ok(RouteActor {
-        handle: PluginHandle {
-            workers: senders.into(),
-        },
-        threads,
-    })
+    pub(super) held: Held,
+    pub(super) metrics: Arc<RouteMetrics>,
 }
 
 impl Worker {
-    fn run(mut self, mut rx: QueueRx<Event>) {
+    pub(super) fn run(mut self, mut rx: QueueRx<Event>) {
         let mut batch = Vec::with_capacity(BATCH);
         while rx.blocking_recv_many(&mut batch, BATCH) > 0 {
             let mut taken = 0;
@@ -316,63 +88,15 @@ impl Worker {
         );
     }
 
-    /// Makes an instance; `key` tags its timer events (its connection, or 0).
-    fn instantiate(&self, key: u64) -> wasmtime::Result<Live> {
-        let budget = LineBudget::new(self.shared.name.clone());
-        let target = |stream| LogTarget {
-            route: self.shared.name.clone(),
-            current_conn: self.current_conn.clone(),
-            stream,
-            budget: budget.clone(),
-        };
-        // No arguments, no inherited environment, no sockets, and only the
-        // folders the route grants: clocks and random numbers are all a
-        // plugin gets by default.
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(target(Stdio::Stdout))
-            .stderr(target(Stdio::Stderr))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        let grants = &self.route.grants;
-        for (name, value) in &grants.env {
-            wasi.env(name, value);
-        }
-        for dir in &grants.dirs {
-            let perms = if dir.writable {
-                FsPerms::ReadWrite
-            } else {
-                FsPerms::ReadOnly
-            };
-            wasi.preopened_dir(&dir.host, &dir.guest, perms)
-                .with_context(|| format!("cannot open granted folder {}", dir.host.display()))?;
-        }
-        let timers = Timers::new(key, self.queue.clone(), self.runtime.clone());
-        let state = HostState::new(
-            wasi.build(),
-            self.shared.clone(),
-            self.current_conn.clone(),
-            timers,
-            Limits::new(self.route.max_memory, self.metrics.plugin_memory.clone()),
-            budget,
-        );
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| state.limits());
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.deadline_ticks);
-        let plugin = self.compiled.pre.instantiate(&mut store)?;
-        Ok(Live { store, plugin })
-    }
-
     /// The instance key that serves `conn`.
-    fn key(&self, conn: u64) -> u64 {
+    pub(super) fn key(&self, conn: u64) -> u64 {
         match self.instances {
             Instances::Shared(_) => SHARED,
             Instances::PerConnection(_) => conn,
         }
     }
 
-    fn live(&mut self, key: u64) -> Option<&mut Live> {
+    pub(super) fn live(&mut self, key: u64) -> Option<&mut Live> {
         self.instances.get_mut(key)
     }
 
@@ -467,23 +191,6 @@ impl Worker {
         }
     }
 
-    fn restart_shared(&mut self, conns: FxHashMap<u64, ConnEntry>) {
-        let live = match self.instantiate(SHARED) {
-            Ok(mut live) => {
-                live.store.data_mut().restore_conns(conns);
-                Some(live)
-            }
-            Err(error) => {
-                tracing::error!(route = %self.route.path, "plugin failed to start again: {error:#}");
-                // Without an instance nobody can address these connections;
-                // dropping their handles lets the sessions notice.
-                drop(conns);
-                None
-            }
-        };
-        self.instances = Instances::Shared(live);
-    }
-
     /// Adds `event` to the batch for the next call, or handles it at once,
     /// handing over the batch first when the event must not wait behind it
     /// or cannot join it.
@@ -564,41 +271,6 @@ impl Worker {
         }
     }
 
-    /// Makes sure an instance exists to serve `conn`; false if none can be made.
-    fn ready_for(&mut self, conn: u64) -> bool {
-        let missing = match &self.instances {
-            Instances::Shared(live) => live.is_none(),
-            Instances::PerConnection(_) => true,
-        };
-        if !missing {
-            return true;
-        }
-        let started = std::time::Instant::now();
-        match &self.instances {
-            Instances::Shared(_) => self.restart_shared(FxHashMap::default()),
-            Instances::PerConnection(_) => match self.instantiate(conn) {
-                Ok(live) => {
-                    // Read by the fan-out benchmark: the real cost of a
-                    // connection's instance, pool slot included.
-                    tracing::trace!(
-                        target: "berth::instance",
-                        route = %self.route.path,
-                        conn,
-                        micros = started.elapsed().as_micros() as u64,
-                        "instance made"
-                    );
-                    if let Instances::PerConnection(map) = &mut self.instances {
-                        map.insert(conn, live);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(route = %self.route.path, conn, "cannot make an instance: {error:#}");
-                }
-            },
-        }
-        self.live(self.key(conn)).is_some()
-    }
-
     fn connect(
         &mut self,
         conn: u64,
@@ -624,9 +296,11 @@ impl Worker {
             |_| (conn, Named::Connect),
             |plugin, store| {
                 store.data().set_current(conn);
-                plugin
-                    .berth_plugin_handler()
-                    .call_on_connect(store, conn, &request)
+                plugin.berth_plugin_handler().call_on_connect(
+                    store,
+                    conn,
+                    &types::Request::from(&request),
+                )
             },
         );
         let outcome = match result.ok() {
