@@ -13,7 +13,7 @@
 //! Prometheus registry; each of those modules counts with handles it hands
 //! out, resolved once per route version.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod admission;
 pub mod check;

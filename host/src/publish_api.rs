@@ -1,7 +1,7 @@
 //! The backend publish API: `POST /publish/NAMESPACE/TOPIC` with
 //! `Authorization: Bearer TOKEN` publishes the request body to a topic, as a
 //! plugin's `publish` would: to this node's subscribers at once, and through
-//! the broker to every other node's.
+//! the topics to every other node's.
 //!
 //! The two path segments are percent-decoded. NAMESPACE names a namespace
 //! exactly if some route has that namespace, else the namespace with a `/`
@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 
 use crate::config::PublishApiConfig;
-use crate::pubsub::{Broker, Held};
+use crate::pubsub::{Held, Topics};
 use crate::router::Router;
 use crate::state::{Entry, State};
 
@@ -38,7 +38,7 @@ pub(crate) struct PublishApi {
     tokens: Vec<blake3::Hash>,
     max_body: usize,
     router: Arc<Router>,
-    broker: Arc<Broker>,
+    topics: Arc<Topics>,
     state: Arc<State>,
 }
 
@@ -112,7 +112,7 @@ impl PublishApi {
     pub(crate) fn new(
         config: &PublishApiConfig,
         router: Arc<Router>,
-        broker: Arc<Broker>,
+        topics: Arc<Topics>,
         state: Arc<State>,
     ) -> Option<PublishApi> {
         (!config.tokens.is_empty()).then(|| PublishApi {
@@ -123,7 +123,7 @@ impl PublishApi {
                 .collect(),
             max_body: config.max_body,
             router,
-            broker,
+            topics,
             state,
         })
     }
@@ -276,7 +276,7 @@ impl PublishApi {
             String::new()
         };
         let count = self
-            .broker
+            .topics
             .publish(&namespace, &topic, msg, None, &mut Held::immediate());
         tracing::debug!(%namespace, topic, local_subscribers = count, "published through the API");
         answer(

@@ -14,9 +14,9 @@
 //! first.
 //!
 //! A [`Remote`] (the Redis link in `cluster`) extends topics to other nodes:
-//! the broker tells it when a topic gains its first or loses its last local
+//! the topics tells it when a topic gains its first or loses its last local
 //! subscriber, and hands it every publish made here; what other nodes
-//! publish comes back through [`Broker::deliver`].
+//! publish comes back through [`Topics::deliver`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -29,16 +29,16 @@ use crate::outbox::{ConnHandle, Published, Wakes};
 /// Subscribers of one topic, by connection id.
 type Subscribers = FxHashMap<u64, ConnHandle>;
 /// The topics of one namespace.
-type Topics = HashMap<Box<str>, Subscribers>;
+type Namespace = HashMap<Box<str>, Subscribers>;
 
 /// Every topic of every namespace in this server.
 #[derive(Default)]
-pub(crate) struct Broker {
-    namespaces: RwLock<HashMap<Arc<str>, Topics>>,
+pub(crate) struct Topics {
+    namespaces: RwLock<HashMap<Arc<str>, Namespace>>,
     remote: Option<Arc<dyn Remote>>,
 }
 
-/// Topics beyond this process. Called with the broker's lock held, so that
+/// Topics beyond this process. Called with the topics's lock held, so that
 /// opens and closes of one topic arrive in the order they happened: each
 /// call must only queue work, never wait.
 pub(crate) trait Remote: Send + Sync {
@@ -57,7 +57,7 @@ const MAX_RUN: usize = 256;
 
 /// Consecutive publishes to one topic, not yet queued.
 struct Run {
-    broker: Arc<Broker>,
+    topics: Arc<Topics>,
     namespace: Arc<str>,
     topic: Box<str>,
     messages: Vec<(WsMessage, Option<u64>)>,
@@ -102,7 +102,7 @@ impl Held {
     /// Delivers the held run, if any.
     pub(crate) fn deliver(&mut self) {
         if let Some(run) = self.run.take() {
-            run.broker
+            run.topics
                 .deliver(&run.namespace, &run.topic, &run.messages, &mut self.wakes);
         }
     }
@@ -113,7 +113,7 @@ impl Held {
         let due = self
             .run
             .as_ref()
-            .is_some_and(|run| run.broker.subscribes(&run.namespace, &run.topic, conn));
+            .is_some_and(|run| run.topics.subscribes(&run.namespace, &run.topic, conn));
         if due {
             self.deliver();
         }
@@ -127,10 +127,10 @@ impl Held {
     }
 }
 
-impl Broker {
-    /// A broker whose topics also reach other nodes through `remote`.
-    pub(crate) fn with_remote(remote: Arc<dyn Remote>) -> Broker {
-        Broker {
+impl Topics {
+    /// A topics whose topics also reach other nodes through `remote`.
+    pub(crate) fn with_remote(remote: Arc<dyn Remote>) -> Topics {
+        Topics {
             namespaces: RwLock::default(),
             remote: Some(remote),
         }
@@ -224,7 +224,7 @@ impl Broker {
             return count;
         }
         if let Some(run) = &mut held.run
-            && Arc::ptr_eq(&run.broker, self)
+            && Arc::ptr_eq(&run.topics, self)
             && run.namespace == *namespace
             && *run.topic == *topic
         {
@@ -236,7 +236,7 @@ impl Broker {
         }
         held.deliver();
         held.run = Some(Run {
-            broker: self.clone(),
+            topics: self.clone(),
             namespace: namespace.clone(),
             topic: topic.into(),
             messages: vec![(msg, exclude)],
@@ -317,21 +317,21 @@ mod tests {
 
     #[test]
     fn a_held_run_keeps_each_connections_order() {
-        let broker = Arc::new(Broker::default());
+        let topics = Arc::new(Topics::default());
         let namespace: Arc<str> = "ns".into();
         let shutdown = CancellationToken::new();
         let (a, a_out) = outbox(16, &shutdown);
         let (b, b_out) = outbox(16, &shutdown);
         let mut held = Held::batching();
-        broker.subscribe(&namespace, "t", 1, a.clone(), &mut held);
-        broker.subscribe(&namespace, "t", 2, b.clone(), &mut held);
+        topics.subscribe(&namespace, "t", 1, a.clone(), &mut held);
+        topics.subscribe(&namespace, "t", 2, b.clone(), &mut held);
         let text = WsMessage::text;
         assert_eq!(
-            broker.publish(&namespace, "t", text("p1"), None, &mut held),
+            topics.publish(&namespace, "t", text("p1"), None, &mut held),
             2
         );
         assert_eq!(
-            broker.publish(&namespace, "t", text("p2"), Some(2), &mut held),
+            topics.publish(&namespace, "t", text("p2"), Some(2), &mut held),
             1
         );
         assert!(
@@ -342,11 +342,11 @@ mod tests {
         held.deliver_before(1);
         a.push(text("direct"), held.wakes()).unwrap();
         assert_eq!(
-            broker.publish(&namespace, "t", text("p3"), None, &mut held),
+            topics.publish(&namespace, "t", text("p3"), None, &mut held),
             2
         );
         assert_eq!(
-            broker.publish(&namespace, "other", text("x"), None, &mut held),
+            topics.publish(&namespace, "other", text("x"), None, &mut held),
             0
         );
         held.finish();

@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, Overrides, PluginSource, ReloadPolicy, RouteConfig};
 use crate::metrics::{Metrics, Reload};
-use crate::pubsub::Broker;
+use crate::pubsub::Topics;
 use crate::router::{Route, Router, Table};
-use crate::runtime::{Compiled, Origin, Runtime, RuntimeError};
+use crate::runtime::{CodeSource, Compiled, Runtime, RuntimeError};
 use crate::state::State;
 use crate::watch::{Watcher, auto_route_path};
 
@@ -100,7 +100,7 @@ pub enum LoadError {
 pub(crate) struct Reloader {
     runtime: Arc<Runtime>,
     metrics: Arc<Metrics>,
-    broker: Arc<Broker>,
+    topics: Arc<Topics>,
     state: Arc<State>,
     router: Arc<Router>,
     shutdown: CancellationToken,
@@ -133,7 +133,7 @@ impl Reloader {
     pub(crate) fn start(
         runtime: Arc<Runtime>,
         metrics: Arc<Metrics>,
-        broker: Arc<Broker>,
+        topics: Arc<Topics>,
         state: Arc<State>,
         router: Arc<Router>,
         shutdown: CancellationToken,
@@ -144,7 +144,7 @@ impl Reloader {
         let mut reloader = Reloader {
             runtime,
             metrics,
-            broker,
+            topics,
             state,
             router,
             shutdown,
@@ -436,7 +436,7 @@ impl Reloader {
                     self.runtime.compile(&name, &bytes, &hash).map_err(fail)?;
                 let compiled = Arc::new(compiled);
                 self.compiled.insert(hash, Arc::downgrade(&compiled));
-                (compiled, Origin::as_str(origin), hash)
+                (compiled, CodeSource::as_str(origin), hash)
             }
         };
         let fail = |error: RuntimeError| (LoadError::Runtime(error), hash);
@@ -447,7 +447,7 @@ impl Reloader {
             .runtime
             .spawn_route(
                 &self.tokio,
-                &self.broker,
+                &self.topics,
                 &self.state,
                 config.clone(),
                 compiled,

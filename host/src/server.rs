@@ -18,7 +18,7 @@ use crate::config::{Config, Overrides};
 use crate::listener::{AdminListener, Bound, ListenError};
 use crate::metrics::Metrics;
 use crate::publish_api::PublishApi;
-use crate::pubsub::Broker;
+use crate::pubsub::Topics;
 use crate::reload::{LoadError, ReloadHandle, Reloader, Stopped, Trigger};
 use crate::router::Router;
 use crate::runtime::{EngineSettings, Runtime, RuntimeError};
@@ -46,7 +46,7 @@ pub enum ServeError {
     Thread(std::io::Error),
     /// The Redis broker could not be reached, and it is required.
     #[error(transparent)]
-    Broker(#[from] ClusterError),
+    Topics(#[from] ClusterError),
     /// The state store could not be opened.
     #[error(transparent)]
     State(#[from] crate::state::OpenError),
@@ -132,11 +132,11 @@ impl Server {
         let runtime = Arc::new(Runtime::new(&EngineSettings::from(startup))?);
         let router = Arc::new(Router::default());
         let shutdown = CancellationToken::new();
-        let (broker, cluster) = match &startup.broker {
-            None => (Arc::new(Broker::default()), None),
+        let (topics, cluster) = match &startup.broker {
+            None => (Arc::new(Topics::default()), None),
             Some(broker) => {
-                let (broker, cluster) = cluster::start(broker, metrics.register_broker()).await?;
-                (broker, Some(cluster))
+                let (topics, cluster) = cluster::start(broker, metrics.register_broker()).await?;
+                (topics, Some(cluster))
             }
         };
         let (state_config, broker_config) = (startup.state.clone(), startup.broker.clone());
@@ -150,7 +150,7 @@ impl Server {
         let publish_api = PublishApi::new(
             &startup.publish_api,
             router.clone(),
-            broker.clone(),
+            topics.clone(),
             state.clone(),
         );
         let shared = Arc::new(Shared {
@@ -177,7 +177,7 @@ impl Server {
             Reloader::start(
                 loader,
                 metrics,
-                broker,
+                topics,
                 state,
                 router,
                 shutdown,

@@ -1,13 +1,13 @@
 //! Topics across berth nodes through Redis pub/sub (`[broker]` in the config).
 //!
-//! The broker in `pubsub` stays the only place subscribers live. This module
-//! is its [`Remote`]: every publish made on this node is also put in a
+//! The topics of `pubsub` stay the only place subscribers live. This module
+//! is its `Remote`: every publish made on this node is also put in a
 //! bounded queue that one task sends to Redis over one connection, in order
 //! (so each publisher's order holds everywhere); and this node SUBSCRIBEs, on
 //! a second connection, only to the channels of topics that have subscribers
 //! here. What arrives there goes to the local subscribers, except this node's
 //! own publishes, which it delivered at once when they were made (each
-//! message carries its node's id, see [`envelope`]).
+//! message carries its node's id, see `envelope`).
 //!
 //! Redis pub/sub keeps nothing: a message published while a node cannot
 //! reach Redis reaches that node's subscribers only. Both connections come
@@ -33,7 +33,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::BrokerConfig;
 use crate::metrics::BrokerMetrics;
-use crate::pubsub::{Broker, Remote};
+use crate::pubsub::{Remote, Topics};
 
 /// Why the Redis broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +74,8 @@ pub(crate) struct Cluster {
     _stop: DropGuard,
 }
 
-/// This node's side of the broker hooks: what they need to queue work.
-struct Link {
+/// This node's side of the topics' hooks: what they need to queue work.
+struct RedisRemote {
     /// This process's random id, carried in every envelope it sends.
     node: u64,
     prefix: Box<str>,
@@ -83,7 +83,7 @@ struct Link {
     changes: mpsc::UnboundedSender<subscriber::Change>,
 }
 
-impl Remote for Link {
+impl Remote for RedisRemote {
     fn opened(&self, namespace: &Arc<str>, topic: &str) {
         let _ = self.changes.send(subscriber::Change::Open {
             channel: channel_name(&self.prefix, namespace, topic),
@@ -133,7 +133,7 @@ pub(crate) fn channel_name(prefix: &str, namespace: &str, topic: &str) -> String
 pub(crate) async fn start(
     config: &BrokerConfig,
     metrics: BrokerMetrics,
-) -> Result<(Arc<Broker>, Cluster), ClusterError> {
+) -> Result<(Arc<Topics>, Cluster), ClusterError> {
     let url = config.shown_url();
     let unreachable = |error: RedisError| ClusterError::Unreachable {
         url: url.clone(),
@@ -172,13 +172,13 @@ pub(crate) async fn start(
     }
     let outgoing = Arc::new(Outgoing::new(publish.is_some(), metrics.clone()));
     let (changes, changes_rx) = mpsc::unbounded_channel();
-    let link = Arc::new(Link {
+    let link = Arc::new(RedisRemote {
         node,
         prefix: config.channel_prefix.as_str().into(),
         outgoing: outgoing.clone(),
         changes,
     });
-    let broker = Arc::new(Broker::with_remote(link));
+    let topics = Arc::new(Topics::with_remote(link));
     let stop = CancellationToken::new();
     tokio::spawn(publisher::run(
         client.clone(),
@@ -190,7 +190,7 @@ pub(crate) async fn start(
     tokio::spawn(
         subscriber::Subscriber::new(
             client,
-            broker.clone(),
+            topics.clone(),
             node,
             changes_rx,
             url,
@@ -200,7 +200,7 @@ pub(crate) async fn start(
         .run(subscribe, stop.clone()),
     );
     Ok((
-        broker,
+        topics,
         Cluster {
             _stop: stop.drop_guard(),
         },

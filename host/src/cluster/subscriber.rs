@@ -1,6 +1,6 @@
 //! The task that holds this node's Redis subscriptions and hands what
 //! arrives on them to the local subscribers. It alone knows which channels
-//! this node needs (the broker's opens and closes, in order), so after a lost
+//! this node needs (the topics's opens and closes, in order), so after a lost
 //! connection it can subscribe to all of them again.
 
 use std::collections::{HashMap, HashSet};
@@ -18,7 +18,7 @@ use super::envelope;
 use super::{Outgoing, PING_EVERY, backoff, subscribe_connection, timed_out};
 use crate::metrics::BrokerMetrics;
 use crate::outbox::Wakes;
-use crate::pubsub::Broker;
+use crate::pubsub::Topics;
 
 /// A change in the topics that have subscribers on this node.
 pub(super) enum Change {
@@ -43,7 +43,7 @@ const REPORT_EVERY: Duration = Duration::from_secs(60);
 /// The subscriber task's state.
 pub(super) struct Subscriber {
     client: Client,
-    broker: Arc<Broker>,
+    topics: Arc<Topics>,
     node: u64,
     url: String,
     changes: mpsc::UnboundedReceiver<Change>,
@@ -72,7 +72,7 @@ enum Ended {
 impl Subscriber {
     pub(super) fn new(
         client: Client,
-        broker: Arc<Broker>,
+        topics: Arc<Topics>,
         node: u64,
         changes: mpsc::UnboundedReceiver<Change>,
         url: String,
@@ -81,7 +81,7 @@ impl Subscriber {
     ) -> Subscriber {
         Subscriber {
             client,
-            broker,
+            topics,
             node,
             url,
             changes,
@@ -298,7 +298,7 @@ impl Subscriber {
         let mut run: Vec<(WsMessage, Option<u64>)> = Vec::new();
         let mut run_channel: Option<&str> = None;
         let Subscriber {
-            broker,
+            topics,
             wanted,
             wakes,
             node,
@@ -310,7 +310,7 @@ impl Subscriber {
             if let Some((namespace, topic)) = channel.and_then(|c| wanted.get(c))
                 && !run.is_empty()
             {
-                broker.deliver(namespace, topic, run, wakes);
+                topics.deliver(namespace, topic, run, wakes);
                 metrics.received.inc_by(run.len() as u64);
             }
             run.clear();

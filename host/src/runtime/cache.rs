@@ -24,19 +24,19 @@ const CHECKSUM_LEN: usize = blake3::OUT_LEN;
 
 /// Where a component came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
+pub enum CodeSource {
     /// The compiler made it (and the cache now holds it, if there is one).
     Compiled,
     /// It was loaded from the cache.
     Cached,
 }
 
-impl Origin {
+impl CodeSource {
     /// A word for logs.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Origin::Compiled => "compiled",
-            Origin::Cached => "cache",
+            CodeSource::Compiled => "compiled",
+            CodeSource::Cached => "cache",
         }
     }
 }
@@ -86,12 +86,12 @@ impl CompileCache {
         engine: &Engine,
         hash: &blake3::Hash,
         bytes: &[u8],
-    ) -> wasmtime::Result<(Component, Origin)> {
+    ) -> wasmtime::Result<(Component, CodeSource)> {
         let entry = self.entry(hash);
         if let Some(entry) = &entry
             && let Some(component) = load(engine, entry)
         {
-            return Ok((component, Origin::Cached));
+            return Ok((component, CodeSource::Cached));
         }
         let component = Component::from_binary(engine, bytes)?;
         if let Some(entry) = &entry {
@@ -105,7 +105,7 @@ impl CompileCache {
                 Err(error) => tracing::warn!("cannot serialize a compiled plugin: {error:#}"),
             }
         }
-        Ok((component, Origin::Compiled))
+        Ok((component, CodeSource::Compiled))
     }
 
     /// Removes the least recently used entries while the cache is over its size.
@@ -210,8 +210,8 @@ mod tests {
         let cache = CompileCache::open(&engine, Some(dir.path()));
         let hash = blake3::hash(EMPTY_COMPONENT);
         let load = || cache.component(&engine, &hash, EMPTY_COMPONENT).unwrap().1;
-        assert_eq!(load(), Origin::Compiled);
-        assert_eq!(load(), Origin::Cached);
+        assert_eq!(load(), CodeSource::Compiled);
+        assert_eq!(load(), CodeSource::Cached);
 
         let entry = cache.entry(&hash).unwrap();
         let mut data = fs::read(&entry).unwrap();
@@ -220,15 +220,15 @@ mod tests {
         fs::write(&entry, &data).unwrap();
         assert_eq!(
             load(),
-            Origin::Compiled,
+            CodeSource::Compiled,
             "a corrupt entry is compiled again"
         );
-        assert_eq!(load(), Origin::Cached, "and rewritten");
+        assert_eq!(load(), CodeSource::Cached, "and rewritten");
 
         fs::write(&entry, b"short").unwrap();
         assert_eq!(
             load(),
-            Origin::Compiled,
+            CodeSource::Compiled,
             "a truncated entry is compiled again"
         );
     }
@@ -240,7 +240,7 @@ mod tests {
         let hash = blake3::hash(EMPTY_COMPONENT);
         for _ in 0..2 {
             let (_, origin) = cache.component(&engine, &hash, EMPTY_COMPONENT).unwrap();
-            assert_eq!(origin, Origin::Compiled);
+            assert_eq!(origin, CodeSource::Compiled);
         }
     }
 }

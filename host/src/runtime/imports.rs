@@ -166,7 +166,7 @@ impl host::Host for HostState {
             }
             let handle = entry.handle.clone();
             route
-                .broker
+                .topics
                 .subscribe(&route.namespace, &topic, conn, handle, held);
             entry.topics.insert(topic.as_str().into());
         }
@@ -202,7 +202,7 @@ impl host::Host for HostState {
             let route = &entry.route;
             route.subscriptions.fetch_sub(1, Ordering::Relaxed);
             route
-                .broker
+                .topics
                 .unsubscribe(&route.namespace, &topic, conn, &mut self.held);
             if entry.memberships.remove(topic.as_str()) {
                 route.state.leave(&route.namespace, &topic, conn);
@@ -269,7 +269,7 @@ impl host::Host for HostState {
         };
         let subscribers =
             route
-                .broker
+                .topics
                 .publish(&route.namespace, &topic, msg, exclude, &mut self.held);
         Ok(Ok(types::Published {
             subscribers,

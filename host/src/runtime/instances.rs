@@ -23,7 +23,7 @@ use super::worker::{QUEUE, QUEUE_BYTES, SHARED, Worker};
 use super::{Compiled, EPOCH_TICK, RouteWorkers, RuntimeError};
 use crate::config::{InstanceModel, RouteConfig};
 use crate::metrics::RouteMetrics;
-use crate::pubsub::{Broker, Held};
+use crate::pubsub::{Held, Topics};
 use crate::state::State;
 
 /// A live instance and its store.
@@ -56,7 +56,7 @@ impl Instances {
 pub(super) fn spawn(
     engine: &wasmtime::Engine,
     runtime: &tokio::runtime::Handle,
-    broker: &Arc<Broker>,
+    topics: &Arc<Topics>,
     state: &Arc<State>,
     route: Arc<RouteConfig>,
     compiled: Arc<Compiled>,
@@ -77,7 +77,7 @@ pub(super) fn spawn(
         metrics: metrics.clone(),
         namespace: route.namespace.as_str().into(),
         values: route.values.clone(),
-        broker: broker.clone(),
+        topics: topics.clone(),
         state: state.clone(),
         rules: route.state,
         quarantine: Quarantine::new(route.quarantine),

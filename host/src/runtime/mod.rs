@@ -11,8 +11,8 @@
 //! before it sleeps again, so a busy route is never woken once per message.
 //!
 //! The generated bindings stay inside this module: the rest of the host
-//! speaks to a plugin in its own types ([`Request`], [`CloseInfo`],
-//! [`ConnectOutcome`]).
+//! speaks to a plugin in its own types (`Request`, `CloseInfo`,
+//! `ConnectOutcome`).
 
 mod batch;
 mod bindings;
@@ -40,14 +40,14 @@ use wasmtime::{
 };
 
 use bindings::{Plugin, PluginPre};
+pub use cache::CodeSource;
 use cache::CompileCache;
-pub use cache::Origin;
 pub(crate) use handle::{ConnectOutcome, PluginHandle, Request};
 use store::HostState;
 
 use crate::config::{RouteConfig, StartupConfig, defaults};
 use crate::metrics::RouteMetrics;
-use crate::pubsub::Broker;
+use crate::pubsub::Topics;
 use crate::state::State;
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a
@@ -249,7 +249,7 @@ impl Runtime {
         name: &str,
         bytes: &[u8],
         hash: &blake3::Hash,
-    ) -> Result<(Compiled, Origin), RuntimeError> {
+    ) -> Result<(Compiled, CodeSource), RuntimeError> {
         let (component, origin) = self
             .cache
             .component(&self.engine, hash, bytes)
@@ -272,18 +272,18 @@ impl Runtime {
     }
 
     /// Starts the workers that serve `route` with `plugin`; `runtime` runs
-    /// their timers, `broker` carries their topics, and they count their
+    /// their timers, `topics` carries their topics, and they count their
     /// calls and failures in `metrics`.
     pub(crate) fn spawn_route(
         &self,
         runtime: &tokio::runtime::Handle,
-        broker: &Arc<Broker>,
+        topics: &Arc<Topics>,
         state: &Arc<State>,
         route: Arc<RouteConfig>,
         plugin: Arc<Compiled>,
         metrics: Arc<RouteMetrics>,
     ) -> Result<RouteWorkers, RuntimeError> {
-        instances::spawn(&self.engine, runtime, broker, state, route, plugin, metrics)
+        instances::spawn(&self.engine, runtime, topics, state, route, plugin, metrics)
     }
 }
 
@@ -295,7 +295,7 @@ pub fn link_check(
     name: &str,
     bytes: &[u8],
     cache_dir: Option<PathBuf>,
-) -> Result<Origin, RuntimeError> {
+) -> Result<CodeSource, RuntimeError> {
     let settings = EngineSettings {
         cache_dir,
         ..EngineSettings::default()

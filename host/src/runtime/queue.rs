@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 /// The worker's side of the wake-up.
-struct Poke {
+struct ThreadWake {
     /// Set by sends; the waker task waits on it.
     pending: Notify,
     /// Every sender is gone: the waker task ends after one last wake-up.
@@ -25,7 +25,7 @@ struct Poke {
     signal: Condvar,
 }
 
-impl Poke {
+impl ThreadWake {
     fn wake_thread(&self) {
         *self.awake.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.signal.notify_one();
@@ -40,9 +40,9 @@ impl Poke {
     }
 }
 
-struct Link<T> {
+struct SendSide<T> {
     tx: Option<mpsc::Sender<T>>,
-    poke: Arc<Poke>,
+    poke: Arc<ThreadWake>,
     bytes: Arc<Budget>,
 }
 
@@ -62,7 +62,7 @@ impl Budget {
     }
 }
 
-impl<T> Drop for Link<T> {
+impl<T> Drop for SendSide<T> {
     fn drop(&mut self) {
         // The channel must be closed before the worker looks again, or it
         // would find it empty but open and sleep for good.
@@ -75,7 +75,7 @@ impl<T> Drop for Link<T> {
 
 /// The sending side of a worker's queue; cheap to clone.
 pub(crate) struct QueueTx<T> {
-    link: Arc<Link<T>>,
+    link: Arc<SendSide<T>>,
 }
 
 impl<T> Clone for QueueTx<T> {
@@ -88,7 +88,7 @@ impl<T> Clone for QueueTx<T> {
 
 /// A sender that does not keep the queue open, for timers.
 pub(crate) struct WeakQueueTx<T> {
-    link: Weak<Link<T>>,
+    link: Weak<SendSide<T>>,
 }
 
 impl<T> Clone for WeakQueueTx<T> {
@@ -157,7 +157,7 @@ impl<T> QueueTx<T> {
 /// The worker thread's side of the queue.
 pub(crate) struct QueueRx<T> {
     rx: mpsc::Receiver<T>,
-    poke: Arc<Poke>,
+    poke: Arc<ThreadWake>,
     bytes: Arc<Budget>,
 }
 
@@ -206,7 +206,7 @@ pub(crate) fn queue<T>(
     runtime: &tokio::runtime::Handle,
 ) -> (QueueTx<T>, QueueRx<T>) {
     let (tx, rx) = mpsc::channel(capacity);
-    let poke = Arc::new(Poke {
+    let poke = Arc::new(ThreadWake {
         pending: Notify::new(),
         closed: AtomicBool::new(false),
         awake: Mutex::new(false),
@@ -217,7 +217,7 @@ pub(crate) fn queue<T>(
         room: Semaphore::new(bytes.min(Semaphore::MAX_PERMITS)),
         total: bytes.min(Semaphore::MAX_PERMITS),
     });
-    let link = Arc::new(Link {
+    let link = Arc::new(SendSide {
         tx: Some(tx),
         poke: poke.clone(),
         bytes: budget.clone(),
@@ -232,7 +232,7 @@ pub(crate) fn queue<T>(
     )
 }
 
-async fn wake_worker(poke: Arc<Poke>) {
+async fn wake_worker(poke: Arc<ThreadWake>) {
     loop {
         poke.pending.notified().await;
         // Sessions woken alongside this task run first; their events then

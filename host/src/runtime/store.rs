@@ -19,11 +19,11 @@ use super::timers::Timers;
 use crate::config;
 use crate::metrics::RouteMetrics;
 use crate::outbox::{ConnHandle, PushError};
-use crate::pubsub::{Broker, Held};
+use crate::pubsub::{Held, Topics};
 use crate::state::State;
 
 /// What every instance of one route shares: its name, its topic namespace and
-/// config values, and the server's broker.
+/// config values, and the server's topics.
 pub(crate) struct RouteShared {
     pub(crate) name: Arc<str>,
     /// The route's `write-queue-bytes`: no message larger than this is sent.
@@ -40,7 +40,7 @@ pub(crate) struct RouteShared {
     pub(crate) metrics: Arc<RouteMetrics>,
     pub(crate) namespace: Arc<str>,
     pub(crate) values: BTreeMap<String, String>,
-    pub(crate) broker: Arc<Broker>,
+    pub(crate) topics: Arc<Topics>,
     /// The server's state store and members.
     pub(crate) state: Arc<State>,
     /// The route's history and store bounds.
@@ -81,7 +81,7 @@ impl Drop for ConnEntry {
         let mut held = Held::immediate();
         for topic in &self.topics {
             self.route
-                .broker
+                .topics
                 .unsubscribe(&self.route.namespace, topic, self.conn, &mut held);
         }
         for topic in &self.memberships {

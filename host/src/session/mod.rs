@@ -97,7 +97,7 @@ pub(crate) async fn run<S>(
     opened: Opened,
     route: Arc<RouteConfig>,
     outbox: Outbox,
-    stops: Stops,
+    stops: StopSignals,
     report: CloseReport,
     metrics: Arc<RouteMetrics>,
 ) where
@@ -145,7 +145,7 @@ struct Session {
 /// Why a session may be told to stop, besides its own slow-consumer signal
 /// (a child of both): the server shuts down (1001), or the route's version it
 /// opened on is retired under the restart policy (1012).
-pub(crate) struct Stops {
+pub(crate) struct StopSignals {
     /// The server's shutdown signal.
     pub(crate) shutdown: CancellationToken,
     /// The route version's restart signal.
@@ -153,7 +153,7 @@ pub(crate) struct Stops {
 }
 
 /// Why the outbound side needs the session loop.
-enum Turn {
+enum OutboundEnd {
     /// Took a batch with a close frame, now its last message: what
     /// followed it is dropped.
     Closing,
@@ -162,9 +162,9 @@ enum Turn {
 }
 
 /// What woke the socket's branch of the session loop.
-enum Io {
+enum SocketEvent {
     /// The outbound side needs the loop, or failed.
-    Out(Result<Turn, WsError>),
+    Out(Result<OutboundEnd, WsError>),
     /// A message came in, or the read side ended.
     In(Option<Result<WsMessage, WsError>>),
 }
@@ -185,7 +185,7 @@ fn poll_outbound<S>(
     sent: &mut Traffic,
     metrics: &RouteMetrics,
     cx: &mut Context<'_>,
-) -> Poll<Result<Turn, WsError>>
+) -> Poll<Result<OutboundEnd, WsError>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -196,10 +196,10 @@ where
                     Poll::Ready(true) => {
                         if let Some(at) = queue.iter().position(Outbound::is_close) {
                             queue.truncate(at + 1);
-                            return Poll::Ready(Ok(Turn::Closing));
+                            return Poll::Ready(Ok(OutboundEnd::Closing));
                         }
                     }
-                    Poll::Ready(false) => return Poll::Ready(Ok(Turn::Ended)),
+                    Poll::Ready(false) => return Poll::Ready(Ok(OutboundEnd::Ended)),
                     Poll::Pending => {}
                 }
             }
@@ -330,7 +330,7 @@ impl Session {
                 // Writing comes first, as a separate branch would.
                 io = poll_fn(|cx| {
                     if let Poll::Ready(turn) = poll_outbound(&mut wire, &mut queue, &self.outbound, open, sent, &self.metrics, cx) {
-                        return Poll::Ready(Io::Out(turn));
+                        return Poll::Ready(SocketEvent::Out(turn));
                     }
                     // Once our close frame is queued, the socket is read only
                     // when everything before it is written, and only so much:
@@ -348,9 +348,9 @@ impl Session {
                         // this is where a burst of frames read is counted.
                         received.flush_received(&self.metrics);
                     }
-                    frame.map(Io::In)
+                    frame.map(SocketEvent::In)
                 }) => match io {
-                    Io::Out(Ok(Turn::Closing)) => {
+                    SocketEvent::Out(Ok(OutboundEnd::Closing)) => {
                         // A close asked for by the plugin ends what is written.
                         let info = match queue.back() {
                             Some(Outbound::One(WsMessage::Close(Some(frame)))) => close_info(frame.code.into(), &frame.reason),
@@ -358,20 +358,20 @@ impl Session {
                         };
                         closing = Some((info, Instant::now() + close_timeout));
                     }
-                    Io::Out(Ok(Turn::Ended)) => {
+                    SocketEvent::Out(Ok(OutboundEnd::Ended)) => {
                         // The plugin runtime dropped this connection (its
                         // instance could not be restarted).
                         let (frame, info) = host_close(CloseCode::Error, "plugin unavailable");
                         queue.push_back(WsMessage::Close(Some(frame)).into());
                         closing = Some((info, Instant::now() + close_timeout));
                     }
-                    Io::Out(Err(error)) => {
+                    SocketEvent::Out(Err(error)) => {
                         return match closing {
                             Some((info, _)) => info,
                             None => close_info(1006, &format!("write failed: {error}")),
                         };
                     }
-                    Io::In(Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_))))) => {
+                    SocketEvent::In(Some(Ok(msg @ (WsMessage::Text(_) | WsMessage::Binary(_))))) => {
                         // The messages already read come along in this turn:
                         // a pass over every branch per message cost more than
                         // handing the message on. Bounded, so that deadlines
@@ -394,9 +394,9 @@ impl Session {
                         }
                     }
                     // The pong waits in the wire's output.
-                    Io::In(Some(Ok(WsMessage::Ping(_)))) => {}
-                    Io::In(Some(Ok(WsMessage::Pong(_)))) => pong_deadline = None,
-                    Io::In(Some(Ok(WsMessage::Close(frame)))) => {
+                    SocketEvent::In(Some(Ok(WsMessage::Ping(_)))) => {}
+                    SocketEvent::In(Some(Ok(WsMessage::Pong(_)))) => pong_deadline = None,
+                    SocketEvent::In(Some(Ok(WsMessage::Close(frame)))) => {
                         if let Some((info, _)) = closing {
                             // The peer answered our close frame.
                             return info;
@@ -409,9 +409,9 @@ impl Session {
                             None => close_info(1005, ""),
                         };
                     }
-                    Io::In(Some(Ok(WsMessage::Frame(_)))) => {}
-                    Io::In(Some(Err(error))) => return self.fail(&mut wire, &mut queue, closing, error, sent).await,
-                    Io::In(None) => {
+                    SocketEvent::In(Some(Ok(WsMessage::Frame(_)))) => {}
+                    SocketEvent::In(Some(Err(error))) => return self.fail(&mut wire, &mut queue, closing, error, sent).await,
+                    SocketEvent::In(None) => {
                         return match closing {
                             Some((info, _)) => info,
                             None => close_info(1006, "connection lost"),

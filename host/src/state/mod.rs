@@ -3,10 +3,10 @@
 //!
 //! Calls come from route workers and answer before they return, so that a
 //! write a plugin saw acknowledged is in the store. Without a `[broker]` the
-//! store is embedded ([`embedded`]): it hands every write to the operating
+//! store is embedded (`embedded`): it hands every write to the operating
 //! system before it answers, which a `kill -9` of berth cannot undo. With
-//! one, it is Redis ([`shared`]), so that every node sees the same history,
-//! members and keys. This node's members also live in memory ([`presence`]):
+//! one, it is Redis (`shared`), so that every node sees the same history,
+//! members and keys. This node's members also live in memory (`presence`):
 //! they are connections, which end with the process.
 
 mod embedded;

@@ -27,7 +27,7 @@ use crate::outbox;
 use crate::router::Route;
 use crate::runtime::{CloseInfo, ConnectOutcome, Request as PluginRequest};
 use crate::server::Shared;
-use crate::session::{self, CloseReport, Stops};
+use crate::session::{self, CloseReport, StopSignals};
 
 /// Why an upgrade request did not get its 101.
 #[derive(Debug)]
@@ -159,7 +159,7 @@ pub(crate) async fn upgrade(
     // own fields when the span is off), each of them names `conn` and
     // `route` itself.
     let span = tracing::debug_span!("conn", conn, route = %route.config.path, %peer);
-    let stops = Stops {
+    let stops = StopSignals {
         shutdown: shared.shutdown.clone(),
         retired: route.retired.clone(),
     };
