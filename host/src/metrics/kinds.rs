@@ -78,10 +78,44 @@ impl Limit {
     }
 }
 
-/// The `kind` label of the events a plugin is handed, in the order counted.
-pub(super) const EVENT_KINDS: [&str; 3] = ["message", "close", "timer"];
+/// A kind of event an `on-events` call carries. With [`Export`], the one
+/// table of the names of what berth calls a plugin for, as logs and metric
+/// labels spell them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EventKind {
+    /// A message from a connection.
+    Message,
+    /// The end of a connection.
+    Close,
+    /// A timer firing.
+    Timer,
+}
 
-/// A plugin export whose calls are timed.
+impl EventKind {
+    /// Every kind, in the order they are counted.
+    pub(crate) const ALL: [EventKind; 3] = [EventKind::Message, EventKind::Close, EventKind::Timer];
+
+    /// The value of the `kind` label.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+            EventKind::Close => "close",
+            EventKind::Timer => "timer",
+        }
+    }
+
+    /// What logs call the handling of one: the name of the export each kind
+    /// of event had before `on-events` carried them all.
+    pub(crate) fn call_name(self) -> &'static str {
+        match self {
+            EventKind::Message => "on-message",
+            EventKind::Close => "on-close",
+            EventKind::Timer => "on-timer",
+        }
+    }
+}
+
+/// A plugin export berth calls, whose calls are timed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Export {
     /// `on-connect`.
@@ -99,6 +133,14 @@ impl Export {
         match self {
             Export::Connect => "on_connect",
             Export::Events => "on_events",
+        }
+    }
+
+    /// Its name in the contract, as logs give it.
+    pub(crate) fn call_name(self) -> &'static str {
+        match self {
+            Export::Connect => "on-connect",
+            Export::Events => "on-events",
         }
     }
 }

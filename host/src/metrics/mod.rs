@@ -29,7 +29,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 pub(crate) use broker::BrokerMetrics;
-pub(crate) use kinds::{Export, Limit, Rejection, Reload};
+pub(crate) use kinds::{EventKind, Export, Limit, Rejection, Reload};
 pub(crate) use route::{RouteMetrics, Traffic};
 
 /// The `Content-Type` of what [`Metrics::encode`] writes: the Prometheus text

@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use super::kinds::{EVENT_KINDS, Export, Limit};
+use super::kinds::{EventKind, Export, Limit};
 use super::{CallLabels, EventLabels, LimitLabels, Metrics, RouteLabel};
 
 impl Metrics {
@@ -42,10 +42,10 @@ impl Metrics {
                     export: export.label(),
                 })
             }),
-            events: EVENT_KINDS.map(|kind| {
+            events: EventKind::ALL.map(|kind| {
                 self.events.get_or_create_owned(&EventLabels {
                     route: path.to_string(),
-                    kind,
+                    kind: kind.label(),
                 })
             }),
             traps: per_route(&self.traps),
@@ -73,8 +73,8 @@ pub(crate) struct RouteMetrics {
     sent_wire_bytes: Counter,
     /// Indexed by [`Export`].
     calls: [Histogram; Export::ALL.len()],
-    /// Events handed over, indexed as [`EVENT_KINDS`].
-    events: [Counter; EVENT_KINDS.len()],
+    /// Events handed over, indexed as [`EventKind::ALL`].
+    events: [Counter; EventKind::ALL.len()],
     /// Failed plugin calls.
     pub(crate) traps: Counter,
     /// Quarantines entered.
@@ -97,7 +97,7 @@ impl RouteMetrics {
     }
 
     /// Counts the messages, closes and timer firings of one `on-events` call.
-    pub(crate) fn delivered(&self, counts: [u64; EVENT_KINDS.len()]) {
+    pub(crate) fn delivered(&self, counts: [u64; EventKind::ALL.len()]) {
         for (counter, count) in self.events.iter().zip(counts) {
             if count != 0 {
                 counter.inc_by(count);

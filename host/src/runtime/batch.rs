@@ -8,6 +8,7 @@
 use bytes::Bytes;
 
 use super::bindings::berth::plugin::types::{CloseEvent, Event, MessageEvent, MessageKind};
+use crate::metrics::{EventKind, Export};
 
 /// The most events one call carries.
 const MAX_EVENTS: usize = 256;
@@ -23,22 +24,18 @@ const KEEP: usize = 256 << 10;
 /// so that a log line says what the plugin was doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Named {
-    Connect,
-    Message,
-    Close,
-    Timer,
-    Events,
+    /// A call of an export, outside any one event of it.
+    Export(Export),
+    /// The handling of one event of an `on-events` call.
+    Event(EventKind),
 }
 
 impl Named {
-    /// The name, as the contract's events were once exports of their own.
+    /// The name, from the one table of them.
     pub(super) fn as_str(self) -> &'static str {
         match self {
-            Named::Connect => "on-connect",
-            Named::Message => "on-message",
-            Named::Close => "on-close",
-            Named::Timer => "on-timer",
-            Named::Events => "on-events",
+            Named::Export(export) => export.call_name(),
+            Named::Event(kind) => kind.call_name(),
         }
     }
 }
@@ -152,10 +149,10 @@ impl Batch {
     /// while handling it.
     pub(super) fn event(&self, index: u32) -> (u64, Named) {
         match self.events.get(index as usize) {
-            Some(Event::Message(m)) => (m.conn, Named::Message),
-            Some(Event::Close(c)) => (c.conn, Named::Close),
-            Some(Event::Timer(_)) => (0, Named::Timer),
-            None => (0, Named::Events),
+            Some(Event::Message(m)) => (m.conn, Named::Event(EventKind::Message)),
+            Some(Event::Close(c)) => (c.conn, Named::Event(EventKind::Close)),
+            Some(Event::Timer(_)) => (0, Named::Event(EventKind::Timer)),
+            None => (0, Named::Export(Export::Events)),
         }
     }
 
@@ -253,14 +250,18 @@ mod tests {
             })
         ));
         assert_eq!(batch.counts(), [2, 1, 1]);
-        assert_eq!(batch.event(4), (0, Named::Events), "past the batch");
+        assert_eq!(
+            batch.event(4),
+            (0, Named::Export(Export::Events)),
+            "past the batch"
+        );
     }
 
     #[test]
     fn a_batch_of_closes_holds_nothing_else() {
         let mut batch = Batch::default();
         batch.close(0, 9, 1006, "");
-        assert_eq!(batch.event(0), (9, Named::Close));
+        assert_eq!(batch.event(0), (9, Named::Event(EventKind::Close)));
         assert!(!batch.has_other_than_closes());
         batch.message(0, 3, MessageKind::Text, &text("a"));
         assert!(batch.has_other_than_closes());
@@ -274,8 +275,8 @@ mod tests {
         batch.close(0, 3, 4000, "gone");
         batch.timer(0, 5);
         assert_eq!(batch.conns().collect::<Vec<_>>(), [1, 2, 3, 0]);
-        assert_eq!(batch.event(0), (1, Named::Message));
-        assert_eq!(batch.event(2), (3, Named::Close));
+        assert_eq!(batch.event(0), (1, Named::Event(EventKind::Message)));
+        assert_eq!(batch.event(2), (3, Named::Event(EventKind::Close)));
         let rest = batch.after(0);
         let (payload, events) = rest.contents();
         assert_eq!(payload, b"nextgone");

@@ -293,7 +293,7 @@ impl Worker {
         let result = self.call(
             key,
             Export::Connect,
-            |_| (conn, Named::Connect),
+            |_| (conn, Named::Export(Export::Connect)),
             |plugin, store| {
                 store.data().set_current(conn);
                 plugin.berth_plugin_handler().call_on_connect(
