@@ -1,17 +1,44 @@
 //! berth: a WebSocket port listener whose message handlers are sandboxed
 //! WebAssembly components.
 //!
-//! Data flows one way: [`listener`] accepts sockets (PROXY header, limits,
-//! TLS), `http` answers plain requests and checks upgrades (`handshake`),
-//! `session` runs each connection, the [`runtime`] calls the route's plugin,
-//! and the plugin's host calls feed the sessions' outbound queues. Beside that
-//! flow, [`reload`] builds route versions and publishes the routing table
-//! (`router`) that `http` reads; [`server`] starts and stops it all. Topics
-//! (`pubsub`) reach other nodes through Redis when configured ([`cluster`]),
-//! and backends publish to them over HTTP (`publish_api`). Topic history,
-//! members and the plugins' key-value stores live in [`state`]. `metrics` owns the
-//! Prometheus registry; each of those modules counts with handles it hands
-//! out, resolved once per route version.
+//! # Layout
+//!
+//! A connection's path, in the order it happens; each step hands the
+//! connection to the next, and no step imports from a later one except to
+//! hand over:
+//!
+//! 1. `listener.rs`: accepts sockets, reads the PROXY header (with
+//!    `client_addr.rs`), runs the TLS handshake.
+//! 2. `admission.rs`: every cap on open connections (the server's and per
+//!    client address, taken here; per forwarded client and per route, taken
+//!    by the next steps).
+//! 3. `http.rs`: hyper on every socket: `/healthz`, `/metrics`, the demo page,
+//!    `publish_api.rs`, refusals; an upgrade request goes on.
+//! 4. `upgrade/`: the request checks (`checks.rs`, with `extensions.rs` for
+//!    permessage-deflate), the plugin's `on-connect`, the 101 answer.
+//! 5. `session/`: the connection after 101: `mod.rs` its loop, `reader/`
+//!    inbound frames, `wire/` outbound frames, `deflate.rs` compression,
+//!    `gate.rs` its wake-ups, `spares.rs` reused buffers.
+//! 6. `runtime/`: a route's plugin: `handle.rs` the queue sessions send
+//!    events to (`queue.rs`), `worker.rs` the thread that batches them
+//!    (`batch.rs`) and calls the plugin, `instances.rs` and `store.rs` its
+//!    instances, `imports.rs` and `state_calls.rs` what its imports do,
+//!    with `timers.rs`, `stdio.rs`, `limits.rs`, `quarantine.rs`, `cache.rs`
+//!    and the generated `bindings.rs`.
+//! 7. Back to the socket: `outbox/`, each connection's outbound queue, which
+//!    the plugin's sends and `pubsub.rs`'s topic fan-out fill and the session
+//!    drains.
+//!
+//! Beside the path: `server.rs` builds it all and holds what every step
+//! shares; `config/` reads the TOML file (`demo.rs` when there is none,
+//! `folders.rs` for per-user folders); `reload.rs` builds route versions
+//! from it and the plugin files (`watch.rs` sees them change) and publishes
+//! them to `router.rs`; `cluster/` carries topics between nodes through
+//! Redis; `state/` keeps topic history, members and each namespace's
+//! key-value store, embedded or in Redis; `metrics/` owns the Prometheus
+//! registry; `close_code.rs` says which close codes may travel. The
+//! command line (`main.rs`) adds `check/` (`berth check`) and `scaffold.rs`
+//! (`berth new`).
 
 #![deny(missing_docs)]
 
