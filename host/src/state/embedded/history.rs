@@ -8,32 +8,6 @@ use super::{Books, MAX_READ, Shared, Store, new_epoch, now_ms, unavailable};
 use crate::config::StateRules;
 use crate::state::{Entry, Kept, Page, Position, StateError};
 
-impl Store {
-    /// Appends a message to a topic's history; answers its position and, where
-    /// the entry asks for it, the message with the position written in.
-    pub(in crate::state) fn append(
-        &self,
-        namespace: &str,
-        topic: &str,
-        entry: Entry<'_>,
-        rules: &StateRules,
-    ) -> Result<(Position, Option<Vec<u8>>), StateError> {
-        self.shared.append(namespace, topic, entry, rules)
-    }
-
-    /// Up to `limit` messages of a topic's history: the newest, or those after
-    /// `since`.
-    pub(in crate::state) fn history(
-        &self,
-        namespace: &str,
-        topic: &str,
-        since: Option<Position>,
-        limit: u32,
-    ) -> Result<Page, StateError> {
-        self.shared.read_history(namespace, topic, since, limit)
-    }
-}
-
 impl Shared {
     /// `meta` brought up to date from the topic's entries: the last one
     /// gives `last` and `last_at`, the first one `stored_from`.
@@ -63,79 +37,6 @@ impl Shared {
         meta.first = meta.first.max(meta.stored_from).max(kept_from);
         meta.stored_from = meta.stored_from.min(meta.first);
         Ok(meta)
-    }
-
-    /// Appends under the writers' lock, starting a new epoch when the topic
-    /// keeps nothing or its history has expired.
-    fn append(
-        &self,
-        namespace: &str,
-        topic: &str,
-        entry: Entry<'_>,
-        rules: &StateRules,
-    ) -> Result<(Position, Option<Vec<u8>>), StateError> {
-        let mut books = self.lock();
-        let now = now_ms();
-        let topic_key = scoped(namespace, topic);
-        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
-        let ttl = rules.history_ttl.as_millis() as u64;
-        let keep = u64::from(rules.history_size.max(1));
-        let (meta, fresh) = match books.topics.get(&topic_key).copied() {
-            Some(meta) if !meta.expired(now) => (meta, false),
-            stale => {
-                if let Some(stale) = stale {
-                    // The new epoch counts from 1 again: none of the old
-                    // entries may stay to be read as its own.
-                    self.forget_entries(&mut batch, &topic_key, &stale);
-                } else if books.topic_counts.get(namespace).copied().unwrap_or(0)
-                    >= rules.history_topics
-                {
-                    return Err(StateError::HistoryTopics);
-                }
-                let meta = Meta {
-                    epoch: new_epoch(),
-                    first: 1,
-                    last: 0,
-                    last_at: now,
-                    ttl,
-                    keep,
-                    stored_from: 1,
-                };
-                (meta, true)
-            }
-        };
-        let seq = meta.last + 1;
-        let position = Position {
-            epoch: meta.epoch,
-            seq,
-        };
-        let composed = entry.compose(position);
-        let data = composed.as_deref().unwrap_or(entry.data);
-        let mut stored = Vec::with_capacity(9 + data.len());
-        stored.push(u8::from(entry.text));
-        stored.extend_from_slice(&now.to_be_bytes());
-        stored.extend_from_slice(data);
-        batch.insert(&self.history, entry_key(&topic_key, seq), stored);
-        let rules_changed = meta.ttl != ttl || meta.keep != keep;
-        let meta = Meta {
-            first: meta.first.max((seq + 1).saturating_sub(keep)),
-            last: seq,
-            last_at: now,
-            ttl,
-            keep,
-            ..meta
-        };
-        if fresh || rules_changed {
-            batch.insert(&self.topics, topic_key.clone(), meta.encode());
-        }
-        batch.commit().map_err(unavailable)?;
-        if meta.stored_from < meta.first {
-            books.untrimmed.insert(topic_key.clone());
-        }
-        if books.topics.insert(topic_key, meta).is_none() {
-            *books.topic_counts.entry(namespace.into()).or_default() += 1;
-        }
-        Ok((position, composed))
     }
 
     /// Adds the removal of every entry a topic has on disk to `batch`.
@@ -194,18 +95,95 @@ impl Shared {
         }
         Ok(removed)
     }
+}
+
+impl Store {
+    /// Appends under the writers' lock, starting a new epoch when the topic
+    /// keeps nothing or its history has expired.
+    pub(in crate::state) fn append(
+        &self,
+        namespace: &str,
+        topic: &str,
+        entry: Entry<'_>,
+        rules: &StateRules,
+    ) -> Result<(Position, Option<Vec<u8>>), StateError> {
+        let shared = &*self.shared;
+        let mut books = shared.lock();
+        let now = now_ms();
+        let topic_key = scoped(namespace, topic);
+        let mut batch = shared.db.batch().durability(Some(PersistMode::Buffer));
+        let ttl = rules.history_ttl.as_millis() as u64;
+        let keep = u64::from(rules.history_size.max(1));
+        let (meta, fresh) = match books.topics.get(&topic_key).copied() {
+            Some(meta) if !meta.expired(now) => (meta, false),
+            stale => {
+                if let Some(stale) = stale {
+                    // The new epoch counts from 1 again: none of the old
+                    // entries may stay to be read as its own.
+                    shared.forget_entries(&mut batch, &topic_key, &stale);
+                } else if books.topic_counts.get(namespace).copied().unwrap_or(0)
+                    >= rules.history_topics
+                {
+                    return Err(StateError::HistoryTopics);
+                }
+                let meta = Meta {
+                    epoch: new_epoch(),
+                    first: 1,
+                    last: 0,
+                    last_at: now,
+                    ttl,
+                    keep,
+                    stored_from: 1,
+                };
+                (meta, true)
+            }
+        };
+        let seq = meta.last + 1;
+        let position = Position {
+            epoch: meta.epoch,
+            seq,
+        };
+        let composed = entry.compose(position);
+        let data = composed.as_deref().unwrap_or(entry.data);
+        let mut stored = Vec::with_capacity(9 + data.len());
+        stored.push(u8::from(entry.text));
+        stored.extend_from_slice(&now.to_be_bytes());
+        stored.extend_from_slice(data);
+        batch.insert(&shared.history, entry_key(&topic_key, seq), stored);
+        let rules_changed = meta.ttl != ttl || meta.keep != keep;
+        let meta = Meta {
+            first: meta.first.max((seq + 1).saturating_sub(keep)),
+            last: seq,
+            last_at: now,
+            ttl,
+            keep,
+            ..meta
+        };
+        if fresh || rules_changed {
+            batch.insert(&shared.topics, topic_key.clone(), meta.encode());
+        }
+        batch.commit().map_err(unavailable)?;
+        if meta.stored_from < meta.first {
+            books.untrimmed.insert(topic_key.clone());
+        }
+        if books.topics.insert(topic_key, meta).is_none() {
+            *books.topic_counts.entry(namespace.into()).or_default() += 1;
+        }
+        Ok((position, composed))
+    }
 
     /// Reads a page of a topic's history under the writers' lock.
-    fn read_history(
+    pub(in crate::state) fn history(
         &self,
         namespace: &str,
         topic: &str,
         since: Option<Position>,
         limit: u32,
     ) -> Result<Page, StateError> {
+        let shared = &*self.shared;
         let topic_key = scoped(namespace, topic);
         // Held while reading, so that no append trims what the page is read from.
-        let books = self.lock();
+        let books = shared.lock();
         let now = now_ms();
         let meta = books
             .topics
@@ -234,7 +212,7 @@ impl Shared {
         let end = meta.last.min(start.saturating_add(limit).saturating_sub(1));
         let mut messages = Vec::with_capacity(end.saturating_sub(start).saturating_add(1) as usize);
         if start <= end && limit > 0 {
-            let range = self
+            let range = shared
                 .history
                 .range(entry_key(&topic_key, start)..=entry_key(&topic_key, end));
             for item in range {
