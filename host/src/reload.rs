@@ -443,7 +443,7 @@ impl Reloader {
         let compiled_in = started.elapsed();
         let config = Arc::new(route.clone());
         let metrics = Arc::new(self.metrics.route(&route.path));
-        let actor = self
+        let workers = self
             .runtime
             .spawn_route(
                 &self.tokio,
@@ -454,7 +454,7 @@ impl Reloader {
                 metrics.clone(),
             )
             .map_err(fail)?;
-        self.threads.extend(actor.threads);
+        self.threads.extend(workers.threads);
         tracing::info!(
             route = %route.path,
             file = %name,
@@ -466,7 +466,7 @@ impl Reloader {
         );
         Ok(Route {
             config,
-            plugin: actor.handle,
+            plugin: workers.handle,
             retired: self.shutdown.child_token(),
             plugin_hash: hash,
             metrics,

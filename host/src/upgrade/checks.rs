@@ -27,7 +27,7 @@ pub(crate) enum Refusal {
     /// The browser's Origin is not allowed on this route: 403.
     OriginDenied,
     /// The route already has its `max-connections` open: 503. Not made by
-    /// [`check`]: the count lives with the server's connections.
+    /// [`check`]: the count is kept by `admission.rs`.
     RouteFull,
     /// The handshake deadline passed before the plugin could be asked: 408.
     TooSlow,
