@@ -133,7 +133,8 @@ pub async fn refusal(request: Request<()>) -> Option<u16> {
     try_connect(request).await.err().map(|(status, _)| status)
 }
 
-/// The next data message, skipping nothing: pings are answered by the library.
+/// The next message that is not a ping or a pong (the library answers
+/// pings by itself): a data message, or the close frame.
 pub async fn recv(client: &mut Client) -> Message {
     loop {
         let msg = tokio::time::timeout(WAIT, client.next())
