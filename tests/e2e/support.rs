@@ -62,6 +62,18 @@ pub async fn eventually_every<T>(
 /// A WebSocket client connection.
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The compile cache of every server and `berth` process the tests start
+/// (unless its config names another), and the guest plugins' build cache:
+/// in the build's own temporary folder, never the user's `~/.cache/berth`.
+/// One for all, so that a plugin (the megabytes of a JavaScript or Python
+/// interpreter above all) is built and compiled once rather than by every
+/// test at the same time.
+pub fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("cache")
+        .join("berth")
+}
+
 /// The config text for a test server: port 0, the built plugins, then `routes`.
 pub fn config_text(routes: &str) -> String {
     format!(
@@ -103,12 +115,16 @@ impl TestServer {
     }
 
     /// Starts a server from a whole config `text`. Unless the text names
-    /// one, the state store goes in a folder of its own.
+    /// them, the state store goes in a folder of its own and the compile
+    /// cache is the tests' [`cache_dir`].
     pub async fn with_config(text: &str) -> TestServer {
         let state = (!text.contains("state-dir")).then(|| tempfile::tempdir().unwrap());
         let mut full = String::new();
         if let Some(dir) = &state {
             full.push_str(&format!("state-dir = {:?}\n", dir.path()));
+        }
+        if !text.contains("cache-dir") {
+            full.push_str(&format!("cache-dir = {:?}\n", cache_dir()));
         }
         full.push_str(text);
         let config = Config::from_toml(&full, Path::new("test.toml"), Path::new("/"))
@@ -447,10 +463,14 @@ impl Drop for Process {
     }
 }
 
-/// The `berth` binary as a command, with no colors in its output.
+/// The `berth` binary as a command: no colors, and the tests' [`cache_dir`]
+/// as its compile cache unless a config or `--cache-dir` names another.
 pub fn berth_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_berth"));
-    command.env("NO_COLOR", "1");
+    let cache_home = cache_dir().parent().expect("a parent").to_path_buf();
+    command
+        .env("NO_COLOR", "1")
+        .env("XDG_CACHE_HOME", cache_home);
     command
 }
 
@@ -663,9 +683,10 @@ pub fn rss_bytes(pid: u32) -> u64 {
 
 /// The path of the `lang` plugin `name` (`lang` is `js` or `python`: a folder
 /// of `plugins/`). The first call for a language runs `plugins/LANG/build`,
-/// which caches by source hash, and compiles each output into berth's compile
-/// cache, so that servers started by parallel tests load it rather than each
-/// compiling megabytes of interpreter at the same time.
+/// which caches by source hash (in `guests/` of [`cache_dir`]), and compiles
+/// each output into the tests' compile cache ([`cache_dir`]), so that servers
+/// started by parallel tests load it rather than each compiling megabytes of
+/// interpreter at the same time.
 pub fn guest_plugin(lang: &'static str, name: &str) -> PathBuf {
     use std::collections::HashMap;
     use std::sync::OnceLock;
@@ -685,8 +706,10 @@ pub fn guest_plugin(lang: &'static str, name: &str) -> PathBuf {
             .join("guests")
             .join(lang);
         let script = root.join("plugins").join(lang).join("build");
+        // The build caches by source hash in the tests' cache, not the user's.
         let output = Command::new(&script)
             .arg(&out)
+            .env("BERTH_GUEST_CACHE", cache_dir().join("guests"))
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
         assert!(
@@ -700,12 +723,8 @@ pub fn guest_plugin(lang: &'static str, name: &str) -> PathBuf {
             let path = entry.expect("a listing entry").path();
             if path.extension().is_some_and(|e| e == "wasm") {
                 let bytes = std::fs::read(&path).expect("a built plugin");
-                berth::runtime::link_check(
-                    &path.display().to_string(),
-                    &bytes,
-                    berth::folders::default_cache_dir(),
-                )
-                .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()));
+                berth::runtime::link_check(&path.display().to_string(), &bytes, Some(cache_dir()))
+                    .unwrap_or_else(|e| panic!("{} does not load: {e}", path.display()));
             }
         }
         out
