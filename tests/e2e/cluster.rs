@@ -1,7 +1,7 @@
 //! Several berth nodes sharing topics through a real `redis-server`, and the
-//! backend publish API. Each test starts its own Redis on a free port of
-//! 127.0.0.1 (no snapshots, no append-only file), so that it can kill and
-//! restart it.
+//! backend publish API. Each test starts its own Redis on a port of
+//! 127.0.0.1 that the test holds for as long as it runs (no snapshots, no
+//! append-only file), so that it can kill and restart it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::metrics::{scrape, scrape_until};
@@ -27,45 +27,68 @@ const TOKEN: &str = "test-token-0123456789abcdef";
 const SUBSCRIBE: &str = "connection=\"subscribe\"";
 const PUBLISH: &str = "connection=\"publish\"";
 
-/// A free port on 127.0.0.1, as the system hands them out.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// A `redis-server` of this test's own, killed when dropped.
+///
+/// Redis cannot take port 0 and say which port it got, so the test picks
+/// the port, and holds it: a socket bound there with `SO_REUSEADDR` and
+/// never listening keeps every other program off the port for the whole
+/// test (and, while Redis is down, connections to it are refused as if
+/// nothing were there), while Redis, which binds with `SO_REUSEADDR` too,
+/// can listen on it. No other program can take the port between the pick
+/// and Redis, nor between a kill and a restart.
 struct Redis {
     port: u16,
+    _hold: TcpSocket,
     dir: tempfile::TempDir,
     process: Option<Process>,
 }
 
 impl Redis {
-    /// A free port for Redis, with no Redis on it yet.
+    /// A port held for Redis, with no Redis on it yet.
     fn reserve() -> Redis {
+        let hold = TcpSocket::new_v4().expect("a socket");
+        hold.set_reuseaddr(true).expect("SO_REUSEADDR");
+        hold.bind(([127, 0, 0, 1], 0).into()).expect("a free port");
         Redis {
-            port: free_port(),
+            port: hold.local_addr().expect("the bound address").port(),
+            _hold: hold,
             dir: tempfile::tempdir().expect("a temporary folder"),
             process: None,
         }
     }
 
-    /// Starts Redis on a free port and waits until it answers.
+    /// Starts Redis on a port of its own and waits until it answers. A port
+    /// that another program took all the same (one that picked it before
+    /// this test held it) is given up for another, a few times.
     async fn start() -> Redis {
-        let mut redis = Redis::reserve();
-        redis.spawn().await;
-        redis
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let mut redis = Redis::reserve();
+            match redis.try_spawn().await {
+                Ok(()) => return redis,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("redis-server did not start:\n{}", failures.join("\n"));
     }
 
     /// Starts Redis on this one's port (again) and waits until it answers.
     async fn spawn(&mut self) {
+        if let Err(failure) = self.try_spawn().await {
+            panic!("{failure}");
+        }
+    }
+
+    /// Starts Redis on this one's port and waits until it answers, or until
+    /// it ends without answering (the port was taken after all): then `Err`
+    /// with its log.
+    async fn try_spawn(&mut self) -> Result<(), String> {
         let mut command = Command::new("redis-server");
         command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(["--logfile", "/dev/stderr"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null());
@@ -75,18 +98,30 @@ impl Redis {
                  apt-get install redis-server"
             )
         });
-        self.process = Some(process);
-        let port = self.port;
-        eventually(
-            WAIT,
-            &format!("redis-server answers on port {port}"),
-            async || match command_to(port, &["PING"]).await {
-                Ok(reply) if reply.starts_with("+PONG") => Ok(()),
+        let process = self.process.insert(process);
+        let (port, pid) = (self.port, process.pid());
+        // This Redis, not another on the port: the one whose process id it says.
+        let ours = format!("process_id:{pid}\r\n");
+        let what = format!("redis-server answers on port {port}, or ends");
+        let answered = eventually(WAIT, &what, async || {
+            if !process.running() {
+                return Ok(false);
+            }
+            match command_to(port, &["INFO", "server"]).await {
+                Ok(reply) if reply.contains(&ours) => Ok(true),
                 Ok(reply) => Err(format!("reply {reply:?}")),
                 Err(error) => Err(error.to_string()),
-            },
-        )
-        .await
+            }
+        })
+        .await;
+        if answered {
+            Ok(())
+        } else {
+            process.exited().await;
+            let log = process.log();
+            self.process = None;
+            Err(format!("redis-server ended on port {port}:\n{log}"))
+        }
     }
 
     /// Kills Redis with SIGKILL, as a crash would.
@@ -439,7 +474,7 @@ async fn delivery_resumes_after_redis_is_killed_and_restarted() {
 #[tokio::test]
 async fn without_redis_startup_fails_in_one_line_unless_redis_is_optional() {
     let dir = tempfile::tempdir().expect("a temporary folder");
-    // No Redis on the port until the end.
+    // The port is held, with no Redis on it until the end.
     let mut redis = Redis::reserve();
     let url = redis.url();
 
