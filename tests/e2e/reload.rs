@@ -348,15 +348,30 @@ async fn config_edits_add_and_remove_routes_and_a_bad_edit_keeps_the_old_config(
 
 #[tokio::test]
 async fn sighup_reloads_when_nothing_is_watched() {
-    let site = Site::new();
-    site.install("echo.wasm", &plugin_bytes("echo.wasm"));
-    site.write_config("[[route]]\npath = \"/a\"\nplugin = \"echo.wasm\"\n");
+    let a = "[[route]]\npath = \"/a\"\nplugin = \"echo.wasm\"\n";
+    let b = "[[route]]\npath = \"/b\"\nplugin = \"echo.wasm\"\n";
+    // Two sites alike: one served unwatched, the other watched, as a control.
+    let (site, control) = (Site::new(), Site::new());
+    for site in [&site, &control] {
+        site.install("echo.wasm", &plugin_bytes("echo.wasm"));
+        site.write_config(a);
+    }
     let berth = site.start(&["--no-watch"]);
+    let watched = control.start(&[]);
     wait_for(&berth.url("/a"), "echo", echo).await;
-    site.write_config("[[route]]\npath = \"/b\"\nplugin = \"echo.wasm\"\n");
-    // Unwatched: the edit alone changes nothing.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_for(&watched.url("/a"), "echo", echo).await;
+
+    // Unwatched, the edit alone changes nothing: once the control has
+    // reloaded the same edit, made after this one, a watcher would have
+    // reloaded this one too.
+    site.write_config(b);
+    control.write_config(b);
+    watched.wait_log(&["config reloaded"]).await;
+    wait_for(&watched.url("/b"), "echo (the control, watched)", echo).await;
+    assert!(!berth.log().contains("config reloaded"), "{}", berth.log());
     assert!(echo(&probe(&berth.url("/a")).await));
+    assert!(gone(&probe(&berth.url("/b")).await));
+
     berth.signal("-HUP");
     wait_for(&berth.url("/b"), "echo (after SIGHUP)", echo).await;
     wait_for(&berth.url("/a"), "gone (after SIGHUP)", gone).await;
