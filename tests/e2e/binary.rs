@@ -1,52 +1,16 @@
 //! The `berth` binary as an operator runs it: startup banner, signals, exit
 //! codes and error messages.
 
-use std::io::Read;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::support::{WAIT, config_text, connect, expect_close, read_banner, recv_text, send_text};
-
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-/// Waits (bounded) for the process to exit and returns its exit code.
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    panic!("berth did not exit within {limit:?}");
-}
-
-/// Starts `berth serve` with `args` and reads the bound address from its banner.
-/// The rest of stdout is left in the pipe, as an operator's pager would.
-fn start(args: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(BERTH)
-        .arg("serve")
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("berth starts");
-    let addr = read_banner(&mut child);
-    (child, addr)
-}
+use crate::support::{
+    BerthProcess, berth_command, config_text, connect, echoes, expect_close, recv_text, send_text,
+    whoami,
+};
 
 /// Runs `berth serve ARGS` to its end; it must fail with exit code 1. Returns stderr.
 fn serve_fails(args: &[&str]) -> String {
-    let output = Command::new(BERTH)
-        .arg("serve")
-        .args(args)
-        .output()
-        .unwrap();
+    let output = berth_command().arg("serve").args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     stderr
@@ -61,42 +25,22 @@ fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
 #[tokio::test]
 async fn sigterm_closes_every_client_with_1001_runs_on_close_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        &dir,
-        &config_text("[[route]]\npath = \"/kit\"\nplugin = \"testkit.wasm\"\n"),
-    );
-    let (mut child, addr) = start(&["--config", &config]);
+    let text = config_text("[[route]]\npath = \"/kit\"\nplugin = \"testkit.wasm\"\n");
+    let mut berth = BerthProcess::with_config(dir.path(), &text);
     let mut clients = Vec::new();
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let mut client = connect(&format!("ws://{addr}/kit")).await;
-        send_text(&mut client, "whoami").await;
-        ids.push(recv_text(&mut client).await.replace("id ", ""));
+        let mut client = connect(&berth.url("/kit")).await;
+        ids.push(whoami(&mut client).await);
         clients.push(client);
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    berth.signal("-TERM");
     for client in &mut clients {
         assert_eq!(expect_close(client).await.code, CloseCode::Away);
     }
     drop(clients);
-    let code = tokio::task::spawn_blocking(move || {
-        let code = wait_exit(&mut child, Duration::from_secs(10));
-        let mut log = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut log)
-            .unwrap();
-        (code, log)
-    })
-    .await
-    .unwrap();
-    let (code, log) = code;
+    let code = berth.exited().await.code();
+    let log = berth.log();
     assert_eq!(code, Some(0), "{log}");
     for id in ids {
         let line = format!("on-close conn={id} code=1001 reason=server shutting down");
@@ -108,7 +52,7 @@ async fn sigterm_closes_every_client_with_1001_runs_on_close_and_exits_0() {
 fn the_demo_runs_without_a_config_file() {
     // The store is the one thing kept apart: the user's own demo may hold it.
     let state = tempfile::tempdir().unwrap();
-    let (mut child, addr) = start(&[
+    let mut berth = BerthProcess::start(&[
         "--listen",
         "127.0.0.1:0",
         "--state-dir",
@@ -119,19 +63,15 @@ fn the_demo_runs_without_a_config_file() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut client = connect(&format!("ws://{addr}/echo")).await;
-        send_text(&mut client, "demo").await;
-        assert_eq!(recv_text(&mut client).await, "demo");
-        let mut chat = connect(&format!("ws://{addr}/chat")).await;
+        echoes(&mut connect(&berth.url("/echo")).await, "demo").await;
+        let mut chat = connect(&berth.url("/chat")).await;
         assert!(recv_text(&mut chat).await.contains("welcome"));
-        let mut ticker = connect(&format!("ws://{addr}/ticker")).await;
+        let mut ticker = connect(&berth.url("/ticker")).await;
         send_text(&mut ticker, "subscribe:ACME").await;
         assert!(recv_text(&mut ticker).await.contains(r#""symbol":"ACME""#));
     });
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    assert_eq!(wait_exit(&mut child, WAIT), Some(0));
+    berth.signal("-INT");
+    assert_eq!(runtime.block_on(berth.exited()).code(), Some(0));
 }
 
 #[test]

@@ -2,13 +2,11 @@
 //! environment variables and folders only when its route grants them, and a
 //! read-only folder stays read-only.
 
-use crate::support::{TestServer, connect, recv_text, send_text};
+use crate::support::{TestServer, ask, connect};
 
 /// Sends `command` on a new connection to `url` and returns the answer.
-async fn ask(url: &str, command: &str) -> String {
-    let mut client = connect(url).await;
-    send_text(&mut client, command).await;
-    recv_text(&mut client).await
+async fn ask_anew(url: &str, command: &str) -> String {
+    ask(&mut connect(url).await, command).await
 }
 
 #[tokio::test]
@@ -18,11 +16,15 @@ async fn a_plugin_gets_no_environment_arguments_or_files_by_default() {
     assert!(std::env::var("PATH").is_ok());
     let server = TestServer::start("[[route]]\npath = \"/kit\"\nplugin = \"testkit.wasm\"\n").await;
     let url = server.url("/kit");
-    assert_eq!(ask(&url, "env PATH").await, "env none");
-    assert_eq!(ask(&url, "args").await, "args 0");
-    assert!(ask(&url, "read /etc/hostname").await.starts_with("error "));
+    assert_eq!(ask_anew(&url, "env PATH").await, "env none");
+    assert_eq!(ask_anew(&url, "args").await, "args 0");
     assert!(
-        ask(&url, "write /tmp/berth-escape x")
+        ask_anew(&url, "read /etc/hostname")
+            .await
+            .starts_with("error ")
+    );
+    assert!(
+        ask_anew(&url, "write /tmp/berth-escape x")
             .await
             .starts_with("error ")
     );
@@ -46,19 +48,19 @@ async fn granted_environment_and_folders_are_visible_and_read_only_unless_stated
     );
     let server = TestServer::start(&routes).await;
     let url = server.url("/kit");
-    assert_eq!(ask(&url, "env REGION").await, "env eu-west");
+    assert_eq!(ask_anew(&url, "env REGION").await, "env eu-west");
     assert_eq!(
-        ask(&url, "read /data/motd.txt").await,
+        ask_anew(&url, "read /data/motd.txt").await,
         "read hello from the host"
     );
     // Read-only: neither a new file nor a change to an existing one.
     assert!(
-        ask(&url, "write /data/new.txt x")
+        ask_anew(&url, "write /data/new.txt x")
             .await
             .starts_with("error ")
     );
     assert!(
-        ask(&url, "write /data/motd.txt x")
+        ask_anew(&url, "write /data/motd.txt x")
             .await
             .starts_with("error ")
     );
@@ -68,22 +70,25 @@ async fn granted_environment_and_folders_are_visible_and_read_only_unless_stated
     );
     assert!(!data.path().join("new.txt").exists());
     // Writable when the grant says so.
-    assert_eq!(ask(&url, "write /scratch/out.txt done").await, "written");
+    assert_eq!(
+        ask_anew(&url, "write /scratch/out.txt done").await,
+        "written"
+    );
     assert_eq!(
         std::fs::read_to_string(scratch.path().join("out.txt")).unwrap(),
         "done"
     );
     // No escaping the folder.
     assert!(
-        ask(&url, "read /data/../../etc/hostname")
+        ask_anew(&url, "read /data/../../etc/hostname")
             .await
             .starts_with("error ")
     );
     // Grants are per route: the other route sees none of it.
     let other = server.url("/other");
-    assert_eq!(ask(&other, "env REGION").await, "env none");
+    assert_eq!(ask_anew(&other, "env REGION").await, "env none");
     assert!(
-        ask(&other, "read /data/motd.txt")
+        ask_anew(&other, "read /data/motd.txt")
             .await
             .starts_with("error ")
     );

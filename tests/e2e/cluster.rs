@@ -1,21 +1,24 @@
 //! Several berth nodes sharing topics through a real `redis-server`, and the
-//! backend publish API. Each test starts its own Redis on a free port of
-//! 127.0.0.1 (no snapshots, no append-only file), so that it can kill and
-//! restart it.
+//! backend publish API. Each test starts its own Redis on a port of
+//! 127.0.0.1 that the test holds for as long as it runs (no snapshots, no
+//! append-only file), so that it can kill and restart it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::metrics::{scrape, scrape_until};
-use crate::support::{BerthProcess, Client, TestServer, WAIT, connect, recv, recv_text, send_text};
+use crate::raw::RawClient;
+use crate::support::{
+    BerthProcess, Client, Process, TestServer, WAIT, ask, ask_until, berth_command, connect,
+    eventually, recv, recv_text, send_text,
+};
 
 /// A token the test nodes accept on the publish API.
 const TOKEN: &str = "test-token-0123456789abcdef";
@@ -24,72 +27,107 @@ const TOKEN: &str = "test-token-0123456789abcdef";
 const SUBSCRIBE: &str = "connection=\"subscribe\"";
 const PUBLISH: &str = "connection=\"publish\"";
 
-/// A free port on 127.0.0.1, as the system hands them out.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// A `redis-server` of this test's own, killed when dropped.
+///
+/// Redis cannot take port 0 and say which port it got, so the test picks
+/// the port, and holds it: a socket bound there with `SO_REUSEADDR` and
+/// never listening keeps every other program off the port for the whole
+/// test (and, while Redis is down, connections to it are refused as if
+/// nothing were there), while Redis, which binds with `SO_REUSEADDR` too,
+/// can listen on it. No other program can take the port between the pick
+/// and Redis, nor between a kill and a restart.
 struct Redis {
     port: u16,
+    _hold: TcpSocket,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    process: Option<Process>,
 }
 
 impl Redis {
-    /// Starts Redis on a free port and waits until it answers.
-    async fn start() -> Redis {
-        let mut redis = Redis {
-            port: free_port(),
+    /// A port held for Redis, with no Redis on it yet.
+    fn reserve() -> Redis {
+        let hold = TcpSocket::new_v4().expect("a socket");
+        hold.set_reuseaddr(true).expect("SO_REUSEADDR");
+        hold.bind(([127, 0, 0, 1], 0).into()).expect("a free port");
+        Redis {
+            port: hold.local_addr().expect("the bound address").port(),
+            _hold: hold,
             dir: tempfile::tempdir().expect("a temporary folder"),
-            child: None,
-        };
-        redis.spawn().await;
-        redis
+            process: None,
+        }
+    }
+
+    /// Starts Redis on a port of its own and waits until it answers. A port
+    /// that another program took all the same (one that picked it before
+    /// this test held it) is given up for another, a few times.
+    async fn start() -> Redis {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let mut redis = Redis::reserve();
+            match redis.try_spawn().await {
+                Ok(()) => return redis,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("redis-server did not start:\n{}", failures.join("\n"));
     }
 
     /// Starts Redis on this one's port (again) and waits until it answers.
     async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        if let Err(failure) = self.try_spawn().await {
+            panic!("{failure}");
+        }
+    }
+
+    /// Starts Redis on this one's port and waits until it answers, or until
+    /// it ends without answering (the port was taken after all): then `Err`
+    /// with its log.
+    async fn try_spawn(&mut self) -> Result<(), String> {
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(["--logfile", "/dev/stderr"])
             .arg("--dir")
             .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}); these tests need it on PATH: \
-                     apt-get install redis-server"
-                )
-            });
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Ok(reply) = command(self.port, &["PING"]).await
-                && reply.starts_with("+PONG")
-            {
-                return;
+            .stdout(Stdio::null());
+        let process = Process::try_spawn(command).unwrap_or_else(|e| {
+            panic!(
+                "cannot start redis-server ({e}); these tests need it on PATH: \
+                 apt-get install redis-server"
+            )
+        });
+        let process = self.process.insert(process);
+        let (port, pid) = (self.port, process.pid());
+        // This Redis, not another on the port: the one whose process id it says.
+        let ours = format!("process_id:{pid}\r\n");
+        let what = format!("redis-server answers on port {port}, or ends");
+        let answered = eventually(WAIT, &what, async || {
+            if !process.running() {
+                return Ok(false);
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not answer on port {}",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            match command_to(port, &["INFO", "server"]).await {
+                Ok(reply) if reply.contains(&ours) => Ok(true),
+                Ok(reply) => Err(format!("reply {reply:?}")),
+                Err(error) => Err(error.to_string()),
+            }
+        })
+        .await;
+        if answered {
+            Ok(())
+        } else {
+            process.exited().await;
+            let log = process.log();
+            self.process = None;
+            Err(format!("redis-server ended on port {port}:\n{log}"))
         }
     }
 
     /// Kills Redis with SIGKILL, as a crash would.
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.process.take() {
+            process.kill();
         }
     }
 
@@ -100,9 +138,9 @@ impl Redis {
     /// Waits until `channel` has `count` subscribers in Redis: a node
     /// subscribes there one round trip after its first local subscriber.
     async fn await_subscribers(&self, channel: &str, count: i64) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let reply = command(self.port, &["PUBSUB", "NUMSUB", channel])
+        let what = format!("{channel} has {count} subscribers in Redis");
+        eventually(WAIT, &what, async || {
+            let reply = command_to(self.port, &["PUBSUB", "NUMSUB", channel])
                 .await
                 .expect("redis answers");
             let now: i64 = reply
@@ -111,25 +149,17 @@ impl Redis {
                 .and_then(|n| n.trim().parse().ok())
                 .unwrap_or_else(|| panic!("no count in {reply:?}"));
             if now == count {
-                return;
+                Ok(())
+            } else {
+                Err(format!("{now}"))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{channel} has {now} subscribers in Redis, not {count}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
+        })
+        .await
     }
 }
 
 /// Sends one command to Redis in its wire format and returns the raw reply.
-async fn command(port: u16, args: &[&str]) -> std::io::Result<String> {
+async fn command_to(port: u16, args: &[&str]) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
     let mut request = format!("*{}\r\n", args.len());
     for arg in args {
@@ -210,12 +240,6 @@ impl Cluster {
             _dir: dir,
         }
     }
-}
-
-/// Sends a command to the testkit and returns its answer.
-async fn ask(client: &mut Client, command: &str) -> String {
-    send_text(client, command).await;
-    recv_text(client).await
 }
 
 /// `per_node` testkit clients on each node's `path`, all subscribed to `topic`.
@@ -450,31 +474,19 @@ async fn delivery_resumes_after_redis_is_killed_and_restarted() {
 #[tokio::test]
 async fn without_redis_startup_fails_in_one_line_unless_redis_is_optional() {
     let dir = tempfile::tempdir().expect("a temporary folder");
-    let port = free_port();
-    let url = format!("redis://127.0.0.1:{port}");
+    // The port is held, with no Redis on it until the end.
+    let mut redis = Redis::reserve();
+    let url = redis.url();
 
     let config = node_config(dir.path(), "required", &url, "");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+    let mut command = berth_command();
+    command
         .args(["serve", "--config", config.to_str().unwrap()])
         .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("berth starts");
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "berth kept running without Redis"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        .stdout(Stdio::piped());
+    let mut berth = Process::spawn(command);
+    let status = berth.exited().await;
+    let stderr = berth.log();
     assert!(!status.success(), "{stderr}");
     let line = stderr
         .lines()
@@ -496,11 +508,6 @@ async fn without_redis_startup_fails_in_one_line_unless_redis_is_optional() {
     assert_eq!(recv_text(&mut subscriber).await, "local");
 
     // It keeps trying: once Redis is there, it subscribes there too.
-    let mut redis = Redis {
-        port,
-        dir: tempfile::tempdir().expect("a temporary folder"),
-        child: None,
-    };
     redis.spawn().await;
     let line = node.wait_log(&["redis connected", SUBSCRIBE]).await;
     assert!(line.contains("resubscribed to 1 channels"), "{line}");
@@ -510,30 +517,17 @@ async fn without_redis_startup_fails_in_one_line_unless_redis_is_optional() {
 /// One HTTP/1.1 request on a fresh socket; returns the status, the head
 /// (lower-case) and the body.
 async fn http(addr: SocketAddr, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
     let mut request = format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n");
     if !head.contains("Transfer-Encoding") {
         request.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut client = RawClient::open(addr).await;
+    client.write(request.as_bytes()).await.expect("write");
     // The server may answer (413) before reading all of it.
-    let _ = stream.write_all(body).await;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer))
-        .await
-        .expect("an answer in time");
-    let end = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&answer)));
-    let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, head, answer[end + 4..].to_vec())
+    let _ = client.write(body).await;
+    let answer = client.answer(false).await;
+    (answer.status, answer.head.to_ascii_lowercase(), answer.body)
 }
 
 /// A POST to the publish API with `token` (if any), `content_type` and `body`.
@@ -748,7 +742,6 @@ async fn the_publish_api_is_off_without_tokens_and_its_paths_are_reserved() {
 
 #[tokio::test]
 async fn history_members_and_keys_are_the_same_on_every_node() {
-    use crate::state::ask_until;
     let mut cluster = Cluster::start().await;
     let url = |n: usize| cluster.nodes[n].url("/hist");
     let (mut a, mut b, mut c) = (
@@ -814,8 +807,7 @@ async fn history_members_and_keys_are_the_same_on_every_node() {
     // A member that leaves is gone at once; a node that dies, within presence-ttl.
     drop(members.remove(0));
     ask_until(&mut b, "members room 10", |m| m == "members 2 n1 n2").await;
-    cluster.nodes[1].child.kill().unwrap();
-    cluster.nodes[1].child.wait().unwrap();
+    cluster.nodes[1].kill();
     ask_until(&mut c, "members room 10", |m| m == "members 1 n2").await;
 
     // Without Redis, state calls answer unavailable within state-timeout,

@@ -8,9 +8,9 @@
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 
-use crate::raw::{CONTINUATION, MASK, PING, RawClient, ServerFrame, TEXT, frame};
+use crate::raw::{CONTINUATION, MASK, PING, RawClient, ServerFrame, TEXT, frame, http_get};
 use crate::support::{
-    BerthProcess, TestServer, WAIT, config_text, connect, http_get, recv_text, rss_bytes, send_text,
+    BerthProcess, TestServer, WAIT, ask, config_text, connect, echoes, noise, rss_bytes,
 };
 
 const BINARY: u8 = 0x2;
@@ -183,15 +183,7 @@ async fn messages_are_compressed_both_ways_above_the_threshold() {
     assert_eq!(echo.payload, small.as_bytes());
 
     // A message that does not shrink goes plain, even above the threshold.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let noise: Vec<u8> = (0..4096)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let noise = noise(0x9E37_79B9_7F4A_7C15, 4096);
     client.write(&compressed(BINARY, &noise)).await.unwrap();
     let echo = data_frame(&mut client).await;
     assert!(!echo.rsv1);
@@ -320,11 +312,9 @@ async fn an_inflate_bomb_costs_no_more_than_the_cap_and_closes_with_1009() {
     const CAP: usize = 4 << 20;
     const BOMBERS: u64 = 4;
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("berth.toml");
     let routes =
         format!("[[route]]\npath = \"/echo\"\nplugin = \"echo.wasm\"\nmax-message-size = {CAP}\n");
-    std::fs::write(&path, config_text(&routes)).unwrap();
-    let berth = BerthProcess::start(&["--config", path.to_str().unwrap()]);
+    let berth = BerthProcess::with_config(dir.path(), &config_text(&routes));
     let url = berth.url("/echo");
 
     let payload = bomb(1);
@@ -347,7 +337,7 @@ async fn an_inflate_bomb_costs_no_more_than_the_cap_and_closes_with_1009() {
         inflate(&data_frame(&mut warm).await.payload, 15),
         text.as_bytes()
     );
-    let before = rss_bytes(berth.child.id());
+    let before = rss_bytes(berth.pid());
 
     let mut peak = before;
     let bombers = (0..BOMBERS).map(|_| {
@@ -365,14 +355,14 @@ async fn an_inflate_bomb_costs_no_more_than_the_cap_and_closes_with_1009() {
             tokio::select! {
                 closes = &mut all => break closes,
                 () = tokio::time::sleep(std::time::Duration::from_millis(5)) => {
-                    peak = peak.max(rss_bytes(berth.child.id()));
+                    peak = peak.max(rss_bytes(berth.pid()));
                 }
             }
         }
     })
     .await
     .expect("every bomber is closed in time");
-    peak = peak.max(rss_bytes(berth.child.id()));
+    peak = peak.max(rss_bytes(berth.pid()));
     for (code, reason) in closes {
         assert_eq!((code, reason.as_str()), (1009, "message too big"));
     }
@@ -391,9 +381,7 @@ async fn an_inflate_bomb_costs_no_more_than_the_cap_and_closes_with_1009() {
     );
 
     // The server still serves.
-    let mut client = connect(&url).await;
-    send_text(&mut client, "after").await;
-    assert_eq!(recv_text(&mut client).await, "after");
+    echoes(&mut connect(&url).await, "after").await;
 }
 
 #[tokio::test]
@@ -414,15 +402,14 @@ async fn a_publish_reaches_every_kind_of_subscriber_intact() {
     all.push((narrow, Some(9)));
     all.push((plain, None));
     for (client, _) in &mut all {
-        client.send_text("subscribe news").await;
-        assert_eq!(client.recv_text().await, "subscribed");
+        assert_eq!(client.round_trip("subscribe news").await, "subscribed");
     }
 
     let mut publisher = connect(&server.url("/kit")).await;
     let texts: Vec<String> = (0..5).map(|i| json(2048 + i * 1000, i)).collect();
     for text in &texts {
-        send_text(&mut publisher, &format!("publish news {text}")).await;
-        assert_eq!(recv_text(&mut publisher).await, "published 5");
+        let command = format!("publish news {text}");
+        assert_eq!(ask(&mut publisher, &command).await, "published 5");
     }
     for (client, window) in &mut all {
         for text in &texts {

@@ -1,8 +1,9 @@
 //! The HTTP side: plain requests, the host's upgrade checks, and the plugin's
 //! say in `on-connect`.
 
+use crate::raw::{ACCEPT, RawClient, UPGRADE, await_healthz_200, http_get};
 use crate::support::{
-    TestServer, connect, http_get, recv_text, refusal, request, send_text, try_connect,
+    TestServer, WAIT, connect, recv_text, refusal, request, send_text, try_connect,
 };
 
 const ROUTES: &str = r#"
@@ -25,13 +26,6 @@ path = "/open"
 plugin = "echo.wasm"
 allowed-origins = ["*"]
 "#;
-
-const UPGRADE: [&str; 4] = [
-    "Upgrade: websocket",
-    "Connection: Upgrade",
-    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-    "Sec-WebSocket-Version: 13",
-];
 
 #[tokio::test]
 async fn plain_http_gets_real_answers() {
@@ -69,7 +63,7 @@ async fn plain_http_gets_real_answers() {
     // The raw upgrade itself works: 101 from the same helper.
     let (status, answer) = http_get(server.addr, "/open", &UPGRADE).await;
     assert_eq!(status, 101);
-    assert!(answer.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{answer}");
+    assert!(answer.contains(ACCEPT), "{answer}");
     server.stop().await;
 }
 
@@ -157,7 +151,6 @@ async fn origin_policy() {
 
 #[tokio::test]
 async fn connection_limit_and_handshake_deadline() {
-    use tokio::io::AsyncReadExt;
     let routes = "max-connections = 2\nhandshake-timeout = \"300ms\"\n[[route]]\npath = \"/echo\"\nplugin = \"echo.wasm\"\n";
     let server = TestServer::start(routes).await;
     let mut first = connect(&server.url("/echo")).await;
@@ -171,18 +164,9 @@ async fn connection_limit_and_handshake_deadline() {
 
     // A socket that never sends its request head is closed after the deadline,
     // which also frees its slot.
-    let mut freed = false;
-    for _ in 0..200 {
-        if http_get(server.addr, "/healthz", &[]).await.0 == 200 {
-            freed = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(freed, "a closed connection's slot was never freed");
-    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(crate::support::WAIT, idle.read_to_end(&mut answer)).await;
+    await_healthz_200(server.addr, "a closed connection's slot is freed").await;
+    let mut idle = RawClient::open(server.addr).await;
+    let read = tokio::time::timeout(WAIT, idle.rest()).await;
     assert!(read.is_ok(), "the server keeps an idle socket open");
     server.stop().await;
 }

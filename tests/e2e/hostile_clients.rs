@@ -11,37 +11,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::raw::{
-    CLOSE, CONTINUATION, MASK, PING, RawClient, TEXT, client_frame, frame, head, upgrade_request,
+    CLOSE, CONTINUATION, MASK, PING, RawClient, TEXT, await_healthz_200, client_frame, frame, head,
+    http_get, request_head, upgrade_request,
 };
 use crate::support::{
-    BerthProcess, Client, TestServer, WAIT, await_on_close, config_text, connect,
-    connect_small_window, expect_close, http_get, kit_client, recv_text, refusal, request,
-    rss_bytes, send_text, try_connect,
+    BerthProcess, Client, ECHO_AND_KIT, TestServer, WAIT, admitted, ask, await_on_close,
+    config_text, connect, connect_small_window, echoes, eventually, eventually_every, expect_close,
+    kit_client, noise, recv_text, refusal, request, rss_bytes, send_text, try_connect, whoami,
 };
 
 /// An echo route to stand by, and a testkit route to misbehave on (its
 /// `on-close` record tells what the plugin heard).
-const ROUTES: &str = r#"
-[[route]]
-path = "/echo"
-plugin = "echo.wasm"
-
-[[route]]
-path = "/kit"
-plugin = "testkit.wasm"
-"#;
-
-/// Sends `text` and expects it back.
-async fn echoes(client: &mut Client, text: &str) {
-    send_text(client, text).await;
-    assert_eq!(recv_text(client).await, text);
-}
+const ROUTES: &str = ECHO_AND_KIT;
 
 /// The echo route still answers: on the connection that stood by, and on a new one.
 async fn echo_still_answers(echo_url: &str, bystander: &mut Client) {
@@ -167,36 +153,38 @@ enum Slowloris {
 /// Runs one slowloris socket until the server ends it; returns what the
 /// server sent. Fails if the server keeps it open for the whole bounded wait.
 async fn slowloris(addr: SocketAddr, kind: Slowloris, opened: Arc<AtomicUsize>) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut raw = RawClient::open(addr).await;
     opened.fetch_add(1, Ordering::Relaxed);
     let head = upgrade_request(addr, "/echo").into_bytes();
     let mut dribble: &[u8] = match kind {
         Slowloris::Silent => &[],
         Slowloris::HalfHead => {
-            let _ = stream.write_all(&head[..head.len() / 2]).await;
+            let _ = raw.write(&head[..head.len() / 2]).await;
             &[]
         }
         Slowloris::Dribble => &head,
         Slowloris::DribbledBody => {
-            let head =
-                format!("POST /healthz HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 100000\r\n\r\n");
-            let _ = stream.write_all(head.as_bytes()).await;
+            let head = request_head(
+                "POST",
+                "/healthz",
+                "HTTP/1.1",
+                addr,
+                &["Content-Length: 100000"],
+            );
+            let _ = raw.write(head.as_bytes()).await;
             &[b'b'; 100]
         }
     };
-    let mut answer = Vec::new();
-    let mut chunk = [0u8; 1024];
     let deadline = Instant::now() + WAIT;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
-            read = stream.read(&mut chunk) => match read {
-                Ok(0) | Err(_) => return answer,
-                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            more = raw.fill() => if !more {
+                return raw.buffer;
             },
             _ = tick.tick(), if !dribble.is_empty() => {
-                if stream.write_all(&dribble[..1]).await.is_err() {
-                    return answer;
+                if raw.write(&dribble[..1]).await.is_err() {
+                    return raw.buffer;
                 }
                 dribble = &dribble[1..];
             }
@@ -228,11 +216,15 @@ async fn a_thousand_slowloris_handshakes_are_closed_by_the_deadline() {
             )
         })
         .collect();
-    let deadline = Instant::now() + WAIT;
-    while opened.load(Ordering::Relaxed) < sockets.len() {
-        assert!(Instant::now() < deadline, "the sockets did not all connect");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(WAIT, "the sockets all connect", async || {
+        let now = opened.load(Ordering::Relaxed);
+        if now < sockets.len() {
+            Err(format!("{now} connected"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     // Meanwhile, handshakes that do finish are served.
     echo_still_answers(&echo, &mut bystander).await;
     for (kind, socket) in sockets {
@@ -252,28 +244,18 @@ async fn a_kept_alive_socket_that_goes_quiet_is_closed_by_the_deadline() {
     let server = TestServer::start(&format!("handshake-timeout = \"1s\"\n{ROUTES}")).await;
     let echo = server.url("/echo");
     let mut bystander = connect(&echo).await;
-    let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    let request = format!("GET /healthz HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    let mut raw = RawClient::open(server.addr).await;
+    let request = request_head("GET", "/healthz", "HTTP/1.1", server.addr, &[]);
     // Two requests on the one socket: it is kept alive between them.
     for _ in 0..2 {
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut answer = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !answer.ends_with(b"\r\n\r\nok\n") {
-            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
-                .await
-                .expect("answered in time")
-                .expect("read");
-            assert!(n > 0, "closed before answering: {answer:?}");
-            answer.extend_from_slice(&chunk[..n]);
-        }
-        assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+        let answer = raw.exchange(&request).await;
+        assert!(answer.status_line.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert_eq!(answer.body, b"ok\n", "{answer:?}");
     }
     echoes(&mut bystander, "during").await;
     // Then it idles, and the server ends it rather than wait for a third.
-    let mut rest = Vec::new();
-    let ended = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
-    assert!(ended.is_ok(), "an idle kept-alive socket stayed open");
+    let rest = tokio::time::timeout(WAIT, raw.rest()).await;
+    let rest = rest.expect("an idle kept-alive socket stayed open");
     assert!(rest.is_empty(), "unasked-for bytes: {rest:?}");
     echo_still_answers(&echo, &mut bystander).await;
     server.stop().await;
@@ -281,14 +263,12 @@ async fn a_kept_alive_socket_that_goes_quiet_is_closed_by_the_deadline() {
 
 /// Starts the real `berth` binary with `routes`; its config lives in `dir`.
 fn berth_process(dir: &tempfile::TempDir, routes: &str) -> BerthProcess {
-    let path = dir.path().join("berth.toml");
-    std::fs::write(&path, config_text(routes)).expect("config written");
-    BerthProcess::start(&["--config", path.to_str().expect("UTF-8 path")])
+    BerthProcess::with_config(dir.path(), &config_text(routes))
 }
 
 /// The resident memory of `berth`, in KiB.
 fn resident_kib(berth: &BerthProcess) -> u64 {
-    rss_bytes(berth.child.id()) / 1024
+    rss_bytes(berth.pid()) / 1024
 }
 
 /// Fails if `berth`'s resident memory has grown by `limit` KiB or more
@@ -305,18 +285,7 @@ fn assert_memory_grew_less_than(berth: &BerthProcess, before: u64, limit: u64) {
 /// The bytes of garbage handshake number `n`: each kind of wrong that a
 /// scanner, a confused client or an attacker sends.
 fn garbage(addr: SocketAddr, n: usize) -> Vec<u8> {
-    // xorshift: varied bytes without a dependency.
-    let mut state = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut noise = |len: usize| -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    };
+    let noise = |len: usize| noise((n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1, len);
     match n % 6 {
         0 => {
             let len = 1 + n % 2000;
@@ -356,12 +325,11 @@ fn garbage(addr: SocketAddr, n: usize) -> Vec<u8> {
 async fn garbage_handshakes(addr: SocketAddr, from: usize, to: usize, concurrency: usize) {
     futures_util::stream::iter(from..to)
         .for_each_concurrent(concurrency, |n| async move {
-            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let mut raw = RawClient::open(addr).await;
             // The server may answer and close before all of it is written.
-            let _ = stream.write_all(&garbage(addr, n)).await;
-            let _ = stream.shutdown().await;
-            let mut sink = Vec::new();
-            let ended = tokio::time::timeout(WAIT, stream.read_to_end(&mut sink)).await;
+            let _ = raw.write(&garbage(addr, n)).await;
+            raw.finish_writing();
+            let ended = tokio::time::timeout(WAIT, raw.expect_end()).await;
             assert!(
                 ended.is_ok(),
                 "garbage handshake {n} was neither answered nor closed"
@@ -396,9 +364,7 @@ async fn ten_thousand_garbage_handshakes_leave_memory_bounded() {
 
 /// How many `on-close` calls the testkit at `url` has seen for `conn`.
 async fn on_close_count(url: &str, conn: &str) -> usize {
-    let mut observer = connect(url).await;
-    send_text(&mut observer, "closes").await;
-    let seen = recv_text(&mut observer).await;
+    let seen = ask(&mut connect(url).await, "closes").await;
     let prefix = format!("{conn}:");
     seen.split(' ').filter(|c| c.starts_with(&prefix)).count()
 }
@@ -406,17 +372,7 @@ async fn on_close_count(url: &str, conn: &str) -> usize {
 #[tokio::test]
 async fn a_peer_that_never_answers_our_close_is_dropped_after_close_timeout() {
     // Longer than the default (2s), so that the wait below shows the route's own.
-    let routes = r#"
-[[route]]
-path = "/echo"
-plugin = "echo.wasm"
-
-[[route]]
-path = "/kit"
-plugin = "testkit.wasm"
-close-timeout = "3s"
-"#;
-    let server = TestServer::start(routes).await;
+    let server = TestServer::start(&format!("{ROUTES}close-timeout = \"3s\"\n")).await;
     let echo = server.url("/echo");
     let kit = server.url("/kit");
     let mut bystander = connect(&echo).await;
@@ -450,17 +406,7 @@ close-timeout = "3s"
 async fn a_connection_without_data_messages_for_idle_timeout_is_closed_with_1000() {
     // Long, so that a client sending every 100 ms is never near it even on a
     // stalled machine.
-    let routes = r#"
-[[route]]
-path = "/echo"
-plugin = "echo.wasm"
-
-[[route]]
-path = "/kit"
-plugin = "testkit.wasm"
-idle-timeout = "5s"
-"#;
-    let server = TestServer::start(routes).await;
+    let server = TestServer::start(&format!("{ROUTES}idle-timeout = \"5s\"\n")).await;
     let echo = server.url("/echo");
     let kit = server.url("/kit");
     let mut bystander = connect(&echo).await;
@@ -481,13 +427,7 @@ idle-timeout = "5s"
         let deadline = Instant::now() + WAIT;
         let (code, reason) = loop {
             tokio::select! {
-                frame = raw.next_frame() => {
-                    let frame = frame.expect("a close frame before the socket ends");
-                    if frame.opcode == CLOSE {
-                        let code = u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
-                        break (code, String::from_utf8_lossy(&frame.payload[2..]).into_owned());
-                    }
-                }
+                close = raw.expect_close() => break close,
                 _ = tick.tick() => raw.write(&client_frame(PING, b"hi")).await.expect("ping"),
                 () = tokio::time::sleep_until(deadline) => panic!("a pinging client was never closed"),
             }
@@ -548,15 +488,7 @@ max-connections = 2
 
     // A connection that leaves makes room for one more.
     first.close(None).await.expect("close");
-    let mut admitted = None;
-    for _ in 0..200 {
-        if let Ok((client, _)) = try_connect(request(&limited, &[])).await {
-            admitted = Some(client);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut third = admitted.expect("the freed place was never given out");
+    let mut third = admitted(&limited).await;
     echoes(&mut third, "third").await;
     assert_eq!(refusal(request(&limited, &[])).await, Some(503));
     echo_still_answers(&echo, &mut bystander).await;
@@ -574,8 +506,8 @@ async fn an_address_over_max_connections_per_ip_is_refused_with_429_at_accept() 
     let echo = server.url("/echo");
     let mut bystander = connect(&echo).await;
     // Sockets count from the accept, before they send anything.
-    let idle = TcpStream::connect(server.addr).await.expect("connect");
-    let _idle_too = TcpStream::connect(server.addr).await.expect("connect");
+    let idle = RawClient::open(server.addr).await;
+    let _idle_too = RawClient::open(server.addr).await;
 
     let (status, answer) = http_get(server.addr, "/healthz", &[]).await;
     assert_eq!(status, 429, "{answer}");
@@ -588,15 +520,7 @@ async fn an_address_over_max_connections_per_ip_is_refused_with_429_at_accept() 
 
     // An idle socket that goes makes room for one more.
     drop(idle);
-    let mut freed = false;
-    for _ in 0..200 {
-        if http_get(server.addr, "/healthz", &[]).await.0 == 200 {
-            freed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(freed, "a closed socket's place was never given back");
+    await_healthz_200(server.addr, "a closed socket's place is given back").await;
     echo_still_answers(&echo, &mut bystander).await;
     server.stop().await;
 }
@@ -612,8 +536,7 @@ async fn a_subscriber_that_stops_reading_under_a_flood_is_closed_and_memory_stay
     let mut bystander = connect(&echo).await;
 
     let mut stalled = connect_small_window(&kit, berth.addr).await;
-    send_text(&mut stalled, "whoami").await;
-    let stalled_id = recv_text(&mut stalled).await.replace("id ", "");
+    let stalled_id = whoami(&mut stalled).await;
     send_text(&mut stalled, "subscribe feed").await;
     assert_eq!(recv_text(&mut stalled).await, "subscribed");
 
@@ -641,14 +564,16 @@ async fn a_subscriber_that_stops_reading_under_a_flood_is_closed_and_memory_stay
     // inside the reader's write-queue (1024): only the stalled one overflows.
     let mut publisher = connect(&kit).await;
     for burst in 0..BURSTS {
-        let deadline = Instant::now() + WAIT;
-        while received.load(Ordering::Relaxed) + 4 * BURST < burst * BURST {
-            assert!(
-                Instant::now() < deadline,
-                "the reader stopped getting messages"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let caught_up = async || {
+            let got = received.load(Ordering::Relaxed);
+            if got + 4 * BURST < burst * BURST {
+                Err(format!("{got} received"))
+            } else {
+                Ok(())
+            }
+        };
+        let what = "the reader keeps getting messages";
+        eventually_every(WAIT, Duration::from_millis(1), what, caught_up).await;
         let command = format!("publish-many feed {} {BURST} 4096", burst * BURST);
         send_text(&mut publisher, &command).await;
         assert_eq!(recv_text(&mut publisher).await, "published");
@@ -872,21 +797,17 @@ async fn never_readers(count: usize, limit_mib: u64) {
     assert_eq!(slow, count as f64, "slow-consumer closes counted");
     drop(clients);
     // What they made berth hold is given back once they are gone.
-    let gone = tokio::time::Instant::now() + WAIT;
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    let what = format!("resident memory back within 64 MiB of the {start} KiB at the start");
+    let settled = async || {
         let now = resident_kib(&berth);
         if now < start + 64 * 1024 {
-            println!(
-                "resident memory: {start} KiB at the start, {now} KiB once the attackers left"
-            );
-            break;
+            Ok(now)
+        } else {
+            Err(format!("{now} KiB after the attackers left"))
         }
-        assert!(
-            tokio::time::Instant::now() < gone,
-            "resident memory stayed at {now} KiB after the attackers left; it was {start} KiB"
-        );
-    }
+    };
+    let now = eventually_every(WAIT, Duration::from_millis(500), &what, settled).await;
+    println!("resident memory: {start} KiB at the start, {now} KiB once the attackers left");
     echo_still_answers(&neighbour, &mut bystander).await;
     let mut after = connect(&echo).await;
     echoes(&mut after, "the attacked route answers too").await;

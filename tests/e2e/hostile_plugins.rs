@@ -7,7 +7,7 @@
 //! log can be read) with the `hostile` plugin beside `echo`, and an
 //! [`EchoWatch`] talks to the echo route for the whole test.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,18 +18,18 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{
-    BerthProcess, Client, WAIT, connect, connect_small_window, plugin_bytes, recv, recv_text,
-    request, rss_bytes, send_text, try_connect, with_nonce,
+    BerthProcess, Client, Site, WAIT, admitted, ask, await_on_close_seen_by, connect,
+    connect_small_window, echoes, eventually, eventually_every, plugin_bytes, recv, recv_text,
+    request, rss_bytes, send_text, try_connect, whoami, with_nonce,
 };
 
-/// The hostile plugin in both instance models, beside echo. Quarantine is off
+/// The echo route every test watches, written before a test's own routes.
+const ECHO: &str = "[[route]]\npath = \"/echo\"\nplugin = \"echo.wasm\"\n";
+
+/// The hostile plugin in both instance models. Quarantine is off
 /// (`quarantine-traps = 0`) so that a test that traps several times measures
 /// only what it means to; the quarantine test turns it on.
 const ROUTES: &str = r#"
-[[route]]
-path = "/echo"
-plugin = "echo.wasm"
-
 [[route]]
 path = "/hostile"
 plugin = "hostile.wasm"
@@ -53,53 +53,17 @@ const CONNECTION_MODEL: &str = "/hostile-conn";
 /// The route's `max-memory`, in MiB: a plugin may not hold this many 1 MiB blocks.
 const MEMORY_CAP_MIB: u64 = 4;
 
-/// A temporary folder for a `berth serve` process: its config file, its
-/// compile cache and, when a test changes plugin files, its plugin folder.
-struct Site {
-    /// Removed, with everything in it, when the test ends.
-    dir: tempfile::TempDir,
-}
-
-impl Site {
-    /// An empty site.
-    fn new() -> Site {
-        Site {
-            dir: tempfile::tempdir().expect("temporary folder"),
-        }
-    }
-
-    /// The site's own plugin folder, holding copies of the built `names`.
-    fn own_plugins(&self, names: &[&str]) -> PathBuf {
-        let plugins = self.dir.path().join("plugins");
-        std::fs::create_dir_all(&plugins).unwrap();
-        for name in names {
-            std::fs::write(plugins.join(name), plugin_bytes(name)).unwrap();
-        }
-        plugins
-    }
-
-    /// Starts berth on port 0 with plugins from `plugin_dir`, then `routes`.
-    fn start(&self, plugin_dir: &Path, routes: &str, extra: &[&str]) -> BerthProcess {
-        let config = self.dir.path().join("berth.toml");
-        let text = format!(
-            "listen = \"127.0.0.1:0\"\nplugin-dir = {plugin_dir:?}\ncache-dir = \"cache\"\n{routes}"
-        );
-        std::fs::write(&config, text).unwrap();
-        let mut args = vec!["--config", config.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        BerthProcess::start(&args)
-    }
-}
-
-/// Starts berth with [`ROUTES`] and the built plugins. It does not watch
-/// files: a plugin rebuilt by another build meanwhile must not swap a
-/// route's version (and its instance) under a test.
-fn start_berth(site: &Site) -> BerthProcess {
-    site.start(
-        Path::new(berth::demo::BUILT_PLUGIN_DIR),
-        ROUTES,
-        &["--no-watch"],
-    )
+/// Starts berth on a new site (to keep as long as berth runs) with the
+/// built plugins, [`ECHO`] and `routes`, and an [`EchoWatch`] on it. It does
+/// not watch files: a plugin rebuilt by another build meanwhile must not swap
+/// a route's version (and its instance) under a test.
+async fn start_watched(routes: &str) -> (Site, BerthProcess, EchoWatch) {
+    let site = Site::new();
+    let routes = format!("{ECHO}{routes}");
+    site.write_config_from(Path::new(berth::demo::BUILT_PLUGIN_DIR), &routes);
+    let berth = site.start(&["--no-watch"]);
+    let watch = EchoWatch::start(&berth).await;
+    (site, berth, watch)
 }
 
 /// A client of the echo route that keeps checking, in the background, that
@@ -118,13 +82,13 @@ impl EchoWatch {
     async fn start(berth: &BerthProcess) -> EchoWatch {
         let url = berth.url("/echo");
         let mut client = connect(&url).await;
-        echo_once(&mut client, "before").await;
+        echoes(&mut client, "before").await;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             let mut round = 0u64;
             while !stopped.load(Ordering::Relaxed) {
-                echo_once(&mut client, &format!("during {round}")).await;
+                echoes(&mut client, &format!("during {round}")).await;
                 round += 1;
                 // Pacing only, so that the watch does not take a core from
                 // the server it watches.
@@ -143,27 +107,10 @@ impl EchoWatch {
             .await
             .expect("the echo watch ends in time")
             .expect("the echo route answered every message while the plugin misbehaved");
-        echo_once(&mut client, "after").await;
+        echoes(&mut client, "after").await;
         let mut fresh = connect(&self.url).await;
-        echo_once(&mut fresh, "after, new connection").await;
+        echoes(&mut fresh, "after, new connection").await;
     }
-}
-
-/// Sends `text` to an echo client and expects it back as the next message.
-async fn echo_once(client: &mut Client, text: &str) {
-    send_text(client, text).await;
-    assert_eq!(recv_text(client).await, text, "the echo route misanswered");
-}
-
-/// Sends a command and returns the answer.
-async fn ask(client: &mut Client, command: &str) -> String {
-    send_text(client, command).await;
-    recv_text(client).await
-}
-
-/// The connection id the hostile plugin knows `client` by.
-async fn id_of(client: &mut Client) -> String {
-    ask(client, "whoami").await.replace("id ", "")
 }
 
 /// Reads `client` until the server's close frame; returns it with every text
@@ -182,18 +129,12 @@ async fn texts_until_close(client: &mut Client) -> (Vec<String>, CloseFrame) {
 /// Asks `count` on `client` until the answer is `count 1`: the instance that
 /// answers is fresh (the old one would count on from where it was). Bounded.
 async fn await_fresh_instance(client: &mut Client, what: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let answer = ask(client, "count").await;
-        if answer == "count 1" {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: the route never got a fresh instance; last answer {answer:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let fresh = format!("{what}: the route gets a fresh instance");
+    eventually(WAIT, &fresh, async || match ask(client, "count").await {
+        answer if answer == "count 1" => Ok(()),
+        answer => Err(format!("answer {answer:?}")),
+    })
+    .await
 }
 
 /// Asserts that `frame` is the close of a connection whose instance failed.
@@ -261,11 +202,18 @@ async fn fault_in_connection_model(berth: &BerthProcess, command: &str) -> Vec<S
     said
 }
 
+/// `command` fails the instance in both models, without a word first, while
+/// the echo route is watched.
+async fn silent_fault_in_both_models(command: &str) {
+    let (_site, berth, watch) = start_watched(ROUTES).await;
+    assert!(fault_in_route_model(&berth, command).await.is_empty());
+    assert!(fault_in_connection_model(&berth, command).await.is_empty());
+    watch.finish().await;
+}
+
 #[tokio::test]
 async fn an_endless_on_connect_is_answered_500_in_both_models() {
-    let site = Site::new();
-    let berth = start_berth(&site);
-    let watch = EchoWatch::start(&berth).await;
+    let (_site, berth, watch) = start_watched(ROUTES).await;
     for (route, bystander_count) in [(ROUTE_MODEL, "count 1"), (CONNECTION_MODEL, "count 2")] {
         let mut bystander = connect(&berth.url(route)).await;
         assert_eq!(ask(&mut bystander, "ping").await, "pong");
@@ -289,26 +237,19 @@ async fn an_endless_on_connect_is_answered_500_in_both_models() {
 
 #[tokio::test]
 async fn an_endless_on_message_is_stopped_in_both_models() {
-    let site = Site::new();
-    let berth = start_berth(&site);
-    let watch = EchoWatch::start(&berth).await;
-    assert!(fault_in_route_model(&berth, "spin").await.is_empty());
-    assert!(fault_in_connection_model(&berth, "spin").await.is_empty());
-    watch.finish().await;
+    silent_fault_in_both_models("spin").await;
 }
 
 #[tokio::test]
 async fn an_endless_on_close_is_stopped_in_both_models() {
-    let site = Site::new();
-    let berth = start_berth(&site);
-    let watch = EchoWatch::start(&berth).await;
+    let (_site, berth, watch) = start_watched(ROUTES).await;
 
     // Route model: the overrun replaces the shared instance; the route's
     // other connection stays open and is answered by the fresh one.
     let url = berth.url(ROUTE_MODEL);
     let mut leaver = connect(&url).await;
     let mut bystander = connect(&url).await;
-    let leaver_id = id_of(&mut leaver).await;
+    let leaver_id = whoami(&mut leaver).await;
     assert_eq!(ask(&mut leaver, "spin-on-close").await, "armed");
     leaver.close(None).await.unwrap();
     await_fresh_instance(&mut bystander, "on-close overrun").await;
@@ -322,7 +263,7 @@ async fn an_endless_on_close_is_stopped_in_both_models() {
     let url = berth.url(CONNECTION_MODEL);
     let mut leaver = connect(&url).await;
     let mut bystander = connect(&url).await;
-    let leaver_id = id_of(&mut leaver).await;
+    let leaver_id = whoami(&mut leaver).await;
     assert_eq!(ask(&mut leaver, "spin-on-close").await, "armed");
     leaver.close(None).await.unwrap();
     berth
@@ -336,9 +277,7 @@ async fn an_endless_on_close_is_stopped_in_both_models() {
 
 #[tokio::test]
 async fn an_endless_on_timer_is_stopped_in_both_models() {
-    let site = Site::new();
-    let berth = start_berth(&site);
-    let watch = EchoWatch::start(&berth).await;
+    let (_site, berth, watch) = start_watched(ROUTES).await;
 
     let url = berth.url(ROUTE_MODEL);
     let mut setter = connect(&url).await;
@@ -364,26 +303,12 @@ async fn an_endless_on_timer_is_stopped_in_both_models() {
 
 #[tokio::test]
 async fn a_trap_in_on_message_is_contained_in_both_models() {
-    let site = Site::new();
-    let berth = start_berth(&site);
-    let watch = EchoWatch::start(&berth).await;
-    assert!(fault_in_route_model(&berth, "panic").await.is_empty());
-    assert!(fault_in_connection_model(&berth, "panic").await.is_empty());
-    watch.finish().await;
+    silent_fault_in_both_models("panic").await;
 }
 
 #[tokio::test]
 async fn unbounded_recursion_is_contained_in_both_models() {
-    let site = Site::new();
-    let berth = start_berth(&site);
-    let watch = EchoWatch::start(&berth).await;
-    assert!(fault_in_route_model(&berth, "recurse").await.is_empty());
-    assert!(
-        fault_in_connection_model(&berth, "recurse")
-            .await
-            .is_empty()
-    );
-    watch.finish().await;
+    silent_fault_in_both_models("recurse").await;
 }
 
 /// The most MiB an `alloc` call reported holding, checking that everything
@@ -402,10 +327,8 @@ fn most_allocated(said: &[String]) -> u64 {
 
 #[tokio::test]
 async fn allocation_ends_in_a_trap_at_the_routes_memory_cap_in_both_models() {
-    let site = Site::new();
-    let mut berth = start_berth(&site);
-    let watch = EchoWatch::start(&berth).await;
-    let before = rss_bytes(berth.child.id());
+    let (_site, mut berth, watch) = start_watched(ROUTES).await;
+    let before = rss_bytes(berth.pid());
     for round in 0..3 {
         let route_model = most_allocated(&fault_in_route_model(&berth, "alloc").await);
         let connection_model = most_allocated(&fault_in_connection_model(&berth, "alloc").await);
@@ -416,10 +339,10 @@ async fn allocation_ends_in_a_trap_at_the_routes_memory_cap_in_both_models() {
             );
         }
     }
-    assert!(berth.child.try_wait().unwrap().is_none(), "the server died");
+    assert!(berth.running(), "the server died");
     // Six failed instances' memory was given back: a generous bound, about
     // memory kept, not about speed.
-    let after = rss_bytes(berth.child.id());
+    let after = rss_bytes(berth.pid());
     assert!(
         after < before + (128 << 20),
         "the server grew from {before} to {after} bytes"
@@ -431,22 +354,12 @@ async fn allocation_ends_in_a_trap_at_the_routes_memory_cap_in_both_models() {
 async fn megabytes_of_stdout_are_rate_limited_in_the_log() {
     let routes = r#"
 [[route]]
-path = "/echo"
-plugin = "echo.wasm"
-
-[[route]]
 path = "/hostile"
 plugin = "hostile.wasm"
 # Room to write all 8 MB: this test is about the log, not the deadline.
 call-timeout = "30s"
 "#;
-    let site = Site::new();
-    let berth = site.start(
-        Path::new(berth::demo::BUILT_PLUGIN_DIR),
-        routes,
-        &["--no-watch"],
-    );
-    let watch = EchoWatch::start(&berth).await;
+    let (_site, berth, watch) = start_watched(routes).await;
     let mut printer = connect(&berth.url("/hostile")).await;
     // 8 MB of 100-byte lines.
     assert_eq!(ask(&mut printer, "print 8").await, "printed 80000");
@@ -473,46 +386,35 @@ call-timeout = "30s"
 /// is missing the plugin prints a little more, which gets through once the
 /// allowance has refilled.
 async fn await_drop_notice(berth: &BerthProcess, printer: &mut Client) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(line) = berth.log().lines().find(|line| line.contains("dropped")) {
-            return line.to_string();
+    let mut first = true;
+    let what = "a notice of dropped lines in the log";
+    eventually_every(WAIT, Duration::from_millis(100), what, async || {
+        if !std::mem::take(&mut first) {
+            assert_eq!(ask(printer, "print 1").await, "printed 10000");
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no notice of dropped lines in:\n{}",
-            berth.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(ask(printer, "print 1").await, "printed 10000");
-    }
+        let log = berth.log();
+        match log.lines().find(|line| line.contains("dropped")) {
+            Some(line) => Ok(line.to_string()),
+            None => Err(format!("none in:\n{log}")),
+        }
+    })
+    .await
 }
 
 #[tokio::test]
 async fn a_plugin_cannot_send_to_or_close_another_routes_connection() {
     let routes = format!("{ROUTES}\n[[route]]\npath = \"/kit\"\nplugin = \"testkit.wasm\"\n");
-    let site = Site::new();
-    let berth = site.start(
-        Path::new(berth::demo::BUILT_PLUGIN_DIR),
-        &routes,
-        &["--no-watch"],
-    );
-    let watch = EchoWatch::start(&berth).await;
+    let (_site, berth, watch) = start_watched(&routes).await;
 
     // Connection ids are handed out in order, so the victims' ids (and only
     // ids of other routes) lie between the two hostile connections'.
     let mut attacker = connect(&berth.url(ROUTE_MODEL)).await;
-    let first = id_of(&mut attacker).await.parse::<u64>().unwrap();
+    let first = whoami(&mut attacker).await.parse::<u64>().unwrap();
     let mut echo_victim = connect(&berth.url("/echo")).await;
     let mut kit_victim = connect(&berth.url("/kit")).await;
-    send_text(&mut kit_victim, "whoami").await;
-    let kit_id = recv_text(&mut kit_victim)
-        .await
-        .replace("id ", "")
-        .parse::<u64>()
-        .unwrap();
+    let kit_id = whoami(&mut kit_victim).await.parse::<u64>().unwrap();
     let mut neighbour = connect(&berth.url(ROUTE_MODEL)).await;
-    let last = id_of(&mut neighbour).await.parse::<u64>().unwrap();
+    let last = whoami(&mut neighbour).await.parse::<u64>().unwrap();
     assert!(
         first < kit_id && kit_id < last,
         "{first} < {kit_id} < {last}"
@@ -536,9 +438,8 @@ async fn a_plugin_cannot_send_to_or_close_another_routes_connection() {
 
     // The victims heard nothing and are open: their next message is the
     // answer to this one.
-    echo_once(&mut echo_victim, "untouched").await;
-    send_text(&mut kit_victim, "whoami").await;
-    assert_eq!(recv_text(&mut kit_victim).await, format!("id {kit_id}"));
+    echoes(&mut echo_victim, "untouched").await;
+    assert_eq!(ask(&mut kit_victim, "whoami").await, format!("id {kit_id}"));
 
     // The same commands reach a connection of the plugin's own route.
     assert_eq!(ask(&mut attacker, &format!("send {last}")).await, "ok");
@@ -557,28 +458,6 @@ fn flood_seq(text: &str) -> u64 {
         .unwrap_or_else(|| panic!("not a flood message: {:.40}", text))
 }
 
-/// Asks `closes` on `client` until the plugin has seen `conn` close with
-/// `code` (bounded).
-async fn await_close_code(client: &mut Client, conn: &str, code: u16) {
-    let expected = format!("{conn}:{code}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let seen = ask(client, "closes").await;
-        if seen.split(' ').any(|c| c == expected) {
-            return;
-        }
-        assert!(
-            !seen.split(' ').any(|c| c.starts_with(&format!("{conn}:"))),
-            "{conn} closed with another code: {seen}"
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no on-close {expected}; seen {seen}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_publish_flood_closes_the_subscriber_that_does_not_read_and_memory_stays_bounded() {
     const WRITE_QUEUE: u64 = 1024;
@@ -588,10 +467,6 @@ async fn a_publish_flood_closes_the_subscriber_that_does_not_read_and_memory_sta
     const BURSTS: u64 = 8;
     let routes = format!(
         r#"
-[[route]]
-path = "/echo"
-plugin = "echo.wasm"
-
 [[route]]
 path = "/flood"
 plugin = "hostile.wasm"
@@ -604,21 +479,15 @@ write-queue-bytes = "4MiB"
 call-timeout = "10s"
 "#
     );
-    let site = Site::new();
-    let berth = site.start(
-        Path::new(berth::demo::BUILT_PLUGIN_DIR),
-        &routes,
-        &["--no-watch"],
-    );
-    let pid = berth.child.id();
-    let watch = EchoWatch::start(&berth).await;
+    let (_site, berth, watch) = start_watched(&routes).await;
+    let pid = berth.pid();
     let url = berth.url("/flood");
     let mut publisher = connect(&url).await;
     let mut reader = connect(&url).await;
-    let mut reader_id = id_of(&mut reader).await;
+    let mut reader_id = whoami(&mut reader).await;
     assert_eq!(ask(&mut reader, "subscribe feed").await, "subscribed");
     let mut idle = connect_small_window(&url, berth.addr).await;
-    let idle_id = id_of(&mut idle).await;
+    let idle_id = whoami(&mut idle).await;
     assert_eq!(ask(&mut idle, "subscribe feed").await, "subscribed");
     let baseline = rss_bytes(pid);
     let mut peak = baseline;
@@ -643,7 +512,7 @@ call-timeout = "10s"
         }
         peak = peak.max(rss_bytes(pid));
     }
-    await_close_code(&mut publisher, &idle_id, 1013).await;
+    await_on_close_seen_by(&mut publisher, &idle_id, 1013).await;
     drop(idle);
 
     // 50,000 messages in one call reach every subscriber's queue at once, and
@@ -669,11 +538,11 @@ call-timeout = "10s"
                 "burst {burst}: out of order"
             );
         }
-        await_close_code(&mut publisher, &reader_id, 1013).await;
+        await_on_close_seen_by(&mut publisher, &reader_id, 1013).await;
         next += TOTAL;
         peak = peak.max(rss_bytes(pid));
         reader = connect(&url).await;
-        reader_id = id_of(&mut reader).await;
+        reader_id = whoami(&mut reader).await;
         assert_eq!(ask(&mut reader, "subscribe feed").await, "subscribed");
     }
     let after = rss_bytes(pid);
@@ -694,10 +563,6 @@ call-timeout = "10s"
 async fn a_plugin_that_keeps_trapping_is_quarantined_until_its_file_changes() {
     let routes = r#"
 [[route]]
-path = "/echo"
-plugin = "echo.wasm"
-
-[[route]]
 path = "/hostile"
 plugin = "hostile.wasm"
 quarantine-traps = 3
@@ -711,8 +576,11 @@ quarantine-traps = 3
 quarantine-window = "1m"
 "#;
     let site = Site::new();
-    let plugins = site.own_plugins(&["echo.wasm", "hostile.wasm"]);
-    let berth = site.start(&plugins, routes, &[]);
+    for name in ["echo.wasm", "hostile.wasm"] {
+        site.install(name, &plugin_bytes(name));
+    }
+    site.write_config(&format!("{ECHO}{routes}"));
+    let berth = site.start(&[]);
     let watch = EchoWatch::start(&berth).await;
 
     // Route model: two traps are forgiven, the third quarantines the route.
@@ -722,8 +590,8 @@ quarantine-window = "1m"
         send_text(&mut culprit, "panic").await;
         assert_eq!(ask(&mut culprit, "ping").await, "pong");
     }
-    let mut admitted = connect(&url).await;
-    assert_eq!(ask(&mut admitted, "ping").await, "pong");
+    let mut newcomer = connect(&url).await;
+    assert_eq!(ask(&mut newcomer, "ping").await, "pong");
     send_text(&mut culprit, "panic").await;
     await_quarantine(&url).await;
 
@@ -746,11 +614,13 @@ quarantine-window = "1m"
     }
 
     // A new build of the plugin lifts the quarantine.
-    let temp = plugins.join(".hostile.wasm.tmp");
-    std::fs::write(&temp, with_nonce(&plugin_bytes("hostile.wasm"), 1)).unwrap();
-    std::fs::rename(&temp, plugins.join("hostile.wasm")).unwrap();
+    site.install(
+        "hostile.wasm",
+        &with_nonce(&plugin_bytes("hostile.wasm"), 1),
+    );
     for route in [ROUTE_MODEL, CONNECTION_MODEL] {
-        await_admitted(&berth.url(route)).await;
+        let mut client = admitted(&berth.url(route)).await;
+        assert_eq!(ask(&mut client, "ping").await, "pong");
     }
     watch.finish().await;
 }
@@ -758,52 +628,26 @@ quarantine-window = "1m"
 /// Tries new connections to `url` until one is refused as quarantined
 /// (bounded): the trap that trips it may still be queued behind them.
 async fn await_quarantine(url: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let what = format!("{url} is quarantined");
+    eventually(WAIT, &what, async || {
         match try_connect(request(url, &[])).await {
             Err((503, body)) => {
                 assert!(body.contains("quarantined"), "{body}");
-                return;
+                Ok(())
             }
             Err((status, body)) => panic!("unexpected refusal {status}: {body}"),
             Ok((mut client, _)) => {
                 let _ = client.close(None).await;
+                Err("a connection was accepted".to_string())
             }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{url} was never quarantined"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Tries new connections to `url` until one is accepted and answered
-/// (bounded).
-async fn await_admitted(url: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match try_connect(request(url, &[])).await {
-            Ok((mut client, _)) => {
-                assert_eq!(ask(&mut client, "ping").await, "pong");
-                return;
-            }
-            Err((status, body)) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "{url} still refused after the plugin changed: {status} {body}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// The hostile plugin with room to ask for a lot: 64 MiB of memory, time for
 /// large copies, and one config value to find.
 const GREEDY_ROUTES: &str = r#"
-[[route]]
-path = "/echo"
-plugin = "echo.wasm"
-
 [[route]]
 path = "/greedy"
 plugin = "hostile.wasm"
@@ -812,15 +656,6 @@ call-timeout = "10s"
 greeting = "hi"
 "#;
 
-/// Starts berth with [`GREEDY_ROUTES`] and the built plugins, unwatched.
-fn start_greedy(site: &Site) -> BerthProcess {
-    site.start(
-        Path::new(berth::demo::BUILT_PLUGIN_DIR),
-        GREEDY_ROUTES,
-        &["--no-watch"],
-    )
-}
-
 /// Memory berth holds besides the greedy route's linear memories, in KiB:
 /// what a plugin copies into its own memory is its own to hold (bounded by
 /// `max-memory`), what the host keeps for it is berth's.
@@ -828,7 +663,7 @@ async fn host_held_kib(berth: &BerthProcess) -> i64 {
     let linear = crate::metrics::scrape(berth.addr)
         .await
         .value("berth_plugin_memory_bytes", &[("route", "/greedy")]);
-    (rss_bytes(berth.child.id()) / 1024) as i64 - (linear / 1024.0) as i64
+    (rss_bytes(berth.pid()) / 1024) as i64 - (linear / 1024.0) as i64
 }
 
 /// Waits (bounded) until berth holds less than 4 MiB more besides the greedy
@@ -836,27 +671,23 @@ async fn host_held_kib(berth: &BerthProcess) -> i64 {
 /// allocator returns freed memory to the system within a second or so, not
 /// at once. Fails if it never does.
 async fn settled_host_held_kib(berth: &BerthProcess, before: i64) -> i64 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    let what = format!("berth holds less than 4 MiB over the {before} KiB besides the plugin");
+    eventually_every(WAIT, Duration::from_millis(250), &what, async || {
         let now = host_held_kib(berth).await;
         if now - before < 4 * 1024 {
-            return now;
+            Ok(now)
+        } else {
+            Err(format!("still {now} KiB"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "berth held {before} KiB besides the plugin before and still {now} KiB after"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await
 }
 
 /// Runs `command` on the greedy route while the echo route is watched, and
 /// returns the answer; fails if berth, besides the plugin's own memory, holds
 /// 4 MiB more once the call has returned, or `limit` was not counted.
 async fn greedy_row(command: &str, limit: &str) -> String {
-    let site = Site::new();
-    let berth = start_greedy(&site);
-    let watch = EchoWatch::start(&berth).await;
+    let (_site, berth, watch) = start_watched(GREEDY_ROUTES).await;
     let mut client = connect(&berth.url("/greedy")).await;
     assert_eq!(ask(&mut client, "ping").await, "pong");
     let before = host_held_kib(&berth).await;
@@ -918,11 +749,9 @@ async fn a_plugin_asking_config_get_for_an_8_mib_key_gets_none() {
 /// not 100 MB.
 #[tokio::test]
 async fn a_plugin_logging_in_a_loop_is_held_to_the_line_rate() {
-    let site = Site::new();
-    let berth = start_greedy(&site);
-    let watch = EchoWatch::start(&berth).await;
+    let (_site, berth, watch) = start_watched(GREEDY_ROUTES).await;
     let mut client = connect(&berth.url("/greedy")).await;
-    let before = rss_bytes(berth.child.id());
+    let before = rss_bytes(berth.pid());
     assert_eq!(ask(&mut client, "log-loop 25000").await, "logged 25000");
     let logged = berth
         .log()
@@ -938,7 +767,7 @@ async fn a_plugin_logging_in_a_loop_is_held_to_the_line_rate() {
         &[("route", "/greedy"), ("limit", "log_lines")],
     );
     assert!(hits >= 24_000.0, "only {hits} dropped lines counted");
-    let after = rss_bytes(berth.child.id());
+    let after = rss_bytes(berth.pid());
     assert!(
         after < before + (4 << 20),
         "berth grew from {before} to {after} bytes"
@@ -949,9 +778,7 @@ async fn a_plugin_logging_in_a_loop_is_held_to_the_line_rate() {
 /// A refusal with a 4 MiB reason reaches the client as a body of 1 KiB.
 #[tokio::test]
 async fn a_plugin_rejecting_with_a_4_mib_reason_sends_a_1_kib_body() {
-    let site = Site::new();
-    let berth = start_greedy(&site);
-    let watch = EchoWatch::start(&berth).await;
+    let (_site, berth, watch) = start_watched(GREEDY_ROUTES).await;
     let before = host_held_kib(&berth).await;
     let refused = try_connect(request(&berth.url("/greedy?reject=4"), &[])).await;
     let (status, body) = refused.expect_err("the plugin refuses the connection");

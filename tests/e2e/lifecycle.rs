@@ -10,8 +10,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{
-    TestServer, WAIT, await_on_close, connect, expect_close, json_field, kit_client, recv,
-    recv_text, send_text,
+    Client, TestServer, WAIT, ask, await_on_close, connect, echoes, expect_close, json_field,
+    kit_client, recv, recv_text, send_text,
 };
 
 const ROUTES: &str = r#"
@@ -100,8 +100,10 @@ async fn a_plugin_close_reaches_the_client() {
     assert_eq!(frame.reason.as_str(), "see you later");
 
     let mut client = connect(&server.url("/b")).await;
-    send_text(&mut client, "close 1005 not sendable").await;
-    assert_eq!(recv_text(&mut client).await, "error invalid-code");
+    assert_eq!(
+        ask(&mut client, "close 1005 not sendable").await,
+        "error invalid-code"
+    );
     server.stop().await;
 }
 
@@ -114,29 +116,30 @@ async fn an_oversized_message_closes_only_its_connection_with_1009() {
     let frame = expect_close(&mut big).await;
     assert_eq!(frame.code, CloseCode::Size);
 
-    send_text(&mut other, "still here").await;
-    assert_eq!(recv_text(&mut other).await, "still here");
-    let mut again = connect(&server.url("/small")).await;
-    send_text(&mut again, "and new ones too").await;
-    assert_eq!(recv_text(&mut again).await, "and new ones too");
+    echoes(&mut other, "still here").await;
+    echoes(
+        &mut connect(&server.url("/small")).await,
+        "and new ones too",
+    )
+    .await;
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_plugin_cannot_reach_another_routes_connection() {
     let server = TestServer::start(ROUTES).await;
-    let mut victim = connect(&server.url("/b")).await;
-    send_text(&mut victim, "whoami").await;
-    let victim_id = recv_text(&mut victim).await.replace("id ", "");
+    let (mut victim, victim_id) = kit_client(&server.url("/b")).await;
 
     let mut attacker = connect(&server.url("/a")).await;
-    send_text(&mut attacker, &format!("send {victim_id} gotcha")).await;
-    assert_eq!(recv_text(&mut attacker).await, "error unknown-connection");
+    assert_eq!(
+        ask(&mut attacker, &format!("send {victim_id} gotcha")).await,
+        "error unknown-connection"
+    );
 
     // Within its own route the same call works.
     let mut peer = connect(&server.url("/b")).await;
-    send_text(&mut peer, &format!("send {victim_id} hello neighbour")).await;
-    assert_eq!(recv_text(&mut peer).await, "sent");
+    let command = format!("send {victim_id} hello neighbour");
+    assert_eq!(ask(&mut peer, &command).await, "sent");
     // The victim's next message is the neighbour's, so "gotcha" never arrived.
     assert_eq!(recv_text(&mut victim).await, "hello neighbour");
     server.stop().await;
@@ -148,12 +151,24 @@ async fn a_runaway_or_trapping_plugin_call_is_stopped_and_the_route_keeps_servin
     let mut bystander = connect(&server.url("/a")).await;
     let mut client = connect(&server.url("/a")).await;
     send_text(&mut client, "spin").await;
-    send_text(&mut client, "whoami").await;
-    assert!(recv_text(&mut client).await.starts_with("id "));
+    assert!(ask(&mut client, "whoami").await.starts_with("id "));
     send_text(&mut client, "panic").await;
-    send_text(&mut bystander, "whoami").await;
-    assert!(recv_text(&mut bystander).await.starts_with("id "));
+    assert!(ask(&mut bystander, "whoami").await.starts_with("id "));
     server.stop().await;
+}
+
+/// Reads past binary messages, for at most `budget`, to the close frame;
+/// returns it.
+async fn close_past_binaries(client: &mut Client, budget: Duration) -> CloseFrame {
+    let deadline = tokio::time::Instant::now() + budget;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no close frame");
+        match recv(client).await {
+            Message::Close(frame) => return frame.expect("close frame has a code"),
+            Message::Binary(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]
@@ -162,15 +177,7 @@ async fn a_client_too_slow_for_its_queue_is_closed_with_1013() {
     let mut client = connect(&server.url("/tiny-queue")).await;
     // 20 MB in one call: more than the queue and the socket buffers hold.
     send_text(&mut client, "flood 20000 1024").await;
-    let deadline = tokio::time::Instant::now() + WAIT * 3;
-    let frame = loop {
-        assert!(tokio::time::Instant::now() < deadline, "no close frame");
-        match recv(&mut client).await {
-            Message::Close(frame) => break frame.expect("close frame has a code"),
-            Message::Binary(_) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    };
+    let frame = close_past_binaries(&mut client, WAIT * 3).await;
     assert_eq!(frame.code, CloseCode::Again);
     assert_eq!(frame.reason.as_str(), "slow consumer");
     server.stop().await;
@@ -183,8 +190,7 @@ async fn a_message_larger_than_write_queue_bytes_is_refused_and_the_client_stays
     // One message over the whole bound: refused to the plugin, nothing queued.
     send_text(&mut client, "flood 1 70000").await;
     assert_eq!(recv_text(&mut client).await, "flood stopped: too-large");
-    send_text(&mut client, "whoami").await;
-    assert!(recv_text(&mut client).await.starts_with("id "));
+    assert!(ask(&mut client, "whoami").await.starts_with("id "));
     let hits = crate::metrics::scrape(server.addr).await.value(
         "berth_plugin_limit_hits_total",
         &[("route", "/small-bytes"), ("limit", "write_queue_bytes")],
@@ -192,15 +198,7 @@ async fn a_message_larger_than_write_queue_bytes_is_refused_and_the_client_stays
     assert_eq!(hits, 1.0);
     // Many that fit one by one but not together: the client is too slow.
     send_text(&mut client, "flood 100 40000").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let frame = loop {
-        assert!(tokio::time::Instant::now() < deadline, "no close frame");
-        match recv(&mut client).await {
-            Message::Close(frame) => break frame.expect("close frame has a code"),
-            Message::Binary(_) => {}
-            other => panic!("unexpected {other:?}"),
-        }
-    };
+    let frame = close_past_binaries(&mut client, WAIT).await;
     assert_eq!(frame.code, CloseCode::Again);
     server.stop().await;
 }
@@ -220,7 +218,7 @@ async fn shutdown_closes_clients_with_1001() {
             .expect("ends");
         assert!(end.is_none() || end.is_some_and(|r| r.is_err()));
     }
-    tokio::time::timeout(Duration::from_secs(10), stopping)
+    tokio::time::timeout(WAIT, stopping)
         .await
         .expect("stops")
         .unwrap();
@@ -268,9 +266,7 @@ pong-timeout = "300ms"
     drop(silent);
 
     // Each connection was reported exactly once.
-    let mut observer = connect(&url).await;
-    send_text(&mut observer, "closes").await;
-    let seen = recv_text(&mut observer).await;
+    let seen = ask(&mut connect(&url).await, "closes").await;
     let mut conns: Vec<&str> = seen
         .split(' ')
         .map(|c| c.split(':').next().unwrap())

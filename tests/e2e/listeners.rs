@@ -10,49 +10,20 @@ use std::sync::Arc;
 use berth::{Config, Server};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio_rustls::rustls;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::support::{WAIT, connect, recv_text, request, send_text, try_connect};
+use crate::support::{TestServer, WAIT, connect, recv_text, request, send_text, try_connect};
 
-/// A server built from `text`, its listeners' addresses (with "is TLS"), and
-/// a way to stop it.
-struct Running {
-    addrs: Vec<(SocketAddr, bool)>,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    async fn start(text: &str) -> Running {
-        let config = Config::from_toml(text, Path::new("test.toml"), Path::new("/"))
-            .expect("test config is valid");
-        let server = Server::bind(config).await.expect("server starts");
-        let addrs = server.local_addrs();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
-            let _ = stopped.await;
-        }));
-        Running { addrs, stop, task }
-    }
-
-    fn addr(&self, tls: bool) -> SocketAddr {
-        self.addrs
-            .iter()
-            .find(|(_, t)| *t == tls)
-            .expect("a listener")
-            .0
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("stops in time")
-            .expect("no panic");
-    }
+/// The address of `server`'s first TLS listener (`tls`) or plain one.
+fn addr(server: &TestServer, tls: bool) -> SocketAddr {
+    server
+        .addrs
+        .iter()
+        .find(|(_, t)| *t == tls)
+        .expect("a listener")
+        .0
 }
 
 /// A self-signed certificate for localhost and 127.0.0.1, written as PEM files.
@@ -158,8 +129,8 @@ async fn ws_and_wss_listeners_serve_the_same_routes() {
             cert.file("key.pem"),
         ),
     );
-    let server = Running::start(&text).await;
-    let (plain, secure) = (server.addr(false), server.addr(true));
+    let server = TestServer::with_config(&text).await;
+    let (plain, secure) = (addr(&server, false), addr(&server, true));
 
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
@@ -275,8 +246,8 @@ async fn a_proxy_protocol_header_names_the_client_and_is_required() {
         "",
         "[[listener]]\naddress = \"127.0.0.1:0\"\nproxy-protocol = true\n",
     );
-    let server = Running::start(&text).await;
-    let addr = server.addr(false);
+    let server = TestServer::with_config(&text).await;
+    let addr = addr(&server, false);
     let url = format!("ws://{addr}/kit");
 
     let mut v1 = TcpStream::connect(addr).await.unwrap();
@@ -322,7 +293,7 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
         "[[listener]]\naddress = \"127.0.0.1:0\"\ntrusted-proxies = [\"127.0.0.0/8\"]\n\
          [[listener]]\naddress = \"127.0.0.2:0\"\n",
     );
-    let server = Running::start(&text).await;
+    let server = TestServer::with_config(&text).await;
     let trusted = server.addrs[0].0;
     let untrusted = server.addrs[1].0;
     let xff = [("x-forwarded-for", "6.6.6.6, 198.51.100.20")];

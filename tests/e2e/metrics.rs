@@ -5,16 +5,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use crate::raw::http_get;
 use crate::support::{
-    Client, Site, TestServer, WAIT, connect, http_get, kit_client, plugin_bytes, recv, recv_text,
-    refusal, request, send_text,
+    Client, Site, TestServer, WAIT, berth_command, connect, echoes, eventually, kit_client,
+    plugin_bytes, recv, refusal, request, send_text,
 };
 
 /// What `/metrics` must say it is.
@@ -293,18 +293,15 @@ pub(crate) async fn scrape_until(
     what: &str,
     ready: impl Fn(&Scrape) -> bool,
 ) -> Scrape {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, &format!("the metrics show {what}"), async || {
         let scrape = scrape(addr).await;
         if ready(&scrape) {
-            return scrape;
+            Ok(scrape)
+        } else {
+            Err("not yet".to_string())
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the metrics never showed {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 const ECHO: &str = r#"
@@ -371,8 +368,7 @@ async fn echo_traffic_is_counted_exactly_in_messages_bytes_connections_and_calls
     // A second connection, then both gone: open goes back to 0, and each
     // close was one on-close call.
     let mut second = connect(&server.url("/echo")).await;
-    send_text(&mut second, "again").await;
-    assert_eq!(recv_text(&mut second).await, "again");
+    echoes(&mut second, "again").await;
     client.close(None).await.unwrap();
     second.close(None).await.unwrap();
     let closed = scrape_until(addr, "both connections closed", |s| {
@@ -539,8 +535,7 @@ async fn with_admin_listen_metrics_are_served_there_and_not_on_the_public_listen
     assert_eq!(status, 404, "the admin listener serves no routes");
 
     let mut client = connect(&server.url("/echo")).await;
-    send_text(&mut client, "hi").await;
-    assert_eq!(recv_text(&mut client).await, "hi");
+    echoes(&mut client, "hi").await;
     let scrape = scrape_until(admin, "the echo", |s| {
         s.route("berth_messages_sent_total", "/echo") >= 1.0
     })
@@ -578,8 +573,7 @@ async fn a_reloaded_plugin_counts_ok_and_a_garbage_file_counts_failed() {
     assert_eq!(loaded.reloads("ok"), 1.0);
     assert_eq!(loaded.reloads("failed"), 0.0);
     let mut client = connect(&berth.url("/app")).await;
-    send_text(&mut client, "new").await;
-    assert_eq!(recv_text(&mut client).await, "new");
+    echoes(&mut client, "new").await;
 
     site.install("bad.wasm", b"this is not a component");
     let failed = scrape_until(berth.addr, "a failed reload", |s| {
@@ -710,7 +704,7 @@ fn a_config_error_is_a_json_line_in_json_mode() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("berth.toml");
     std::fs::write(&config, "log-level = \"loud\"\n").unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+    let output = berth_command()
         .args(["serve", "--log-format", "json", "--config"])
         .arg(&config)
         .env_remove("RUST_LOG")

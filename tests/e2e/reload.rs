@@ -13,16 +13,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::support::{
-    BerthProcess, Site, WAIT, connect, expect_close, plugin_bytes, recv_text, request, send_text,
-    try_connect, with_nonce,
+    BerthProcess, Site, WAIT, ask, connect, echoes, eventually, expect_close, plugin_bytes,
+    request, try_connect, with_nonce,
 };
 
 /// What a new connection to a route gets for the text "x": `None` for 404.
 async fn probe(url: &str) -> Option<String> {
     match try_connect(request(url, &[])).await {
         Ok((mut client, _)) => {
-            send_text(&mut client, "x").await;
-            let reply = recv_text(&mut client).await;
+            let reply = ask(&mut client, "x").await;
             let _ = client.close(None).await;
             Some(reply)
         }
@@ -45,18 +44,15 @@ fn gone(answer: &Option<String>) -> bool {
 
 /// Probes `url` until `want` holds (bounded).
 async fn wait_for(url: &str, what: &str, want: fn(&Option<String>) -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, &format!("{url} is {what}"), async || {
         let answer = probe(url).await;
         if want(&answer) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("answer {answer:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{url} never became {what}; last answer {answer:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -197,8 +193,7 @@ async fn drain_keeps_old_connections_and_restart_closes_them_with_1012() {
     let mut old_drain = connect(&berth.url("/d")).await;
     let mut old_restart = connect(&berth.url("/r")).await;
     for client in [&mut old_drain, &mut old_restart] {
-        send_text(client, "before").await;
-        assert_eq!(recv_text(client).await, "before");
+        echoes(client, "before").await;
     }
 
     site.install("d.wasm", &plugin_bytes("counter.wasm"));
@@ -208,8 +203,7 @@ async fn drain_keeps_old_connections_and_restart_closes_them_with_1012() {
 
     // drain: the old connection still talks to the old version, which
     // stops when that last connection closes.
-    send_text(&mut old_drain, "after").await;
-    assert_eq!(recv_text(&mut old_drain).await, "after");
+    echoes(&mut old_drain, "after").await;
     let old = blake3_prefix(&plugin_bytes("echo.wasm"));
     let stopped = ["route version stopped", "route=/d", old.as_str()];
     assert!(
@@ -224,8 +218,7 @@ async fn drain_keeps_old_connections_and_restart_closes_them_with_1012() {
     let frame = expect_close(&mut old_restart).await;
     assert_eq!(frame.code, CloseCode::Restart, "{frame:?}");
     let mut again = connect(&berth.url("/r")).await;
-    send_text(&mut again, "y").await;
-    assert!(recv_text(&mut again).await.parse::<u64>().is_ok());
+    assert!(ask(&mut again, "y").await.parse::<u64>().is_ok());
 }
 
 #[tokio::test]
@@ -286,24 +279,23 @@ async fn replacing_a_plugin_20_times_under_load_loses_nothing() {
     let loaded_before = loads(&berth);
     for swap in 1..=SWAPS {
         site.install("app.wasm", &with_nonce(&echo_bytes, swap));
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while loads(&berth) < loaded_before + swap as usize {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "swap {swap} not loaded:\n{}",
-                berth.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        // Let traffic reach the new version before the next swap.
-        let at = replies.load(Ordering::Relaxed);
-        while replies.load(Ordering::Relaxed) < at + 40 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "traffic stalled after swap {swap}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // Loaded, then traffic reaches the new version before the next swap.
+        let mut loaded_at = None;
+        let what = format!("swap {swap} loaded and answering");
+        eventually(WAIT, &what, async || {
+            if loaded_at.is_none() {
+                if loads(&berth) < loaded_before + swap as usize {
+                    return Err(format!("not loaded:\n{}", berth.log()));
+                }
+                loaded_at = Some(replies.load(Ordering::Relaxed));
+            }
+            let at = loaded_at.expect("set once loaded");
+            if replies.load(Ordering::Relaxed) < at + 40 {
+                return Err("traffic stalled after the swap".to_string());
+            }
+            Ok(())
+        })
+        .await;
     }
     stop.store(true, Ordering::Relaxed);
     for client in clients {
@@ -356,15 +348,30 @@ async fn config_edits_add_and_remove_routes_and_a_bad_edit_keeps_the_old_config(
 
 #[tokio::test]
 async fn sighup_reloads_when_nothing_is_watched() {
-    let site = Site::new();
-    site.install("echo.wasm", &plugin_bytes("echo.wasm"));
-    site.write_config("[[route]]\npath = \"/a\"\nplugin = \"echo.wasm\"\n");
+    let a = "[[route]]\npath = \"/a\"\nplugin = \"echo.wasm\"\n";
+    let b = "[[route]]\npath = \"/b\"\nplugin = \"echo.wasm\"\n";
+    // Two sites alike: one served unwatched, the other watched, as a control.
+    let (site, control) = (Site::new(), Site::new());
+    for site in [&site, &control] {
+        site.install("echo.wasm", &plugin_bytes("echo.wasm"));
+        site.write_config(a);
+    }
     let berth = site.start(&["--no-watch"]);
+    let watched = control.start(&[]);
     wait_for(&berth.url("/a"), "echo", echo).await;
-    site.write_config("[[route]]\npath = \"/b\"\nplugin = \"echo.wasm\"\n");
-    // Unwatched: the edit alone changes nothing.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_for(&watched.url("/a"), "echo", echo).await;
+
+    // Unwatched, the edit alone changes nothing: once the control has
+    // reloaded the same edit, made after this one, a watcher would have
+    // reloaded this one too.
+    site.write_config(b);
+    control.write_config(b);
+    watched.wait_log(&["config reloaded"]).await;
+    wait_for(&watched.url("/b"), "echo (the control, watched)", echo).await;
+    assert!(!berth.log().contains("config reloaded"), "{}", berth.log());
     assert!(echo(&probe(&berth.url("/a")).await));
+    assert!(gone(&probe(&berth.url("/b")).await));
+
     berth.signal("-HUP");
     wait_for(&berth.url("/b"), "echo (after SIGHUP)", echo).await;
     wait_for(&berth.url("/a"), "gone (after SIGHUP)", gone).await;
@@ -407,7 +414,5 @@ async fn the_demo_serves_what_is_dropped_into_its_folder() {
     )
     .unwrap();
     wait_for(&berth.url("/mine"), "counter (dropped in)", counter).await;
-    let mut client = connect(&berth.url("/echo")).await;
-    send_text(&mut client, "still here").await;
-    assert_eq!(recv_text(&mut client).await, "still here");
+    echoes(&mut connect(&berth.url("/echo")).await, "still here").await;
 }

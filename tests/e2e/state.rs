@@ -2,38 +2,11 @@
 //! key-value store, through the testkit plugin (its `store.rs` lists the
 //! commands), with the store on disk in a temporary folder.
 
-use std::time::Duration;
-
+use crate::raw::http_get;
 use crate::support::{
-    BerthProcess, Client, TestServer, WAIT, config_text, connect, http_get, json_field, recv_text,
+    BerthProcess, Client, TestServer, ask, ask_until, config_text, connect, json_field, recv_text,
     send_text,
 };
-
-/// Sends a command and returns the answer.
-async fn ask(client: &mut Client, command: &str) -> String {
-    send_text(client, command).await;
-    recv_text(client).await
-}
-
-/// Asks `command` until the answer satisfies `done` (bounded by [`WAIT`]).
-pub(crate) async fn ask_until(
-    client: &mut Client,
-    command: &str,
-    done: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let answer = ask(client, command).await;
-        if done(&answer) {
-            return answer;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{command}: still {answer:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Publishes `text` to `topic` (the publisher is not subscribed) and returns its position.
 async fn publish(client: &mut Client, topic: &str, text: &str) -> String {
@@ -299,13 +272,8 @@ plugin = "testkit.wasm"
 
 /// A berth process whose config and store live in `dir`.
 fn berth_in(dir: &std::path::Path) -> BerthProcess {
-    let path = dir.join("berth.toml");
-    std::fs::write(
-        &path,
-        config_text(&format!("state-dir = {:?}\n{KIT}", dir.join("state"))),
-    )
-    .unwrap();
-    BerthProcess::start(&["--config", path.to_str().unwrap()])
+    let text = config_text(&format!("state-dir = {:?}\n{KIT}", dir.join("state")));
+    BerthProcess::with_config(dir, &text)
 }
 
 #[tokio::test]
@@ -318,8 +286,7 @@ async fn what_was_acknowledged_survives_kill_9_and_a_lost_store_changes_the_epoc
     for i in 1..=20 {
         positions.push(publish(&mut client, "room", &format!("m{i}")).await);
     }
-    berth.child.kill().unwrap();
-    berth.child.wait().unwrap();
+    berth.kill();
 
     let berth = berth_in(dir.path());
     let mut client = connect(&berth.url("/kit")).await;
@@ -464,16 +431,13 @@ async fn a_chat_client_that_comes_back_with_since_gets_exactly_what_it_missed() 
 #[tokio::test]
 async fn a_rooms_history_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("berth.toml");
-    std::fs::write(&path, config_text(CHAT)).unwrap();
-    let mut berth = BerthProcess::start(&["--config", path.to_str().unwrap()]);
+    let mut berth = BerthProcess::with_config(dir.path(), &config_text(CHAT));
     let (mut a, _) = join_chat(&berth.url("/chat?room=kept")).await;
     for i in 0..5 {
         say(&mut a, &format!("m{i}")).await;
     }
-    berth.child.kill().unwrap();
-    berth.child.wait().unwrap();
-    let berth = BerthProcess::start(&["--config", path.to_str().unwrap()]);
+    berth.kill();
+    let berth = BerthProcess::with_config(dir.path(), &config_text(CHAT));
     let (mut b, _) = join_chat(&berth.url("/chat?room=kept")).await;
     let expected: Vec<String> = (0..5).map(|i| format!("m{i}")).collect();
     assert_eq!(texts_until(&mut b, "m4").await, expected);

@@ -4,17 +4,13 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::support::{BerthProcess, connect, guest_plugin, recv_text, send_text};
-
-const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+use crate::support::{
+    BerthProcess, berth_command, connect, echoes, guest_plugin, noise, recv_text,
+};
 
 /// Runs `berth ARGS` and returns its exit code and stdout (stderr appended).
 fn berth(args: &[&str]) -> (i32, String) {
-    let output = Command::new(BERTH)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("berth runs");
+    let output = berth_command().args(args).output().expect("berth runs");
     (output.status.code().expect("an exit code"), text(&output))
 }
 
@@ -83,15 +79,7 @@ fn check_lists_every_missing_export_and_wrong_type() {
 fn check_says_when_a_file_is_not_a_component() {
     let dir = tempfile::tempdir().unwrap();
     let echo = std::fs::read(built("echo.wasm")).unwrap();
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let random: Vec<u8> = (0..4096)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let random = noise(0x9e37_79b9_7f4a_7c15, 4096);
     let cases: [(&str, Vec<u8>, &str); 4] = [
         (
             "module.wasm",
@@ -187,8 +175,7 @@ async fn new_project_builds_fits_and_serves(lang: &str) {
         .await;
     let mut client = connect(&server.url(&route)).await;
     assert_eq!(recv_text(&mut client).await, "hello from hello-berth");
-    send_text(&mut client, "ping").await;
-    assert_eq!(recv_text(&mut client).await, "ping");
+    echoes(&mut client, "ping").await;
 }
 
 #[tokio::test]

@@ -5,8 +5,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 
 use crate::support::{
-    Client, TestServer, WAIT, await_on_close, connect, connect_small_window, json_field, recv_text,
-    refusal, request, send_text, try_connect,
+    Client, TestServer, WAIT, admitted, ask, ask_until, await_on_close, connect,
+    connect_small_window, eventually, json_field, recv_text, refusal, request, send_text, whoami,
 };
 
 /// The testkit in both instance models, plus namespaced routes.
@@ -59,12 +59,6 @@ path = "/echo-conn"
 plugin = "echo.wasm"
 instance = "connection"
 "#;
-
-/// Sends a command and returns the answer.
-async fn ask(client: &mut Client, command: &str) -> String {
-    send_text(client, command).await;
-    recv_text(client).await
-}
 
 /// Reads until the connection has been quiet for half a second; fails if
 /// messages keep coming (a timer that was meant to stop, say).
@@ -134,17 +128,17 @@ async fn unsubscribe_and_close_end_delivery() {
 
         // A closed connection leaves every topic it was on.
         b.close(None).await.unwrap();
-        let mut gone = false;
-        for _ in 0..100 {
+        let what = format!("{route}: a closed connection leaves its topics");
+        eventually(WAIT, &what, async || {
             let t = ask(&mut publisher, "publish t three").await;
             let t2 = ask(&mut publisher, "publish t2 three").await;
             if t == "published 0" && t2 == "published 0" {
-                gone = true;
-                break;
+                Ok(())
+            } else {
+                Err(format!("{t:?} and {t2:?}"))
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(gone, "{route}: a closed connection stayed subscribed");
+        })
+        .await;
         server.stop().await;
     }
 }
@@ -289,7 +283,7 @@ async fn a_subscriber_that_stops_reading_is_closed_while_the_others_get_everythi
     const TOTAL: usize = BURSTS * PER_BURST;
 
     let mut slow = connect_small_window(&url, server.addr).await;
-    let slow_id = ask(&mut slow, "whoami").await.replace("id ", "");
+    let slow_id = whoami(&mut slow).await;
     assert_eq!(ask(&mut slow, "subscribe feed").await, "subscribed");
 
     let mut readers = Vec::new();
@@ -357,16 +351,9 @@ async fn a_full_instance_pool_answers_503_until_a_connection_leaves() {
     }
     assert_eq!(refusal(request(&url, &[])).await, Some(503));
     open.pop().unwrap().close(None).await.unwrap();
-    let mut admitted = false;
-    for _ in 0..100 {
-        if let Ok((mut client, _)) = try_connect(request(&url, &[])).await {
-            assert_eq!(ask(&mut client, "x").await, "1");
-            admitted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(admitted, "a freed pool slot was never reused");
+    // A freed pool slot is reused.
+    let mut client = admitted(&url).await;
+    assert_eq!(ask(&mut client, "x").await, "1");
     server.stop().await;
 }
 
@@ -458,19 +445,8 @@ async fn a_routes_own_subscription_caps_hold_across_its_connections() {
     assert_eq!(ask(&mut b, "subscribe z").await, "subscribed");
     a.close(None).await.expect("close sent");
     let mut c = connect(&url).await;
-    let mut subscribed = false;
     // The closed connection's three come back once its close is handled.
-    for _ in 0..100 {
-        if ask(&mut c, "subscribe w").await == "subscribed" {
-            subscribed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        subscribed,
-        "a closed connection's subscriptions were never given back"
-    );
+    ask_until(&mut c, "subscribe w", |a| a == "subscribed").await;
     let scrape = crate::metrics::scrape(server.addr).await;
     let hits = |limit| {
         scrape.value(
