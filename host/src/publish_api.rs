@@ -260,7 +260,7 @@ impl PublishApi {
                     data: &stored.clone().into_data(),
                     position_at: None,
                 };
-                state.append(&ns, &name, entry, &rules)
+                state.store().append(&ns, &name, entry, &rules)
             })
             .await;
             match appended {

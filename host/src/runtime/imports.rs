@@ -240,6 +240,7 @@ impl host::Host for HostState {
             };
             let stored = route
                 .state
+                .store()
                 .append(&route.namespace, &topic, entry, &route.rules);
             match stored {
                 Ok((p, composed)) => {

@@ -76,7 +76,11 @@ impl state::Host for HostState {
             epoch: p.epoch,
             seq: p.seq,
         });
-        let page = match route.state.history(&route.namespace, &topic, since, limit) {
+        let page = match route
+            .state
+            .store()
+            .history(&route.namespace, &topic, since, limit)
+        {
             Ok(page) => page,
             Err(StateError::Lost) => return Ok(Err(state::HistoryError::Lost)),
             Err(_) => return Ok(Err(state::HistoryError::Unavailable)),
@@ -140,7 +144,8 @@ impl state::Host for HostState {
             return Ok(Err(e));
         }
         let route = self.route();
-        Ok(route.state.get(&route.namespace, &key).map_err(state_error))
+        let store = route.state.store();
+        Ok(store.get(&route.namespace, &key).map_err(state_error))
     }
 
     fn set(
@@ -153,9 +158,8 @@ impl state::Host for HostState {
             return Ok(Err(e));
         }
         let route = self.route();
-        let result = route
-            .state
-            .set(&route.namespace, &key, &value, ttl_ms, &route.rules);
+        let store = route.state.store();
+        let result = store.set(&route.namespace, &key, &value, ttl_ms, &route.rules);
         Ok(result.map_err(|e| self.quota(e)))
     }
 
@@ -164,10 +168,8 @@ impl state::Host for HostState {
             return Ok(Err(e));
         }
         let route = self.route();
-        Ok(route
-            .state
-            .delete(&route.namespace, &key)
-            .map_err(state_error))
+        let store = route.state.store();
+        Ok(store.delete(&route.namespace, &key).map_err(state_error))
     }
 
     fn increment(
@@ -179,9 +181,8 @@ impl state::Host for HostState {
             return Ok(Err(e));
         }
         let route = self.route();
-        let result = route
-            .state
-            .increment(&route.namespace, &key, delta, &route.rules);
+        let store = route.state.store();
+        let result = store.increment(&route.namespace, &key, delta, &route.rules);
         Ok(result.map_err(|e| self.quota(e)))
     }
 
@@ -196,7 +197,7 @@ impl state::Host for HostState {
             return Ok(Err(e));
         }
         let route = self.route();
-        let result = route.state.compare_and_set(
+        let result = route.state.store().compare_and_set(
             &route.namespace,
             &key,
             expected.as_deref(),

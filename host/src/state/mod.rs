@@ -128,15 +128,81 @@ pub enum OpenError {
     },
 }
 
-/// Where history and keys live.
-enum Backend {
-    Embedded(embedded::Store),
-    Shared(Arc<shared::Store>),
+/// A topic history store: the embedded one or Redis. Every call answers
+/// from the store before it returns.
+pub(crate) trait History: Send + Sync {
+    /// Stores a message published to `topic` and says where, with the bytes
+    /// stored when its position was written into them.
+    fn append(
+        &self,
+        namespace: &str,
+        topic: &str,
+        entry: Entry<'_>,
+        rules: &StateRules,
+    ) -> Result<(Position, Option<Vec<u8>>), StateError>;
+
+    /// The messages of `topic` after `since` (the newest without it), at most `limit`.
+    fn history(
+        &self,
+        namespace: &str,
+        topic: &str,
+        since: Option<Position>,
+        limit: u32,
+    ) -> Result<Page, StateError>;
 }
+
+/// A key-value store per namespace, within its quotas: the embedded one or
+/// Redis. Every call answers from the store before it returns.
+pub(crate) trait Keys: Send + Sync {
+    /// The value of `key`, if it has a live one.
+    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StateError>;
+
+    /// Stores `value` under `key`, for `ttl_ms` if given.
+    fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+        rules: &StateRules,
+    ) -> Result<(), StateError>;
+
+    /// Removes `key`; true if it had a live value.
+    fn delete(&self, namespace: &str, key: &str) -> Result<bool, StateError>;
+
+    /// Adds `delta` to the integer under `key`; returns the sum.
+    fn increment(
+        &self,
+        namespace: &str,
+        key: &str,
+        delta: i64,
+        rules: &StateRules,
+    ) -> Result<i64, StateError>;
+
+    /// Sets (or removes) `key` only if it holds `expected`; true if it did.
+    fn compare_and_set(
+        &self,
+        namespace: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<&[u8]>,
+        ttl_ms: Option<u64>,
+        rules: &StateRules,
+    ) -> Result<bool, StateError>;
+}
+
+/// Where history and keys live: both halves of one store.
+pub(crate) trait Backend: History + Keys {}
+
+impl<T: History + Keys> Backend for T {}
 
 /// The server's state: one store and this node's members.
 pub(crate) struct State {
-    backend: Backend,
+    store: Arc<dyn Backend>,
+    /// The Redis store when there is a `[broker]`: members on other nodes.
+    redis: Option<Arc<shared::Store>>,
+    /// Where the store is, for the log.
+    place: String,
     presence: Arc<presence::Presence>,
     /// The node name this node's members carry.
     node: Arc<str>,
@@ -150,7 +216,7 @@ impl State {
         broker: Option<&BrokerConfig>,
     ) -> Result<Arc<State>, OpenError> {
         let presence = Arc::new(presence::Presence::default());
-        let (backend, node) = match broker {
+        let state = match broker {
             Some(broker) => {
                 let store = shared::Store::open(
                     &broker.url,
@@ -164,7 +230,13 @@ impl State {
                     reason: e.to_string(),
                 })?;
                 let node = store.node().clone();
-                (Backend::Shared(store), node)
+                State {
+                    store: store.clone(),
+                    redis: Some(store),
+                    place: format!("Redis (node {node})"),
+                    presence,
+                    node,
+                }
             }
             None => {
                 let store =
@@ -172,131 +244,41 @@ impl State {
                         dir: config.dir.clone(),
                         reason: e.to_string(),
                     })?;
-                (Backend::Embedded(store), "local".into())
+                State {
+                    place: store.dir().display().to_string(),
+                    store: Arc::new(store),
+                    redis: None,
+                    presence,
+                    node: "local".into(),
+                }
             }
         };
-        Ok(Arc::new(State {
-            backend,
-            presence,
-            node,
-        }))
+        Ok(Arc::new(state))
     }
 
     /// Where the store is, for the log.
-    pub(crate) fn describe(&self) -> String {
-        match &self.backend {
-            Backend::Embedded(store) => store.dir().display().to_string(),
-            Backend::Shared(_) => format!("Redis (node {})", self.node),
-        }
+    pub(crate) fn describe(&self) -> &str {
+        &self.place
     }
 
-    /// Stores a message published to `topic` and says where, with the bytes
-    /// stored when its position was written into them.
-    pub(crate) fn append(
-        &self,
-        namespace: &str,
-        topic: &str,
-        entry: Entry<'_>,
-        rules: &StateRules,
-    ) -> Result<(Position, Option<Vec<u8>>), StateError> {
-        match &self.backend {
-            Backend::Embedded(store) => store.append(namespace, topic, entry, rules),
-            Backend::Shared(store) => store.append(namespace, topic, entry, rules),
-        }
-    }
-
-    /// The messages of `topic` after `since` (the newest without it), at most `limit`.
-    pub(crate) fn history(
-        &self,
-        namespace: &str,
-        topic: &str,
-        since: Option<Position>,
-        limit: u32,
-    ) -> Result<Page, StateError> {
-        match &self.backend {
-            Backend::Embedded(store) => store.history(namespace, topic, since, limit),
-            Backend::Shared(store) => store.history(namespace, topic, since, limit),
-        }
-    }
-
-    /// The value of `key`, if it has a live one.
-    pub(crate) fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
-        match &self.backend {
-            Backend::Embedded(store) => store.get(namespace, key),
-            Backend::Shared(store) => store.get(namespace, key),
-        }
-    }
-
-    /// Stores `value` under `key`, for `ttl_ms` if given.
-    pub(crate) fn set(
-        &self,
-        namespace: &str,
-        key: &str,
-        value: &[u8],
-        ttl_ms: Option<u64>,
-        rules: &StateRules,
-    ) -> Result<(), StateError> {
-        match &self.backend {
-            Backend::Embedded(store) => store.set(namespace, key, value, ttl_ms, rules),
-            Backend::Shared(store) => store.set(namespace, key, value, ttl_ms, rules),
-        }
-    }
-
-    /// Removes `key`; true if it had a live value.
-    pub(crate) fn delete(&self, namespace: &str, key: &str) -> Result<bool, StateError> {
-        match &self.backend {
-            Backend::Embedded(store) => store.delete(namespace, key),
-            Backend::Shared(store) => store.delete(namespace, key),
-        }
-    }
-
-    /// Adds `delta` to the integer under `key`; returns the sum.
-    pub(crate) fn increment(
-        &self,
-        namespace: &str,
-        key: &str,
-        delta: i64,
-        rules: &StateRules,
-    ) -> Result<i64, StateError> {
-        match &self.backend {
-            Backend::Embedded(store) => store.increment(namespace, key, delta, rules),
-            Backend::Shared(store) => store.increment(namespace, key, delta, rules),
-        }
-    }
-
-    /// Sets (or removes) `key` only if it holds `expected`; true if it did.
-    pub(crate) fn compare_and_set(
-        &self,
-        namespace: &str,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: Option<&[u8]>,
-        ttl_ms: Option<u64>,
-        rules: &StateRules,
-    ) -> Result<bool, StateError> {
-        match &self.backend {
-            Backend::Embedded(store) => {
-                store.compare_and_set(namespace, key, expected, value, ttl_ms, rules)
-            }
-            Backend::Shared(store) => {
-                store.compare_and_set(namespace, key, expected, value, ttl_ms, rules)
-            }
-        }
+    /// The store's history and keys.
+    pub(crate) fn store(&self) -> &dyn Backend {
+        &*self.store
     }
 
     /// Makes `conn` a member of `topic`, described by `info`.
     pub(crate) fn join(&self, namespace: &Arc<str>, topic: &str, conn: u64, info: &str) {
         let info = self.presence.join(namespace, topic, conn, info);
-        if let Backend::Shared(store) = &self.backend {
-            store.joined(namespace, topic, conn, info);
+        if let Some(redis) = &self.redis {
+            redis.joined(namespace, topic, conn, info);
         }
     }
 
     /// Ends `conn`'s membership of `topic`, if it had one.
     pub(crate) fn leave(&self, namespace: &Arc<str>, topic: &str, conn: u64) {
         let info = self.presence.leave(namespace, topic, conn);
-        if let (Backend::Shared(store), Some(info)) = (&self.backend, info) {
-            store.left(namespace, topic, conn, info);
+        if let (Some(redis), Some(info)) = (&self.redis, info) {
+            redis.left(namespace, topic, conn, info);
         }
     }
 
@@ -308,10 +290,10 @@ impl State {
         limit: usize,
     ) -> Result<Vec<Member>, StateError> {
         let mut members = self.presence.members(namespace, topic, limit, &self.node);
-        if let Backend::Shared(store) = &self.backend
+        if let Some(redis) = &self.redis
             && members.len() < limit
         {
-            let others = store.remote_members(namespace, topic, limit - members.len())?;
+            let others = redis.remote_members(namespace, topic, limit - members.len())?;
             members.extend(others);
         }
         Ok(members)
@@ -320,11 +302,9 @@ impl State {
     /// How many members `topic` has.
     pub(crate) fn count_members(&self, namespace: &str, topic: &str) -> Result<usize, StateError> {
         let here = self.presence.count(namespace, topic);
-        match &self.backend {
-            Backend::Embedded(_) => Ok(here),
-            Backend::Shared(store) => {
-                Ok(here + store.remote_members(namespace, topic, usize::MAX)?.len())
-            }
+        match &self.redis {
+            None => Ok(here),
+            Some(redis) => Ok(here + redis.remote_members(namespace, topic, usize::MAX)?.len()),
         }
     }
 }

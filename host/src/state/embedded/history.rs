@@ -6,6 +6,7 @@ use fjall::PersistMode;
 use super::keys::{Meta, entry_key, scoped};
 use super::{Books, MAX_READ, Shared, Store, new_epoch, now_ms, unavailable};
 use crate::config::StateRules;
+use crate::state::History;
 use crate::state::{Entry, Kept, Page, Position, StateError};
 
 impl Shared {
@@ -97,10 +98,10 @@ impl Shared {
     }
 }
 
-impl Store {
+impl History for Store {
     /// Appends under the writers' lock, starting a new epoch when the topic
     /// keeps nothing or its history has expired.
-    pub(in crate::state) fn append(
+    fn append(
         &self,
         namespace: &str,
         topic: &str,
@@ -173,7 +174,7 @@ impl Store {
     }
 
     /// Reads a page of a topic's history under the writers' lock.
-    pub(in crate::state) fn history(
+    fn history(
         &self,
         namespace: &str,
         topic: &str,

@@ -6,6 +6,7 @@ use fjall::PersistMode;
 use super::keys::{expiry_key, live, scoped, stored};
 use super::{Books, Shared, Store, Usage, now_ms, unavailable};
 use crate::config::StateRules;
+use crate::state::Keys;
 use crate::state::StateError;
 
 /// One key-value write: its key, what the key held when the call read it
@@ -40,13 +41,9 @@ impl<'a> Write<'a> {
     }
 }
 
-impl Store {
+impl Keys for Store {
     /// What `key` holds, unless it has expired.
-    pub(in crate::state) fn get(
-        &self,
-        namespace: &str,
-        key: &str,
-    ) -> Result<Option<Vec<u8>>, StateError> {
+    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         let value = self
             .shared
             .kv
@@ -56,7 +53,7 @@ impl Store {
     }
 
     /// Sets `key` to `value`, for `ttl_ms` if given, within the namespace's quota.
-    pub(in crate::state) fn set(
+    fn set(
         &self,
         namespace: &str,
         key: &str,
@@ -72,7 +69,7 @@ impl Store {
     }
 
     /// Removes `key`; answers whether it held a value that had not expired.
-    pub(in crate::state) fn delete(&self, namespace: &str, key: &str) -> Result<bool, StateError> {
+    fn delete(&self, namespace: &str, key: &str) -> Result<bool, StateError> {
         let shared = &self.shared;
         let mut books = shared.lock();
         let old = shared.read(namespace, key)?;
@@ -84,7 +81,7 @@ impl Store {
 
     /// Adds `delta` to the decimal integer `key` holds (0 when none); answers
     /// the sum.
-    pub(in crate::state) fn increment(
+    fn increment(
         &self,
         namespace: &str,
         key: &str,
@@ -115,7 +112,7 @@ impl Store {
 
     /// Writes `value` (removes the key for `None`) only if the key's live value
     /// is `expected`; answers whether it did.
-    pub(in crate::state) fn compare_and_set(
+    fn compare_and_set(
         &self,
         namespace: &str,
         key: &str,

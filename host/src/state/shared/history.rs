@@ -5,6 +5,7 @@ use redis::Value;
 
 use super::{Store, epoch_of, int, scope, text};
 use crate::config::StateRules;
+use crate::state::History;
 use crate::state::{Entry, Kept, Page, Position, StateError, embedded};
 
 /// Appends a message to a topic's history, starting the epoch `ARGV[3]` when
@@ -67,11 +68,11 @@ if start > stop then return {epoch, last, start, {}} end
 return {epoch, last, start, redis.call('LRANGE', list, start - first, stop - first)}
 "#;
 
-impl Store {
+impl History for Store {
     /// Appends a message to a topic's history ([`APPEND`]); answers its
     /// position and, where the entry asks for it, the message with the
     /// position written in.
-    pub(in crate::state) fn append(
+    fn append(
         &self,
         namespace: &str,
         topic: &str,
@@ -116,7 +117,7 @@ impl Store {
 
     /// Up to `limit` messages of a topic's history: the newest, or those after
     /// `since` ([`READ`]).
-    pub(in crate::state) fn history(
+    fn history(
         &self,
         namespace: &str,
         topic: &str,

@@ -5,6 +5,7 @@ use redis::Value;
 
 use super::{Store, int, scope, text};
 use crate::config::StateRules;
+use crate::state::Keys;
 use crate::state::StateError;
 
 /// Every key-value write: forgets names whose values Redis expired, checks
@@ -80,17 +81,77 @@ else
 end
 "#;
 
-impl Store {
+impl Keys for Store {
     /// What `key` holds; Redis forgets expired keys itself.
-    pub(in crate::state) fn get(
-        &self,
-        namespace: &str,
-        key: &str,
-    ) -> Result<Option<Vec<u8>>, StateError> {
+    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StateError> {
         let key = format!("{}k:{key}", scope(&self.prefix, namespace));
         self.with(|conn| redis::cmd("GET").arg(key).query(conn))
     }
 
+    /// Sets `key` to `value`, for `ttl_ms` if given, within the namespace's quota.
+    fn set(
+        &self,
+        namespace: &str,
+        key: &str,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+        rules: &StateRules,
+    ) -> Result<(), StateError> {
+        let ttl = ttl_ms.map_or(0, |t| t.max(1)).to_string();
+        let answer = self.write(namespace, key, "set", rules, &[value, ttl.as_bytes()])?;
+        Self::written(answer).map(drop)
+    }
+
+    /// Removes `key`; answers whether it held a value.
+    fn delete(&self, namespace: &str, key: &str) -> Result<bool, StateError> {
+        let rules = StateRules::default();
+        match self.write(namespace, key, "delete", &rules, &[])? {
+            Value::Int(n) => Ok(n == 1),
+            _ => Err(StateError::Unavailable),
+        }
+    }
+
+    /// Adds `delta` to the decimal integer `key` holds (0 when none); answers
+    /// the sum.
+    fn increment(
+        &self,
+        namespace: &str,
+        key: &str,
+        delta: i64,
+        rules: &StateRules,
+    ) -> Result<i64, StateError> {
+        let delta = delta.to_string();
+        match self.write(namespace, key, "increment", rules, &[delta.as_bytes()])? {
+            Value::Array(sum) => sum.first().and_then(int).ok_or(StateError::Unavailable),
+            other => Self::written(other).and(Err(StateError::Unavailable)),
+        }
+    }
+
+    /// Writes `value` (removes the key for `None`) only if the key's value is
+    /// `expected`; answers whether it did.
+    fn compare_and_set(
+        &self,
+        namespace: &str,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: Option<&[u8]>,
+        ttl_ms: Option<u64>,
+        rules: &StateRules,
+    ) -> Result<bool, StateError> {
+        let ttl = ttl_ms.map_or(0, |t| t.max(1)).to_string();
+        let flag = |v: Option<&[u8]>| if v.is_some() { &b"1"[..] } else { &b"0"[..] };
+        let args = [
+            flag(expected),
+            expected.unwrap_or_default(),
+            flag(value),
+            value.unwrap_or_default(),
+            ttl.as_bytes(),
+        ];
+        Self::written(self.write(namespace, key, "cas", rules, &args)?)
+    }
+}
+
+impl Store {
     /// Runs the key-value operation `op` through [`WRITE`], within the
     /// namespace's quota.
     fn write(
@@ -129,67 +190,5 @@ impl Store {
             Some(b"nan") => Err(StateError::NotANumber),
             _ => Err(StateError::Unavailable),
         }
-    }
-
-    /// Sets `key` to `value`, for `ttl_ms` if given, within the namespace's quota.
-    pub(in crate::state) fn set(
-        &self,
-        namespace: &str,
-        key: &str,
-        value: &[u8],
-        ttl_ms: Option<u64>,
-        rules: &StateRules,
-    ) -> Result<(), StateError> {
-        let ttl = ttl_ms.map_or(0, |t| t.max(1)).to_string();
-        let answer = self.write(namespace, key, "set", rules, &[value, ttl.as_bytes()])?;
-        Self::written(answer).map(drop)
-    }
-
-    /// Removes `key`; answers whether it held a value.
-    pub(in crate::state) fn delete(&self, namespace: &str, key: &str) -> Result<bool, StateError> {
-        let rules = StateRules::default();
-        match self.write(namespace, key, "delete", &rules, &[])? {
-            Value::Int(n) => Ok(n == 1),
-            _ => Err(StateError::Unavailable),
-        }
-    }
-
-    /// Adds `delta` to the decimal integer `key` holds (0 when none); answers
-    /// the sum.
-    pub(in crate::state) fn increment(
-        &self,
-        namespace: &str,
-        key: &str,
-        delta: i64,
-        rules: &StateRules,
-    ) -> Result<i64, StateError> {
-        let delta = delta.to_string();
-        match self.write(namespace, key, "increment", rules, &[delta.as_bytes()])? {
-            Value::Array(sum) => sum.first().and_then(int).ok_or(StateError::Unavailable),
-            other => Self::written(other).and(Err(StateError::Unavailable)),
-        }
-    }
-
-    /// Writes `value` (removes the key for `None`) only if the key's value is
-    /// `expected`; answers whether it did.
-    pub(in crate::state) fn compare_and_set(
-        &self,
-        namespace: &str,
-        key: &str,
-        expected: Option<&[u8]>,
-        value: Option<&[u8]>,
-        ttl_ms: Option<u64>,
-        rules: &StateRules,
-    ) -> Result<bool, StateError> {
-        let ttl = ttl_ms.map_or(0, |t| t.max(1)).to_string();
-        let flag = |v: Option<&[u8]>| if v.is_some() { &b"1"[..] } else { &b"0"[..] };
-        let args = [
-            flag(expected),
-            expected.unwrap_or_default(),
-            flag(value),
-            value.unwrap_or_default(),
-            ttl.as_bytes(),
-        ];
-        Self::written(self.write(namespace, key, "cas", rules, &args)?)
     }
 }
