@@ -96,14 +96,21 @@ pub enum LoadError {
     Runtime(#[from] RuntimeError),
 }
 
+/// What route versions are built with (the runtime compiles plugins and
+/// starts workers that reach the topics and the state store, counted in the
+/// metrics) and where they are published (the router), until shutdown.
+pub(crate) struct Wiring {
+    pub(crate) runtime: Arc<Runtime>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) topics: Arc<Topics>,
+    pub(crate) state: Arc<State>,
+    pub(crate) router: Arc<Router>,
+    pub(crate) shutdown: CancellationToken,
+}
+
 /// The reload thread's state.
 pub(crate) struct Reloader {
-    runtime: Arc<Runtime>,
-    metrics: Arc<Metrics>,
-    topics: Arc<Topics>,
-    state: Arc<State>,
-    router: Arc<Router>,
-    shutdown: CancellationToken,
+    wiring: Wiring,
     tokio: tokio::runtime::Handle,
     config: Config,
     config_file: Option<PathBuf>,
@@ -129,25 +136,14 @@ pub(crate) type Stopped = Vec<JoinHandle<()>>;
 impl Reloader {
     /// Loads every route of `config`. A configured route whose plugin cannot
     /// load fails startup; a drop-in plugin that cannot load is only logged.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
-        runtime: Arc<Runtime>,
-        metrics: Arc<Metrics>,
-        topics: Arc<Topics>,
-        state: Arc<State>,
-        router: Arc<Router>,
-        shutdown: CancellationToken,
+        wiring: Wiring,
         config: Config,
         config_file: Option<PathBuf>,
         overrides: Overrides,
     ) -> Result<Reloader, LoadError> {
         let mut reloader = Reloader {
-            runtime,
-            metrics,
-            topics,
-            state,
-            router,
-            shutdown,
+            wiring,
             tokio: tokio::runtime::Handle::current(),
             config,
             config_file,
@@ -200,7 +196,7 @@ impl Reloader {
         }
         // The server is stopping: drop every route so their workers can end.
         drop(self.watcher.take());
-        self.router.publish(Table::new());
+        self.wiring.router.publish(Table::new());
         self.table.clear();
         self.threads
     }
@@ -216,7 +212,7 @@ impl Reloader {
             Err(error) => {
                 let error: &ConfigError = &error;
                 tracing::error!("config not reloaded: {error}; the running config stays");
-                self.metrics.reloaded(Reload::Failed, 1);
+                self.wiring.metrics.reloaded(Reload::Failed, 1);
                 return;
             }
         };
@@ -376,10 +372,10 @@ impl Reloader {
         self.failed
             .retain(|path, _| wanted.iter().any(|r| &r.path == path));
         let old = std::mem::replace(&mut self.table, next.clone());
-        self.router.publish(next);
+        self.wiring.router.publish(next);
         if !strict {
-            self.metrics.reloaded(Reload::Ok, loaded);
-            self.metrics.reloaded(Reload::Failed, failures);
+            self.wiring.metrics.reloaded(Reload::Ok, loaded);
+            self.wiring.metrics.reloaded(Reload::Failed, failures);
         }
         for (path, version) in old {
             let replaced = match self.table.get(&path) {
@@ -432,8 +428,11 @@ impl Reloader {
                     },
                 };
                 let fail = |error: RuntimeError| (LoadError::Runtime(error), hash);
-                let (compiled, origin) =
-                    self.runtime.compile(&name, &bytes, &hash).map_err(fail)?;
+                let (compiled, origin) = self
+                    .wiring
+                    .runtime
+                    .compile(&name, &bytes, &hash)
+                    .map_err(fail)?;
                 let compiled = Arc::new(compiled);
                 self.compiled.insert(hash, Arc::downgrade(&compiled));
                 (compiled, CodeSource::as_str(origin), hash)
@@ -442,13 +441,14 @@ impl Reloader {
         let fail = |error: RuntimeError| (LoadError::Runtime(error), hash);
         let compiled_in = started.elapsed();
         let config = Arc::new(route.clone());
-        let metrics = Arc::new(self.metrics.route(&route.path));
+        let metrics = Arc::new(self.wiring.metrics.route(&route.path));
         let workers = self
+            .wiring
             .runtime
             .spawn_route(
                 &self.tokio,
-                &self.topics,
-                &self.state,
+                &self.wiring.topics,
+                &self.wiring.state,
                 config.clone(),
                 compiled,
                 metrics.clone(),
@@ -467,7 +467,7 @@ impl Reloader {
         Ok(Route {
             config,
             plugin: workers.handle,
-            retired: self.shutdown.child_token(),
+            retired: self.wiring.shutdown.child_token(),
             plugin_hash: hash,
             metrics,
         })

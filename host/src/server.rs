@@ -19,7 +19,7 @@ use crate::listener::{AdminListener, Bound, ListenError};
 use crate::metrics::Metrics;
 use crate::publish_api::PublishApi;
 use crate::pubsub::Topics;
-use crate::reload::{LoadError, ReloadHandle, Reloader, Stopped, Trigger};
+use crate::reload::{LoadError, ReloadHandle, Reloader, Stopped, Trigger, Wiring};
 use crate::router::Router;
 use crate::runtime::{EngineSettings, Runtime, RuntimeError};
 use crate::state::State;
@@ -174,17 +174,15 @@ impl Server {
         } = options;
         // Compiling takes milliseconds to seconds: not on an async worker.
         let reloader = tokio::task::spawn_blocking(move || {
-            Reloader::start(
-                loader,
+            let wiring = Wiring {
+                runtime: loader,
                 metrics,
                 topics,
                 state,
                 router,
                 shutdown,
-                config,
-                config_file,
-                overrides,
-            )
+            };
+            Reloader::start(wiring, config, config_file, overrides)
         })
         .await
         .expect("plugin loading does not panic")?;
