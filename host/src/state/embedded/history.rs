@@ -20,8 +20,9 @@ impl Shared {
                 .and_then(|seq| seq.try_into().ok())
                 .map(u64::from_be_bytes)
         };
-        let mut entries = self.history.prefix(&prefix);
-        if let Some(item) = entries.next_back() {
+        // Two reads: a topic with one entry has it as both its first and
+        // its last, which one double-ended walk would hand out only once.
+        if let Some(item) = self.history.prefix(&prefix).next_back() {
             let (key, value) = item.into_inner()?;
             if let Some(seq) = seq_of(&key).filter(|&seq| seq >= meta.last) {
                 meta.last = seq;
@@ -29,7 +30,7 @@ impl Shared {
                 meta.last_at = meta.last_at.max(at.map_or(0, u64::from_be_bytes));
             }
         }
-        if let Some(item) = entries.next() {
+        if let Some(item) = self.history.prefix(&prefix).next() {
             meta.stored_from = seq_of(&item.key()?).unwrap_or(meta.first);
         } else {
             meta.stored_from = meta.last + 1;
@@ -338,6 +339,8 @@ mod tests {
             ..rules
         };
         store.append("/a", "t", text(b"l"), &smaller).unwrap();
+        // A topic whose only entry is its first and its last keeps it too.
+        let (single, _) = store.append("/a", "one", text(b"only"), &rules).unwrap();
         drop(store);
         let store = Store::open(dir.path()).unwrap();
         let page = store.history("/a", "t", None, 10).unwrap();
@@ -345,6 +348,11 @@ mod tests {
         assert_eq!(
             (page.messages[0].seq, &page.messages[0].data[..]),
             (12, &b"l"[..])
+        );
+        let page = store.history("/a", "one", None, 10).unwrap();
+        assert_eq!(
+            (page.epoch, page.last, page.messages.len()),
+            (single.epoch, 1, 1)
         );
     }
 
