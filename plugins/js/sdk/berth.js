@@ -600,7 +600,16 @@ function startFetch(input, init) {
     timeoutMs: requestTimeout(timeout),
   };
   return new Promise((resolve, reject) => {
-    const id = outboundFetch(request);
+    let id;
+    try {
+      id = outboundFetch(request);
+    } catch (e) {
+      // Refused before anything was sent ('not-allowed', 'invalid-request',
+      // 'too-many-requests'): rejected as a refusal that arrives as an
+      // event would be, so that callers handle both alike.
+      reject(typeof e?.payload === 'string' ? new FetchError(e.payload) : e);
+      return;
+    }
     const waiter = { resolve, reject, done: undefined };
     requests.set(id, waiter);
     if (typeof signal?.addEventListener === 'function') {
@@ -634,8 +643,11 @@ function startFetch(input, init) {
  * AbortSignal that cancels the request and rejects with its reason).
  *
  * The Promise rejects with a FetchError whose `kind` is why there is no
- * response, and with a TypeError for arguments it cannot send. A response
- * of any status resolves it: look at `ok` or `status`.
+ * response, and with a TypeError for arguments it cannot send. A request
+ * that berth refuses before sending anything (no grant covers the URL, a
+ * malformed request, too many in flight) rejects before the call that made
+ * it returns; the others settle in a later call. A response of any status
+ * resolves it: look at `ok` or `status`.
  */
 export function fetch(input, init) {
   try {
