@@ -677,7 +677,9 @@ function deliverResponse(bytes, { id, outcome, start, len }) {
 }
 
 const isThenable = (value) =>
-  value !== null && (typeof value === 'object' || typeof value === 'function') && typeof value.then === 'function';
+  value !== null &&
+  (typeof value === 'object' || typeof value === 'function') &&
+  typeof value.then === 'function';
 
 // A thrown plain object is a refusal; an Error (of either realm) or a
 // primitive is a fault.
@@ -809,8 +811,10 @@ function decideLater(conn, promise) {
         answer(result);
         return;
       }
+      const decision =
+        result.tag === 'accept' ? { tag: 'ok', val: result.val } : { tag: 'err', val: result.val };
       try {
-        answerConnect(conn, result.tag === 'accept' ? { tag: 'ok', val: result.val } : { tag: 'err', val: result.val });
+        answerConnect(conn, decision);
       } catch {
         // 'unknown-connection': the client gave up, or the route's
         // `handshake-timeout` answered it with 503 first.
