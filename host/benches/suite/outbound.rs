@@ -10,6 +10,11 @@
 //!   check, the task, the queue into the worker and the `on-events` call).
 //!
 //! The difference of the p50s is what berth adds per request.
+//!
+//! Then the route's neighbours: 100 other connections of the same
+//! `route`-model instance make round trips (testkit's `whoami`) while one
+//! connection's request waits 2 s on a slow backend, beside the same round
+//! trips with nothing waiting: the instance is never held by a request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,6 +34,12 @@ use crate::{Bench, LIMIT};
 
 /// The most added p50 the issue allows, in microseconds.
 const TARGET_ADDED_US: f64 = 200.0;
+/// How long the slow backend takes to answer.
+const SLOW: Duration = Duration::from_secs(2);
+/// The neighbours that make round trips meanwhile...
+const NEIGHBOURS: usize = 100;
+/// ...and how many each makes.
+const ROUND_TRIPS: usize = 50;
 
 /// Starts the backend on its own thread and runtime; it runs until the
 /// process ends.
@@ -46,7 +57,10 @@ fn backend() -> SocketAddr {
             while let Ok((stream, _)) = listener.accept().await {
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_req| async {
+                    let service = hyper::service::service_fn(|req: hyper::Request<_>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(SLOW).await;
+                        }
                         Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
                             b"hello",
                         ))))
@@ -138,6 +152,71 @@ async fn through_berth(
     (Duration::from_nanos(p50), Duration::from_nanos(p99))
 }
 
+/// Sends `text` and returns the next text message.
+async fn exchange(client: &mut crate::wire::Client, text: &str) -> String {
+    client.send(Message::text(text)).await.unwrap();
+    next_text(client, text).await
+}
+
+/// The next text message, after what `asked` asked.
+async fn next_text(client: &mut crate::wire::Client, asked: &str) -> String {
+    let next = async {
+        loop {
+            match client.next().await {
+                Some(Ok(Message::Text(answer))) => return answer.as_str().to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("{asked:?}: unexpected answer {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(LIMIT, next)
+        .await
+        .unwrap_or_else(|_| panic!("{asked:?}: no answer within {LIMIT:?}"))
+}
+
+/// p50 and p99 of the neighbours' round trips, with a request to the slow
+/// backend waiting meanwhile when `slow` is given.
+async fn neighbours(addr: SocketAddr, slow: Option<&str>, trips: usize) -> (Duration, Duration) {
+    let mut waiting = None;
+    if let Some(url) = slow {
+        let mut client = ws(addr, "/kit", None).await.expect("connect to berth");
+        assert_eq!(
+            exchange(&mut client, &format!("fetch {url}")).await,
+            "fetching"
+        );
+        waiting = Some((client, Instant::now()));
+    }
+    let mut clients = Vec::with_capacity(NEIGHBOURS);
+    for _ in 0..NEIGHBOURS {
+        clients.push(ws(addr, "/kit", None).await.expect("connect to berth"));
+    }
+    let tasks = clients.into_iter().map(|mut client| {
+        tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(trips);
+            for _ in 0..trips {
+                let started = Instant::now();
+                let answer = exchange(&mut client, "whoami").await;
+                samples.push(started.elapsed());
+                assert!(answer.starts_with("id "), "{answer}");
+            }
+            samples
+        })
+    });
+    let mut samples: Vec<Duration> = Vec::with_capacity(NEIGHBOURS * trips);
+    for task in tasks {
+        samples.extend(task.await.expect("a neighbour finished"));
+    }
+    if let Some((mut client, asked)) = waiting {
+        if asked.elapsed() >= SLOW {
+            println!("  (the round trips outlasted the slow backend: some ran after its answer)");
+        }
+        let answer = next_text(&mut client, "fetch").await;
+        assert!(answer.starts_with("response 200"), "{answer}");
+    }
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
 /// Scenario 12: a plugin's outbound request beside a direct one.
 pub async fn scenario(bench: &Bench, summary: &mut Summary) {
     let count = if bench.plan.smoke { 50 } else { 5_000 };
@@ -192,6 +271,44 @@ pub async fn scenario(bench: &Bench, summary: &mut Summary) {
         "µs",
     );
     println!("  added by berth, p50: {} ({check})", micros(added));
+
+    let trips = if bench.plan.smoke { 5 } else { ROUND_TRIPS };
+    println!(
+        "  The route's neighbours: {NEIGHBOURS} connections of the same route-model instance, \
+         {trips} round trips (testkit `whoami`) each, all at once, with nothing waiting and \
+         while one connection's request waits {SLOW:?} on a slow backend."
+    );
+    let table = Table::new(&["round trips", "p50", "p99"]);
+    let slow = format!("http://{backend}/slow");
+    let (mut quiet_rounds, mut held_rounds) = (Vec::new(), Vec::new());
+    let trips_cell = (NEIGHBOURS * trips).to_string();
+    for round in 1..=bench.plan.rounds {
+        let quiet = neighbours(server.addr(), None, trips).await;
+        table.row(
+            "nothing waiting",
+            &round.to_string(),
+            &[trips_cell.clone(), micros(quiet.0), micros(quiet.1)],
+        );
+        quiet_rounds.push(quiet);
+        let held = neighbours(server.addr(), Some(&slow), trips).await;
+        table.row(
+            "a request waiting",
+            &round.to_string(),
+            &[trips_cell.clone(), micros(held.0), micros(held.1)],
+        );
+        held_rounds.push(held);
+    }
+    let (quiet, held) = (median(&quiet_rounds), median(&held_rounds));
+    table.row(
+        "median nothing waiting",
+        "",
+        &[trips_cell.clone(), micros(quiet.0), micros(quiet.1)],
+    );
+    table.row(
+        "median a request waiting",
+        "",
+        &[trips_cell, micros(held.0), micros(held.1)],
+    );
     server.stop();
 }
 
