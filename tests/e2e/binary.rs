@@ -127,7 +127,7 @@ fn a_file_that_is_not_a_component_is_refused_at_startup() {
 fn the_example_config_is_valid() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/berth.toml");
     let config = berth::Config::load(std::path::Path::new(example)).expect("example loads");
-    assert_eq!(config.live.routes.len(), 5);
+    assert_eq!(config.live.routes.len(), 6);
     assert_eq!(
         config.live.routes[3].instance,
         berth::config::InstanceModel::Connection

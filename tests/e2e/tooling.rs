@@ -44,6 +44,14 @@ fn check_accepts_plugins_that_fit_in_every_language_and_lists_what_they_ask_for(
         assert!(out.contains("berth:plugin/handler@0.5.0"), "{out}");
         assert!(out.contains("on-connect, on-events"), "{out}");
     }
+    // A plugin that calls backends names the grant its route needs; one
+    // that does not asks for no network at all.
+    let (code, out) = berth(&["check", &built("auth_remote.wasm")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("berth:plugin/outbound@0.5.0"), "{out}");
+    assert!(out.contains("allowed-outbound") && out.contains("fetch"), "{out}");
+    let (_, out) = berth(&["check", &built("echo.wasm")]);
+    assert!(!out.contains("outbound"), "{out}");
     // A plugin that asks for files says so in words an operator can act on,
     // and one that keeps state names the state calls it makes.
     let (code, out) = berth(&["check", &built("testkit.wasm")]);

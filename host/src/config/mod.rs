@@ -271,7 +271,35 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    #[test]
+    fn outbound_grants_are_read_and_a_bad_one_is_placed() {
+        let route = "[[route]]\npath = \"/a\"\nplugin = \"a.wasm\"\n";
+        let good = format!(
+            "{route}allowed-outbound = [\"https://api.example.com\", \"http://127.0.0.1:*\"]\n\
+             outbound-timeout = \"2s\"\noutbound-in-flight = 4\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        std::fs::write(dir.path().join("plugins/a.wasm"), b"").unwrap();
+        let config = Config::from_toml(&good, Path::new("t.toml"), dir.path()).unwrap();
+        let rules = &config.live.routes[0].outbound;
+        assert_eq!(rules.allowed.len(), 2);
+        assert_eq!(rules.timeout, Duration::from_secs(2));
+        assert_eq!(rules.in_flight, 4);
+        assert_eq!(rules.in_flight_route, defaults::OUTBOUND_IN_FLIGHT_ROUTE);
+        let bad = format!("{route}allowed-outbound = [\"https://ok.example\", \"ftp://x\"]\n");
+        let error = Config::from_toml(&bad, Path::new("t.toml"), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("t.toml:4:") && error.contains("\"ftp://x\""),
+            "{error}"
+        );
+    }
 
     #[test]
     fn differences_name_each_changed_setting_as_the_file_spells_it() {
