@@ -65,13 +65,22 @@ class Handler(berth.Plugin):
         check = berth.query_param(req, "check")
         if check is None:
             return None
-        berth.fetch(unquote(check), functools.partial(decide, conn))
+        try:
+            berth.fetch(unquote(check), functools.partial(decide, conn))
+        except berth.FetchError as refused:
+            # Refused before anything was sent (a URL not granted, say):
+            # there is nothing to wait for.
+            raise berth.Reject(502, refused.kind) from None
         return berth.PENDING
 
     def on_message(self, conn: int, msg: str | bytes) -> None:
         if type(msg) is not str:
             return
-        request_id = berth.fetch(msg, functools.partial(reply, conn))
+        try:
+            request_id = berth.fetch(msg, functools.partial(reply, conn))
+        except berth.FetchError as refused:
+            reply(conn, refused)
+            return
         in_flight.setdefault(conn, set()).add(request_id)
 
     def on_close(self, conn: int, code: int, reason: str) -> None:

@@ -44,16 +44,20 @@ The host calls: :func:`send`, :func:`publish`, :func:`close`,
 ``bytes``, ``bytearray`` or ``memoryview`` as binary. A call that does not
 take effect raises :class:`HostError`, whose ``error`` says why (a
 :class:`ConnError`, :class:`PublishError`, :class:`TimerError`,
-:class:`HistoryError` or :class:`StateError` member).
+:class:`HistoryError`, :class:`StateError` or :class:`OutboundError`
+member).
 
 HTTP requests to the backends the route was granted (``allowed-outbound`` in
 the config; nothing by default) never block the instance: :func:`fetch`
 returns the request's id at once, and when the answer arrives, in a later
 batch, calls the callback it was given with a :class:`Response` (``status``,
 ``headers``, ``body``, :meth:`Response.text`, :meth:`Response.json`) or a
-:class:`FetchError` (``kind`` is ``"not-allowed"``, ``"timeout"`` and so
-on). The callback is where the work goes on, and it is called as a handler
-method is (an exception that escapes it fails the call the same way)::
+:class:`FetchError` (``kind`` is ``"timeout"``, ``"connect-failed"`` and so
+on). A request refused before anything is sent (``"not-allowed"``,
+``"invalid-request"``, ``"too-many-requests"``) raises that
+:class:`FetchError` from :func:`fetch` instead. The callback is where the
+work goes on, and it is called as a handler method is (an exception that
+escapes it fails the call the same way)::
 
     def on_message(self, conn, msg):
         def reply(result):
@@ -66,7 +70,10 @@ method is (an exception that escapes it fails the call the same way)::
             except berth.HostError:
                 pass  # the client left while the backend answered
 
-        berth.fetch("http://127.0.0.1:9000/quote", reply, timeout_ms=2000)
+        try:
+            berth.fetch("http://127.0.0.1:9000/quote", reply, timeout_ms=2000)
+        except berth.FetchError as refused:
+            reply(refused)
 
 :func:`cancel_fetch` abandons a request. Requests end with their instance: in
 the ``connection`` model, a connection's requests end when it closes.
@@ -233,14 +240,16 @@ class HostError(Exception):
     :class:`ConnError` member (``send``, ``close``, ``subscribe``,
     ``unsubscribe``, ``accept``, ``reject``), a :class:`PublishError` one
     (``publish``), a :class:`TimerError` one (``set_timer``), a
-    :class:`HistoryError` one (``history``) or a :class:`StateError` one
-    (``members``, ``count_members`` and the ``store`` calls). ``str(e)``
-    names the call and the WIT error case, as in ``"history: lost"``."""
+    :class:`HistoryError` one (``history``), a :class:`StateError` one
+    (``members``, ``count_members`` and the ``store`` calls) or an
+    :class:`OutboundError` one (``fetch``, as its subclass
+    :class:`FetchError`). ``str(e)`` names the call and the WIT error case,
+    as in ``"history: lost"``."""
 
     def __init__(
         self,
         call: str,
-        error: Union[ConnError, PublishError, TimerError, HistoryError, StateError],
+        error: Union[ConnError, PublishError, TimerError, HistoryError, StateError, OutboundError],
     ) -> None:
         super().__init__(f"{call}: {_kind(error)}")
         self.error = error
@@ -376,7 +385,8 @@ class Plugin(exports.Handler):
             start = event.start
             # A slice of the batch's bytes, never a view into them, so that
             # a callback may keep the body after this call.
-            result = Response(request_id, head.status, head.headers, payload[start:start + event.len])
+            body = payload[start:start + event.len]
+            result = Response(request_id, head.status, head.headers, body)
         else:
             result = FetchError(request_id, outcome.value)
         if callback is None:
@@ -584,20 +594,23 @@ class Response:
         return f"<berth.Response {self.status}, {len(self.body)} bytes>"
 
 
-class FetchError(Exception):
-    """Why a :func:`fetch` got no response, handed to its callback (not
-    raised, so that a callback can test ``isinstance(result,
-    berth.FetchError)``; raise it if that suits). ``error`` is an
-    :class:`OutboundError` member and ``kind`` its WIT name: ``not-allowed``
-    (the URL is not in the route's ``allowed-outbound``), ``invalid-request``,
-    ``too-many-requests``, ``connect-failed``, ``timeout``, ``too-large`` or
-    ``failed``. ``request_id`` is the id :func:`fetch` returned."""
+class FetchError(HostError):
+    """Why a :func:`fetch` got no response. ``error`` is an
+    :class:`OutboundError` member and ``kind`` its WIT name, ``str(e)``
+    ``"fetch: KIND"``. :func:`fetch` raises it at once for a request refused
+    before anything was sent: ``not-allowed`` (no grant in the route's
+    ``allowed-outbound`` covers the URL), ``invalid-request`` or
+    ``too-many-requests``; ``request_id`` is ``None`` then. A request that
+    was sent and failed hands it to its callback instead (not raised, so
+    that the callback can test ``isinstance(result, berth.FetchError)``):
+    ``connect-failed``, ``timeout``, ``too-large``, ``failed``, or
+    ``not-allowed`` for a redirect to a URL not granted; ``request_id`` is
+    the id :func:`fetch` returned."""
 
-    def __init__(self, request_id: int, error: OutboundError) -> None:
+    def __init__(self, request_id: Optional[int], error: OutboundError) -> None:
+        super().__init__("fetch", error)
         self.kind = _kind(error)
-        super().__init__(f"fetch: {self.kind}")
         self.request_id = request_id
-        self.error = error
 
 
 #: What a :func:`fetch` callback is given.
@@ -632,9 +645,12 @@ def fetch(
     host the route's ``allowed-outbound`` grants) and returns its id at
     once; the instance goes on handling events meanwhile. When the answer
     arrives, in a later batch, ``callback(result)`` is called with a
-    :class:`Response` or a :class:`FetchError` (a failed request never
-    raises here: even a URL that is not granted is answered that way). With
-    ``callback=None`` the answer goes to ``Plugin.on_response``.
+    :class:`Response` or a :class:`FetchError`; with ``callback=None`` the
+    answer goes to ``Plugin.on_response`` instead. A request that berth
+    refuses before sending anything raises :class:`FetchError` here
+    (``not-allowed``, ``invalid-request``, ``too-many-requests``), and its
+    callback is never called; ``except berth.FetchError as e: callback(e)``
+    hands both kinds of failure to one place.
 
     ``headers`` is a dict or a list of ``(name, value)`` pairs (``host`` and
     ``content-length`` are set by berth); ``body`` a ``str`` (sent as UTF-8)
@@ -652,7 +668,10 @@ def fetch(
         b"" if body is None else _value(body),
         timeout_ms,
     )
-    request_id = _outbound.fetch(request)
+    try:
+        request_id = _outbound.fetch(request)
+    except Err as err:
+        raise FetchError(None, err.value) from None
     # Registered after the call: the answer comes in a later on_events
     # call, never during this one.
     _callbacks[request_id] = callback
