@@ -14,6 +14,7 @@ mod languages;
 mod lifecycle;
 mod listeners;
 mod metrics;
+mod outbound_python;
 mod raw;
 mod reload;
 mod state;
