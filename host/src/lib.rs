@@ -50,6 +50,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 mod extensions;
+mod fetch;
 pub mod folders;
 mod http;
 pub mod listener;

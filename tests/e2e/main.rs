@@ -1,6 +1,7 @@
 //! End-to-end tests: the real berth server on 127.0.0.1 port 0, real WebSocket
 //! clients, and the real plugins built from `plugins/`.
 
+mod backend;
 mod binary;
 mod browser;
 mod capabilities;
@@ -14,6 +15,7 @@ mod languages;
 mod lifecycle;
 mod listeners;
 mod metrics;
+mod outbound;
 mod outbound_python;
 mod raw;
 mod reload;

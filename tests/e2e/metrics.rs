@@ -31,15 +31,20 @@ pub(crate) struct Scrape {
 impl Scrape {
     /// The value of the sample `name{labels}`; the test fails if there is none.
     pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.find(name, labels)
+            .unwrap_or_else(|| panic!("no sample {name}{labels:?} in the scrape"))
+    }
+
+    /// The value of the sample `name{labels}`, if the scrape has it (a
+    /// series whose labels take values not known in advance appears at its
+    /// first count).
+    pub(crate) fn find(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let mut key: Labels = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         key.sort();
-        *self
-            .samples
-            .get(&(name.to_string(), key))
-            .unwrap_or_else(|| panic!("no sample {name}{labels:?} in the scrape"))
+        self.samples.get(&(name.to_string(), key)).copied()
     }
 
     /// The value of a per-route series.

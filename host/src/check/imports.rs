@@ -86,6 +86,10 @@ fn check_berth_import(
     let meaning = match parts.interface {
         "host" => "berth's host calls",
         "state" => "berth's state calls (topic history, members, key-value store)",
+        "outbound" => {
+            "outbound HTTP requests: only to the origins the route grants with \
+             allowed-outbound (none by default)"
+        }
         "types" => "berth's shared types",
         _ => {
             report.problems.push(format!(
@@ -107,6 +111,7 @@ fn check_berth_import(
     }
     let provided = match parts.interface {
         "state" => &expected.state,
+        "outbound" => &expected.outbound,
         _ => &expected.host,
     };
     for (fname, function) in &interface.functions {

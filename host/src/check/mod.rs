@@ -50,7 +50,7 @@ pub enum NotAComponent {
 /// One interface or function a component imports or exports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
-    /// Its full name, such as `wasi:cli/stdout@0.2.3` or `berth:plugin/host@0.4.0`.
+    /// Its full name, such as `wasi:cli/stdout@0.2.3` or `berth:plugin/host@0.5.0`.
     pub name: String,
     /// The functions it carries, in the component's order.
     pub functions: Vec<String>,

@@ -107,8 +107,9 @@ pub(super) fn wasi_meaning(package: &str, interface: &str) -> Option<&'static st
 pub(super) fn wasi_problem(name: &str, parts: &Name<'_>) -> String {
     if parts.package == "http" {
         return format!(
-            "imports {name}: berth does not provide WASI HTTP (a JavaScript plugin built with \
-             componentize-js needs disableFeatures: ['http', 'fetch-event'])"
+            "imports {name}: berth does not provide WASI HTTP; plugins reach granted origins \
+             through berth's outbound interface (the JavaScript SDK's fetch), and a plugin \
+             built with componentize-js needs disableFeatures: ['http', 'fetch-event']"
         );
     }
     match parts.version {

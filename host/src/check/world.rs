@@ -7,7 +7,7 @@ use wit_parser::{Interface, Resolve};
 pub const WORLD_WIT: &str = include_str!("../../../wit/berth.wit");
 
 /// The world a plugin must implement, as `package/world@version`.
-pub const WORLD: &str = "berth:plugin/plugin@0.4.0";
+pub const WORLD: &str = "berth:plugin/plugin@0.5.0";
 
 /// berth's own world, parsed from the WIT it was built with.
 pub(super) struct Expected {
@@ -17,9 +17,11 @@ pub(super) struct Expected {
     pub(super) host: Interface,
     /// The state calls a plugin may import.
     pub(super) state: Interface,
+    /// The outbound HTTP calls a plugin may import.
+    pub(super) outbound: Interface,
     /// The handler a plugin must export.
     pub(super) handler: Interface,
-    /// The package version, such as `0.4.0`.
+    /// The package version, such as `0.5.0`.
     pub(super) version: String,
 }
 
@@ -36,6 +38,7 @@ impl Expected {
         };
         let host = interface("host");
         let state = interface("state");
+        let outbound = interface("outbound");
         let handler = interface("handler");
         let version = resolve.packages[package]
             .name
@@ -47,12 +50,13 @@ impl Expected {
             resolve,
             host,
             state,
+            outbound,
             handler,
             version,
         }
     }
 
-    /// The full name of one of berth's interfaces, such as `berth:plugin/host@0.4.0`.
+    /// The full name of one of berth's interfaces, such as `berth:plugin/host@0.5.0`.
     pub(super) fn name(&self, interface: &str) -> String {
         format!("berth:plugin/{interface}@{}", self.version)
     }

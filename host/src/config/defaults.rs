@@ -65,3 +65,11 @@ pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
 pub const PLUGIN_DIR: &str = "plugins";
 /// The embedded state store lives in `state` beside the config file.
 pub const STATE_DIR: &str = "state";
+/// An outbound request may take 10 seconds, redirects and body included.
+pub const OUTBOUND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Outbound request and response bodies of up to 1 MiB.
+pub const OUTBOUND_BODY_BYTES: usize = 1 << 20;
+/// 16 outbound requests waiting per instance...
+pub const OUTBOUND_IN_FLIGHT: usize = 16;
+/// ...and 256 per route.
+pub const OUTBOUND_IN_FLIGHT_ROUTE: usize = 256;

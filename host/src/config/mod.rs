@@ -18,6 +18,7 @@ mod checks;
 pub mod defaults;
 mod listen;
 mod load;
+mod outbound;
 mod raw;
 mod route;
 mod route_check;
@@ -26,6 +27,7 @@ mod units;
 
 pub use broker::{BrokerConfig, PublishApiConfig};
 pub use listen::{DEFAULT_LISTEN, ListenerConfig, TlsFiles};
+pub use outbound::{OutboundGrant, OutboundRules};
 pub use route::{
     DirGrant, Grants, InstanceModel, OriginPolicy, PluginSource, QuarantineRule, ReloadPolicy,
     RouteConfig,

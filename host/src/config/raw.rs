@@ -101,6 +101,12 @@ pub(super) struct RawRoute {
     pub(super) store_keys: Option<Spanned<usize>>,
     pub(super) store_bytes: Option<Spanned<ByteSize>>,
     pub(super) max_value: Option<Spanned<ByteSize>>,
+    #[serde(default)]
+    pub(super) allowed_outbound: Vec<Spanned<String>>,
+    pub(super) outbound_timeout: Option<Spanned<HumanDuration>>,
+    pub(super) outbound_body_bytes: Option<Spanned<ByteSize>>,
+    pub(super) outbound_in_flight: Option<Spanned<usize>>,
+    pub(super) outbound_in_flight_route: Option<Spanned<usize>>,
 }
 
 /// One `[[listener]]` table.

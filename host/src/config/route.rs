@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{StateRules, defaults};
+use super::{OutboundRules, StateRules, defaults};
 
 /// Everything berth needs to serve one URL path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +67,8 @@ pub struct RouteConfig {
     pub state: StateRules,
     /// What the plugin may reach besides clocks and random numbers.
     pub grants: Grants,
+    /// The origins the plugin may send HTTP requests to, and their bounds.
+    pub outbound: OutboundRules,
 }
 
 impl RouteConfig {
@@ -103,6 +105,7 @@ impl RouteConfig {
             },
             grants: Grants::default(),
             state: StateRules::default(),
+            outbound: OutboundRules::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::checks::{Source, nonzero, positive};
+use super::outbound::{RawOutbound, outbound_rules};
 use super::raw::{Compression, RawRoute};
 use super::state::state_rules;
 use super::units::ByteSize;
@@ -184,6 +185,16 @@ pub(super) fn check_route(
             raw.max_value,
         )?,
         grants: Grants { env: raw.env, dirs },
+        outbound: outbound_rules(
+            source,
+            RawOutbound {
+                allowed: raw.allowed_outbound,
+                timeout: raw.outbound_timeout,
+                body_bytes: raw.outbound_body_bytes,
+                in_flight: raw.outbound_in_flight,
+                in_flight_route: raw.outbound_in_flight_route,
+            },
+        )?,
         on_reload: raw.on_reload,
         instance: raw.instance,
         namespace,

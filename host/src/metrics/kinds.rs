@@ -89,11 +89,18 @@ pub(crate) enum EventKind {
     Close,
     /// A timer firing.
     Timer,
+    /// The answer to an outbound request.
+    Response,
 }
 
 impl EventKind {
     /// Every kind, in the order they are counted.
-    pub(crate) const ALL: [EventKind; 3] = [EventKind::Message, EventKind::Close, EventKind::Timer];
+    pub(crate) const ALL: [EventKind; 4] = [
+        EventKind::Message,
+        EventKind::Close,
+        EventKind::Timer,
+        EventKind::Response,
+    ];
 
     /// The value of the `kind` label.
     pub(super) fn label(self) -> &'static str {
@@ -101,6 +108,7 @@ impl EventKind {
             EventKind::Message => "message",
             EventKind::Close => "close",
             EventKind::Timer => "timer",
+            EventKind::Response => "response",
         }
     }
 
@@ -111,6 +119,7 @@ impl EventKind {
             EventKind::Message => "on-message",
             EventKind::Close => "on-close",
             EventKind::Timer => "on-timer",
+            EventKind::Response => "on-response",
         }
     }
 }

@@ -14,10 +14,12 @@
 //!
 //! This file holds the registry and the server-wide families; a route's
 //! handles and a connection's traffic are in `route`, the values each label
-//! takes in `kinds`, and the Redis link's metrics in `broker`.
+//! takes in `kinds`, the Redis link's metrics in `broker`, and plugins'
+//! outbound requests in `outbound`.
 
 mod broker;
 mod kinds;
+mod outbound;
 mod route;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -30,6 +32,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 pub(crate) use broker::BrokerMetrics;
 pub(crate) use kinds::{EventKind, Export, Limit, Rejection, Reload};
+pub(crate) use outbound::OutboundMetrics;
 pub(crate) use route::{RouteMetrics, Traffic};
 
 /// The `Content-Type` of what [`Metrics::encode`] writes: the Prometheus text
@@ -114,6 +117,7 @@ pub(crate) struct Metrics {
     rejections: [Counter; Rejection::COUNT],
     /// Publish API answers, by status.
     publish_requests: Family<StatusLabel, Counter>,
+    outbound: outbound::OutboundFamilies,
 }
 
 /// A new plugin call duration series, for the family's constructor.
@@ -200,7 +204,7 @@ impl Metrics {
         let events = Family::default();
         registry.register(
             "plugin_events",
-            "Events handed to a plugin in its on-events calls, by kind (message, close, timer)",
+            "Events handed to a plugin in its on-events calls, by kind (message, close, timer, response)",
             events.clone(),
         );
         let traps = Family::default();
@@ -256,6 +260,7 @@ impl Metrics {
             "Requests to the publish API (POST /publish/NAMESPACE/TOPIC), by the HTTP status answered",
             publish_requests.clone(),
         );
+        let outbound = outbound::OutboundFamilies::register(&mut registry);
         Metrics {
             registry,
             connections_open,
@@ -277,6 +282,7 @@ impl Metrics {
             reloads,
             rejections,
             publish_requests,
+            outbound,
         }
     }
 

@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
 use super::kinds::{EventKind, Export, Limit};
+use super::outbound::OutboundMetrics;
 use super::{CallLabels, EventLabels, LimitLabels, Metrics, RouteLabel};
 
 impl Metrics {
@@ -52,6 +53,7 @@ impl Metrics {
             quarantines: per_route(&self.quarantines),
             slow_consumer_closes: per_route(&self.slow_consumer_closes),
             heartbeat_timeouts: per_route(&self.heartbeat_timeouts),
+            outbound: self.outbound.route(path),
         }
     }
 }
@@ -83,6 +85,8 @@ pub(crate) struct RouteMetrics {
     pub(crate) slow_consumer_closes: Counter,
     /// Connections dropped for an unanswered ping.
     pub(crate) heartbeat_timeouts: Counter,
+    /// The route's outbound requests.
+    pub(crate) outbound: OutboundMetrics,
 }
 
 impl RouteMetrics {
@@ -191,7 +195,7 @@ mod tests {
         sent.flush_sent(&second);
         let open = second.opened();
         second.observe_call(Export::Events, Duration::from_micros(3));
-        second.delivered([5, 1, 0]);
+        second.delivered([5, 1, 0, 0]);
         let text = metrics.encode();
         for series in [
             "berth_messages_received_total{route=\"/r\"} 2",

@@ -7,7 +7,10 @@
 
 use bytes::Bytes;
 
-use super::bindings::berth::plugin::types::{CloseEvent, Event, MessageEvent, MessageKind};
+use super::bindings::berth::plugin::types::{
+    CloseEvent, Event, MessageEvent, MessageKind, ResponseEvent, ResponseHead,
+};
+use super::requests::Outcome;
 use crate::metrics::{EventKind, Export};
 
 /// The most events one call carries.
@@ -49,8 +52,8 @@ pub(super) struct Batch {
     /// A single large message, when the call's payload is its own bytes.
     own: Option<Bytes>,
     events: Vec<Event>,
-    /// Messages, closes and timer firings in the batch.
-    counts: [u64; 3],
+    /// Messages, closes, timer firings and responses in the batch.
+    counts: [u64; EventKind::ALL.len()],
 }
 
 impl Batch {
@@ -75,7 +78,7 @@ impl Batch {
 
     /// Whether the batch holds anything but closes.
     pub(super) fn has_other_than_closes(&self) -> bool {
-        self.counts[0] + self.counts[2] > 0
+        self.counts[0] + self.counts[2] + self.counts[3] > 0
     }
 
     fn join(&mut self, key: u64) {
@@ -130,6 +133,43 @@ impl Batch {
         self.counts[2] += 1;
     }
 
+    /// Adds the answer to outbound request `id` of instance `key`.
+    pub(super) fn response(&mut self, key: u64, id: u64, outcome: &Outcome) {
+        self.join(key);
+        let (head, body) = match outcome {
+            Ok(answer) => (
+                Ok(ResponseHead {
+                    status: answer.status,
+                    headers: answer.headers.clone(),
+                }),
+                &answer.body,
+            ),
+            Err(failure) => (Err((*failure).into()), &bytes::Bytes::new()),
+        };
+        self.push_response(id, head, body);
+    }
+
+    fn push_response(
+        &mut self,
+        id: u64,
+        outcome: Result<ResponseHead, super::bindings::berth::plugin::types::OutboundError>,
+        body: &Bytes,
+    ) {
+        let (start, len) = if self.events.is_empty() && body.len() >= OWN_PAYLOAD {
+            self.own = Some(body.clone());
+            (0, body.len() as u32)
+        } else {
+            self.append(body)
+        };
+        self.events.push(Event::Response(ResponseEvent {
+            id,
+            outcome,
+            start,
+            len,
+        }));
+        self.counts[3] += 1;
+    }
+
     /// What the call hands over: the payload and the events.
     pub(super) fn contents(&self) -> (&[u8], &[Event]) {
         let payload = self.own.as_deref().unwrap_or(&self.payload);
@@ -141,7 +181,7 @@ impl Batch {
         self.events.iter().map(|event| match event {
             Event::Message(m) => m.conn,
             Event::Close(c) => c.conn,
-            Event::Timer(_) => 0,
+            Event::Timer(_) | Event::Response(_) => 0,
         })
     }
 
@@ -152,6 +192,7 @@ impl Batch {
             Some(Event::Message(m)) => (m.conn, Named::Event(EventKind::Message)),
             Some(Event::Close(c)) => (c.conn, Named::Event(EventKind::Close)),
             Some(Event::Timer(_)) => (0, Named::Event(EventKind::Timer)),
+            Some(Event::Response(_)) => (0, Named::Event(EventKind::Response)),
             None => (0, Named::Export(Export::Events)),
         }
     }
@@ -180,13 +221,18 @@ impl Batch {
                     );
                 }
                 Event::Timer(token) => rest.timer(key, *token),
+                Event::Response(r) => {
+                    let body = &payload[r.start as usize..(r.start + r.len) as usize];
+                    rest.join(key);
+                    rest.push_response(r.id, r.outcome.clone(), &Bytes::copy_from_slice(body));
+                }
             }
         }
         rest
     }
 
-    /// Messages, closes and timer firings in the batch.
-    pub(super) fn counts(&self) -> [u64; 3] {
+    /// Messages, closes, timer firings and responses in the batch.
+    pub(super) fn counts(&self) -> [u64; EventKind::ALL.len()] {
         self.counts
     }
 
@@ -196,7 +242,7 @@ impl Batch {
         self.key = None;
         self.own = None;
         self.events.clear();
-        self.counts = [0; 3];
+        self.counts = [0; EventKind::ALL.len()];
         self.payload.clear();
         if self.payload.capacity() > KEEP {
             self.payload.shrink_to(KEEP);
@@ -249,7 +295,7 @@ mod tests {
                 ..
             })
         ));
-        assert_eq!(batch.counts(), [2, 1, 1]);
+        assert_eq!(batch.counts(), [2, 1, 1, 0]);
         assert_eq!(
             batch.event(4),
             (0, Named::Export(Export::Events)),

@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use super::CloseInfo;
 use super::bindings::berth::plugin::types;
 use super::queue::QueueTx;
+use super::requests::Outcome;
 use crate::outbox::ConnHandle;
 
 /// What a plugin hears of an upgrade request.
@@ -83,6 +84,42 @@ pub(super) enum Event {
         key: u64,
         timer: u64,
     },
+    /// Outbound request `id` of instance `key` has its answer.
+    Response {
+        key: u64,
+        id: u64,
+        outcome: Box<Outcome>,
+    },
+    /// The handshake of `conn` ended before its plugin answered (the client
+    /// left, or `handshake-timeout` passed): a pending connect is dropped.
+    Abandoned {
+        conn: u64,
+    },
+}
+
+/// Tells the worker that a handshake stopped waiting for its answer.
+struct Waiting<'a> {
+    worker: &'a QueueTx<Event>,
+    conn: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        send_soon(self.worker, Event::Abandoned { conn: self.conn });
+    }
+}
+
+/// Queues `event` without waiting, for drop paths; falls back to a task
+/// when the queue is full.
+fn send_soon(worker: &QueueTx<Event>, event: Event) {
+    if let Err(mpsc::error::TrySendError::Full(event)) = worker.try_send(event)
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        let worker = worker.clone();
+        runtime.spawn(async move {
+            let _ = worker.send(event).await;
+        });
+    }
 }
 
 /// Where sessions send a route's events; cheap to clone.
@@ -111,8 +148,14 @@ impl PluginHandle {
             handle,
             reply,
         };
-        self.worker(conn).send(event).await.ok()?;
-        outcome.await.ok()
+        let worker = self.worker(conn);
+        worker.send(event).await.ok()?;
+        // Dropped with this future when the handshake gives up first, so
+        // that a plugin that answered `pending` forgets the connection.
+        let waiting = Waiting { worker, conn };
+        let outcome = outcome.await.ok();
+        std::mem::forget(waiting);
+        outcome
     }
 
     /// Delivers a data message; waits while the worker's queue is full.
@@ -146,15 +189,6 @@ impl PluginHandle {
     /// Reports the end of a connection without waiting, for drop paths; falls
     /// back to a task when the queue is full.
     pub(crate) fn close_soon(&self, conn: u64, info: CloseInfo) {
-        let worker = self.worker(conn);
-        if let Err(mpsc::error::TrySendError::Full(event)) =
-            worker.try_send(Event::Close { conn, info })
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            let worker = worker.clone();
-            runtime.spawn(async move {
-                let _ = worker.send(event).await;
-            });
-        }
+        send_soon(self.worker(conn), Event::Close { conn, info });
     }
 }

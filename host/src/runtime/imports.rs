@@ -333,6 +333,14 @@ impl host::Host for HostState {
         Ok(())
     }
 
+    fn answer_connect(
+        &mut self,
+        conn: u64,
+        answer: Result<types::Accept, types::Reject>,
+    ) -> wasmtime::Result<Result<(), types::ConnError>> {
+        Ok(self.answer(conn, answer))
+    }
+
     fn handling(&mut self, index: u32) -> wasmtime::Result<()> {
         // An index past the batch is the plugin's mistake; it tags nothing.
         if let Some(&conn) = self.event_conns.get(index as usize) {

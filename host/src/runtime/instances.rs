@@ -16,6 +16,7 @@ use super::bindings::Plugin;
 use super::handle::PluginHandle;
 use super::limits::Limits;
 use super::quarantine::Quarantine;
+use super::requests::{Requests, RouteRequests};
 use super::stdio::{LineBudget, LogTarget, Stdio};
 use super::store::{ConnEntry, HostState, RouteShared};
 use super::timers::Timers;
@@ -81,6 +82,7 @@ pub(super) fn spawn(
         state: state.clone(),
         rules: route.state,
         quarantine: Quarantine::new(route.quarantine),
+        requests: Arc::new(RouteRequests::new(route.outbound.clone(), metrics.clone())),
     });
     let count = match route.instance {
         InstanceModel::Route => 1,
@@ -164,11 +166,18 @@ impl Worker {
                 .with_context(|| format!("cannot open granted folder {}", dir.host.display()))?;
         }
         let timers = Timers::new(key, self.queue.clone(), self.runtime.clone());
+        let requests = Requests::new(
+            key,
+            self.shared.requests.clone(),
+            self.queue.clone(),
+            self.runtime.clone(),
+        );
         let state = HostState::new(
             wasi.build(),
             self.shared.clone(),
             self.current_conn.clone(),
             timers,
+            requests,
             Limits::new(self.route.max_memory, self.metrics.plugin_memory.clone()),
             budget,
         );

@@ -17,12 +17,14 @@
 mod batch;
 mod bindings;
 mod cache;
+mod connect;
 mod handle;
 mod imports;
 mod instances;
 mod limits;
 mod quarantine;
 mod queue;
+mod requests;
 mod state_calls;
 mod stdio;
 mod store;

@@ -12,8 +12,11 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::berth::plugin::types;
+use super::connect::{Pending, decide};
+use super::handle::ConnectOutcome;
 use super::limits::Limits;
 use super::quarantine::Quarantine;
+use super::requests::{Requests, RouteRequests};
 use super::stdio::LineBudget;
 use super::timers::Timers;
 use crate::config;
@@ -47,6 +50,8 @@ pub(crate) struct RouteShared {
     pub(crate) rules: config::StateRules,
     /// The route version's trap record, shared by all its workers.
     pub(crate) quarantine: Quarantine,
+    /// The route's outbound grant, bounds and requests in flight.
+    pub(crate) requests: Arc<RouteRequests>,
 }
 
 /// One open connection as the plugin's store sees it.
@@ -111,6 +116,13 @@ pub(crate) struct HostState {
     pub(super) handling: u32,
     /// What the worker's batch holds back, lent to each call ([`Self::lend`]).
     pub(super) held: Held,
+    /// The instance's outbound requests in flight.
+    pub(super) requests: Requests,
+    /// Connections whose `on-connect` answered `pending`, until decided.
+    pending: FxHashMap<u64, Pending>,
+    /// Connections decided during the call in progress that never opened,
+    /// for the worker to forget after it.
+    decided: Vec<u64>,
 }
 
 impl HostState {
@@ -120,6 +132,7 @@ impl HostState {
         route: Arc<RouteShared>,
         current_conn: Arc<AtomicU64>,
         timers: Timers,
+        requests: Requests,
         limits: Limits,
         log_budget: Arc<LineBudget>,
     ) -> Self {
@@ -135,6 +148,9 @@ impl HostState {
             event_conns: Vec::new(),
             handling: 0,
             held: Held::immediate(),
+            requests,
+            pending: FxHashMap::default(),
+            decided: Vec::new(),
         }
     }
 
@@ -192,9 +208,58 @@ impl HostState {
         &mut self.timers
     }
 
-    /// Hands the route's connections to a replacement store.
+    /// The instance's outbound requests.
+    pub(crate) fn requests(&mut self) -> &mut Requests {
+        &mut self.requests
+    }
+
+    /// Holds `conn`'s handshake until the plugin answers it.
+    pub(crate) fn await_answer(&mut self, conn: u64, pending: Pending) {
+        self.pending.insert(conn, pending);
+    }
+
+    /// Drops `conn`'s pending handshake, which gave up; false if the
+    /// plugin had answered it already.
+    pub(crate) fn abandon(&mut self, conn: u64) -> bool {
+        self.pending.remove(&conn).is_some()
+    }
+
+    /// Answers `conn`'s pending handshake. `unknown-connection` when none
+    /// waits, or when it gave up before this answer reached it.
+    pub(crate) fn answer(
+        &mut self,
+        conn: u64,
+        answer: Result<types::Accept, types::Reject>,
+    ) -> Result<(), types::ConnError> {
+        let pending = self
+            .pending
+            .remove(&conn)
+            .ok_or(types::ConnError::UnknownConnection)?;
+        let outcome = decide(answer, &pending.offered, &self.route, conn);
+        let accepted = matches!(outcome, ConnectOutcome::Accept { .. });
+        let reached = pending.reply.send(outcome).is_ok();
+        if !(accepted && reached) {
+            self.decided.push(conn);
+        }
+        if reached {
+            Ok(())
+        } else {
+            Err(types::ConnError::UnknownConnection)
+        }
+    }
+
+    /// The connections decided in the call just made that never opened.
+    pub(crate) fn take_decided(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.decided)
+    }
+
+    /// Hands the route's open connections to a replacement store. Those
+    /// still pending stay behind: the replacement never saw their
+    /// `on-connect`, and their handshakes fail as this store goes.
     pub(crate) fn take_conns(&mut self) -> FxHashMap<u64, ConnEntry> {
-        std::mem::take(&mut self.conns)
+        let mut conns = std::mem::take(&mut self.conns);
+        conns.retain(|conn, _| !self.pending.contains_key(conn));
+        conns
     }
 
     /// Adopts the connections of the store this one replaces.

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use http::StatusCode;
 use tokio::sync::oneshot;
 
 use super::queue::{QueueRx, WeakQueueTx};
@@ -21,20 +20,20 @@ use wasmtime::Store;
 use super::batch::{Batch, Named};
 use super::bindings::Plugin;
 use super::bindings::berth::plugin::types::{self, MessageKind};
+use super::connect::{Pending, decide};
 use super::handle::{ConnectOutcome, Event, Request};
 use super::instances::{Instances, Live};
+use super::requests::held_bytes;
 use super::store::{HostState, RouteShared};
 use super::{CloseInfo, Compiled};
 use crate::config::RouteConfig;
-use crate::metrics::{Export, Limit, RouteMetrics};
+use crate::metrics::{Export, RouteMetrics};
 use crate::outbox::ConnHandle;
 use crate::pubsub::Held;
 
 /// How many events may wait for a worker before sessions stop reading their
 /// sockets (TCP backpressure reaches the clients).
 pub(super) const QUEUE: usize = 4096;
-/// The longest `reject` reason sent as an HTTP body; the rest is cut.
-const MAX_REJECT_REASON: usize = 1024;
 /// The bytes of the messages a route worker's queue may hold: a count of
 /// events alone would let 4,096 messages of the largest size wait.
 pub(super) const QUEUE_BYTES: usize = 8 << 20;
@@ -68,8 +67,12 @@ impl Worker {
         while rx.blocking_recv_many(&mut batch, BATCH) > 0 {
             let mut taken = 0;
             for event in batch.drain(..) {
-                if let Event::Message { msg, .. } = &event {
-                    taken += rx.room(msg.len());
+                match &event {
+                    Event::Message { msg, .. } => taken += rx.room(msg.len()),
+                    Event::Response { outcome, .. } => {
+                        taken += rx.room(held_bytes(outcome));
+                    }
+                    _ => {}
                 }
                 self.handle(event);
             }
@@ -124,12 +127,20 @@ impl Worker {
         live.store.data_mut().lend(held);
         live.store.data().set_current(0);
         let at = live.store.data().handled_at();
+        let decided = live.store.data_mut().take_decided();
         self.metrics.observe_call(export, took);
-        result.map_err(|error| {
+        let result = result.map_err(|error| {
             let (conn, named) = failed(at);
             self.fail(key, conn, named, error);
             Some(at)
-        })
+        });
+        // Connections the call refused, or accepted after their handshake
+        // gave up, leave only now: in the `connection` model their instance
+        // goes with them, and it cannot go while it is being called.
+        for conn in decided {
+            self.forget(conn);
+        }
+        result
     }
 
     /// Replaces a failed route-model instance with a fresh one (the route's
@@ -224,6 +235,27 @@ impl Worker {
                 self.held.deliver();
                 let _ = reply.send(());
             }
+            Event::Response { key, id, outcome } => {
+                // As for timers: a cancel in the events before it must count.
+                self.flush();
+                let known = self
+                    .live(key)
+                    .is_some_and(|live| live.store.data_mut().requests().finished(id));
+                if !known {
+                    return; // cancelled, or its instance is gone
+                }
+                self.batch.response(key, id, &outcome);
+            }
+            Event::Abandoned { conn } => {
+                let key = self.key(conn);
+                let waiting = self
+                    .live(key)
+                    .is_some_and(|live| live.store.data_mut().abandon(conn));
+                if waiting {
+                    self.flush();
+                    self.forget(conn);
+                }
+            }
             Event::Timer { key, timer } => {
                 // The plugin may cancel the timer while handling what came
                 // before it: those events go first, then the timer is looked up.
@@ -303,36 +335,29 @@ impl Worker {
                 )
             },
         );
-        let outcome = match result.ok() {
-            Some(Ok(accept)) => match accept.subprotocol {
-                Some(chosen) if !request.subprotocols.contains(&chosen) => {
-                    tracing::error!(
-                        route = %self.route.path, conn,
-                        "plugin accepted with subprotocol {chosen:?}, which was not offered"
-                    );
-                    ConnectOutcome::Failed
+        let answer = match result {
+            Ok(types::ConnectAnswer::Accept(accept)) => Ok(accept),
+            Ok(types::ConnectAnswer::Reject(reject)) => Err(reject),
+            Ok(types::ConnectAnswer::Pending) => {
+                // The handshake waits for `answer-connect`; the entry stays
+                // so that what the plugin sends meanwhile is delivered once
+                // the connection opens.
+                if let Some(live) = self.live(key) {
+                    let pending = Pending {
+                        reply,
+                        offered: request.subprotocols,
+                    };
+                    live.store.data_mut().await_answer(conn, pending);
                 }
-                subprotocol => ConnectOutcome::Accept { subprotocol },
-            },
-            Some(Err(reject)) => match StatusCode::from_u16(reject.status) {
-                Ok(status) if status.is_client_error() || status.is_server_error() => {
-                    let mut reason = reject.reason;
-                    if reason.len() > MAX_REJECT_REASON {
-                        self.metrics.limit_hit(Limit::RejectReason);
-                        reason.truncate(super::cut(&reason, MAX_REJECT_REASON).len());
-                    }
-                    ConnectOutcome::Reject { status, reason }
-                }
-                _ => {
-                    tracing::error!(
-                        route = %self.route.path, conn,
-                        "plugin rejected with status {}, which is not in 400..=599", reject.status
-                    );
-                    ConnectOutcome::Failed
-                }
-            },
-            None => ConnectOutcome::Failed,
+                return;
+            }
+            Err(_) => {
+                self.forget(conn);
+                let _ = reply.send(ConnectOutcome::Failed);
+                return;
+            }
         };
+        let outcome = decide(answer, &request.subprotocols, &self.shared, conn);
         let accepted = matches!(outcome, ConnectOutcome::Accept { .. });
         if !accepted {
             self.forget(conn);

@@ -49,13 +49,13 @@ pub mod __bindings {
 }
 
 use __bindings::berth::plugin::host as raw;
-use __bindings::berth::plugin::types::{Event, Message as Outgoing, MessageKind};
+use __bindings::berth::plugin::types::{ConnectAnswer, Event, Message as Outgoing, MessageKind};
 use __bindings::exports::berth::plugin::handler::Guest;
 
 pub use __bindings::berth::plugin::state::{HistoryError, Member, StateError};
 pub use __bindings::berth::plugin::types::{
-    Accept, ConnError, ConnectionId, LogLevel, Position, PublishError, Published, Reject, Request,
-    TimerError, TimerId,
+    AcceptResult as Accept, ConnError, ConnectionId, LogLevel, OutboundError, Position,
+    PublishError, Published, RejectResult as Reject, Request, RequestId, TimerError, TimerId,
 };
 
 /// A position's text form, `EPOCH-SEQ` with the epoch as 16 hex digits
@@ -143,15 +143,50 @@ pub struct CloseInfo<'a> {
     pub reason: &'a str,
 }
 
+/// What [`Plugin::on_connect`] decides about a new connection.
+#[derive(Clone, Debug)]
+pub enum Connect {
+    /// Open it now.
+    Accept(Accept),
+    /// Refuse the upgrade with an HTTP status.
+    Reject(Reject),
+    /// Decide later with [`host::accept`] or [`host::reject`], before the
+    /// route's `handshake-timeout` (after which the client gets 503): say,
+    /// once a backend asked with [`outbound::fetch`] has answered.
+    Pending,
+}
+
+impl From<Accept> for Connect {
+    fn from(accept: Accept) -> Self {
+        Connect::Accept(accept)
+    }
+}
+
+impl From<Reject> for Connect {
+    fn from(reject: Reject) -> Self {
+        Connect::Reject(reject)
+    }
+}
+
+impl From<Result<Accept, Reject>> for Connect {
+    fn from(answer: Result<Accept, Reject>) -> Self {
+        match answer {
+            Ok(accept) => Connect::Accept(accept),
+            Err(reject) => Connect::Reject(reject),
+        }
+    }
+}
+
 /// The events a plugin handles; each one defaults to doing nothing (accepting, for `on_connect`).
 ///
 /// The functions take no `self`: the host calls them as free functions, and
 /// whatever state a plugin keeps lives in the instance (see the crate docs).
 pub trait Plugin {
-    /// A client asks to open a connection; `Err` refuses the upgrade with an HTTP status.
-    fn on_connect(conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
+    /// A client asks to open a connection: accept it, refuse it with an
+    /// HTTP status, or leave it pending and decide later.
+    fn on_connect(conn: ConnectionId, req: Request) -> Connect {
         let _ = (conn, req);
-        Ok(Accept::new())
+        Connect::Accept(Accept::new())
     }
 
     /// A complete data message arrived on `conn`.
@@ -167,6 +202,12 @@ pub trait Plugin {
     /// A timer set with [`host::set_timer`] fired; `token` is the value given then.
     fn on_timer(token: u64) {
         let _ = token;
+    }
+
+    /// The answer to an outbound request started with [`outbound::send`]
+    /// (requests started with [`outbound::fetch`] go to their callback).
+    fn on_response(id: RequestId, response: Result<outbound::Response, OutboundError>) {
+        let _ = (id, response);
     }
 }
 
@@ -187,8 +228,12 @@ fn text(bytes: &[u8]) -> &str {
 // A blanket impl rather than a wrapper type, because the generated export
 // macro accepts only a bare type name.
 impl<T: Plugin> Guest for T {
-    fn on_connect(conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
-        <T as Plugin>::on_connect(conn, req)
+    fn on_connect(conn: ConnectionId, req: Request) -> ConnectAnswer {
+        match <T as Plugin>::on_connect(conn, req) {
+            Connect::Accept(accept) => ConnectAnswer::Accept(accept),
+            Connect::Reject(reject) => ConnectAnswer::Reject(reject),
+            Connect::Pending => ConnectAnswer::Pending,
+        }
     }
 
     fn on_events(payload: Vec<u8>, events: Vec<Event>) {
@@ -216,6 +261,19 @@ impl<T: Plugin> Guest for T {
                     <T as Plugin>::on_close(c.conn, info);
                 }
                 Event::Timer(token) => <T as Plugin>::on_timer(token),
+                Event::Response(r) => {
+                    let body = span(&payload, r.start, r.len);
+                    let response = r.outcome.map(|head| outbound::Response {
+                        status: head.status,
+                        headers: head.headers,
+                        body: body.to_vec(),
+                    });
+                    if let Some(then) = outbound::take_callback(r.id) {
+                        then(response);
+                    } else {
+                        <T as Plugin>::on_response(r.id, response);
+                    }
+                }
             }
         }
     }
@@ -231,9 +289,25 @@ macro_rules! export {
 
 /// What a plugin may ask of the host: every call is checked, and takes effect at once.
 pub mod host {
+    use super::__bindings::berth::plugin::types;
     use super::raw;
     pub use super::raw::{cancel_timer, config_get, set_timer, unsubscribe};
-    use crate::{ConnError, ConnectionId, Message, PublishError, Published};
+    use crate::{Accept, ConnError, ConnectionId, Message, PublishError, Published, Reject};
+
+    /// Opens `conn`, which [`crate::Plugin::on_connect`] left pending.
+    /// `unknown-connection` when it is not pending: answered already, or its
+    /// client gave up or ran out of `handshake-timeout` (it got 503).
+    pub fn accept(conn: ConnectionId, accept: Accept) -> Result<(), ConnError> {
+        let subprotocol = accept.subprotocol.as_deref();
+        raw::answer_connect(conn, Ok(types::AcceptParam { subprotocol }))
+    }
+
+    /// Refuses `conn`, which [`crate::Plugin::on_connect`] left pending,
+    /// with an HTTP status; errors as for [`accept`].
+    pub fn reject(conn: ConnectionId, reject: Reject) -> Result<(), ConnError> {
+        let (status, reason) = (reject.status, reject.reason.as_str());
+        raw::answer_connect(conn, Err(types::RejectParam { status, reason }))
+    }
 
     /// Subscribes `conn` to `topic` (not as a member: see [`subscribe_as`]).
     pub fn subscribe(conn: ConnectionId, topic: &str) -> Result<(), ConnError> {
@@ -285,6 +359,154 @@ pub mod host {
     /// Writes `message` to the host's log at `level`.
     pub fn log(level: crate::LogLevel, message: &str) {
         raw::log(level, message)
+    }
+}
+
+/// HTTP requests to the backends the route was granted (`allowed-outbound`).
+/// A request never blocks the instance: [`fetch`] returns at once, other
+/// events keep arriving, and the answer comes later, as a call of the
+/// request's callback, in the same ordered batches as messages:
+///
+/// ```ignore
+/// outbound::fetch(&outbound::Request::get(&url), move |answer| match answer {
+///     Ok(response) if response.status == 200 => { let _ = host::send(conn, Message::text(response.text())); }
+///     Ok(response) => { /* another status */ }
+///     Err(error) => { /* timeout, connect-failed, ... */ }
+/// })?;
+/// ```
+pub mod outbound {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::__bindings::berth::plugin::outbound as raw;
+    use crate::{OutboundError, RequestId};
+
+    /// What a callback does with a request's answer.
+    type Callback = Box<dyn FnOnce(Result<Response, OutboundError>)>;
+
+    thread_local! {
+        static CALLBACKS: RefCell<HashMap<RequestId, Callback>> = RefCell::new(HashMap::new());
+    }
+
+    /// An HTTP request to send.
+    #[derive(Clone, Debug)]
+    pub struct Request {
+        /// The method, such as `GET`.
+        pub method: String,
+        /// An absolute `http` or `https` URL.
+        pub url: String,
+        /// Request headers (`host` and `content-length` are the host's).
+        pub headers: Vec<(String, String)>,
+        /// The body; empty for none.
+        pub body: Vec<u8>,
+        /// How long to wait for the whole answer; the route's
+        /// `outbound-timeout` when `None` or longer.
+        pub timeout: Option<Duration>,
+    }
+
+    impl Request {
+        /// A `GET` of `url`.
+        pub fn get(url: &str) -> Self {
+            Request {
+                method: "GET".into(),
+                url: url.into(),
+                headers: Vec::new(),
+                body: Vec::new(),
+                timeout: None,
+            }
+        }
+
+        /// A `POST` of `body` to `url`.
+        pub fn post(url: &str, body: impl Into<Vec<u8>>) -> Self {
+            Request {
+                method: "POST".into(),
+                body: body.into(),
+                ..Request::get(url)
+            }
+        }
+
+        /// Adds a header.
+        pub fn header(mut self, name: &str, value: &str) -> Self {
+            self.headers.push((name.into(), value.into()));
+            self
+        }
+
+        /// Waits at most `timeout` for the answer.
+        pub fn timeout(mut self, timeout: Duration) -> Self {
+            self.timeout = Some(timeout);
+            self
+        }
+    }
+
+    /// A response, whole.
+    #[derive(Clone, Debug)]
+    pub struct Response {
+        /// The HTTP status, after any redirects.
+        pub status: u16,
+        /// Header names (lower case) and values, in order.
+        pub headers: Vec<(String, String)>,
+        /// The body.
+        pub body: Vec<u8>,
+    }
+
+    impl Response {
+        /// The first value of header `name` (any case).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        /// The body as text, with bytes that are not UTF-8 replaced.
+        pub fn text(&self) -> String {
+            String::from_utf8_lossy(&self.body).into_owned()
+        }
+    }
+
+    /// Starts `request`; its answer goes to [`crate::Plugin::on_response`].
+    /// Refused at once (no answer follows) with `not-allowed`,
+    /// `invalid-request` or `too-many-requests`.
+    pub fn send(request: &Request) -> Result<RequestId, OutboundError> {
+        let headers: Vec<(&str, &str)> = request
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let timeout_ms = request
+            .timeout
+            .map(|t| u32::try_from(t.as_millis()).unwrap_or(u32::MAX));
+        raw::fetch(raw::OutboundRequest {
+            method: &request.method,
+            url: &request.url,
+            headers: &headers,
+            body: &request.body,
+            timeout_ms,
+        })
+    }
+
+    /// Starts `request`; `then` gets its answer. Refused at once as
+    /// [`send`] is, and then `then` is dropped uncalled.
+    pub fn fetch(
+        request: &Request,
+        then: impl FnOnce(Result<Response, OutboundError>) + 'static,
+    ) -> Result<RequestId, OutboundError> {
+        let id = send(request)?;
+        CALLBACKS.with(|c| c.borrow_mut().insert(id, Box::new(then)));
+        Ok(id)
+    }
+
+    /// Abandons a request: no answer follows, and its callback is dropped.
+    /// False if it had been answered already.
+    pub fn cancel(id: RequestId) -> bool {
+        CALLBACKS.with(|c| c.borrow_mut().remove(&id));
+        raw::cancel(id)
+    }
+
+    /// The callback waiting for request `id`'s answer.
+    pub(crate) fn take_callback(id: RequestId) -> Option<Callback> {
+        CALLBACKS.with(|c| c.borrow_mut().remove(&id))
     }
 }
 

@@ -23,8 +23,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use berth_plugin::{
-    Accept, CloseInfo, ConnectionId, HistoryError, Message, Plugin, Position, Reject, Request,
-    host, state,
+    Accept, CloseInfo, Connect, ConnectionId, HistoryError, Message, Plugin, Position, Reject,
+    Request, host, state,
 };
 
 thread_local! {
@@ -130,31 +130,36 @@ fn room_of_conn(conn: ConnectionId) -> Option<String> {
 
 struct Chat;
 
+/// What `on_connect` decides, at once.
+fn admit(conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
+    let room = room_of(&req)?;
+    let since = req.query_param("since").map(Position::parse);
+    let mut ids: Vec<u64> = state::members(&topic(&room), 1000)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m.info.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    let members = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    let mut welcome = format!(r#"{{"type":"welcome","id":{conn},"room":"#);
+    push_json_string(&mut welcome, &room);
+    welcome.push_str(&format!(r#","members":[{members}]}}"#));
+    let _ = host::send(conn, Message::text(&welcome));
+    let join = format!(r#"{{"type":"join","id":{conn}}}"#);
+    let _ = host::publish(&events(&room), Message::text(&join), None);
+    // Subscribed before the history is read: a message published on
+    // another node in between comes twice rather than never, and its
+    // position tells the copies apart.
+    let _ = host::subscribe(conn, &events(&room));
+    let _ = host::subscribe_as(conn, &topic(&room), &conn.to_string());
+    KEEPS_HISTORY.set(Some(replay(conn, &room, since)));
+    ROOMS.with_borrow_mut(|rooms| rooms.insert(conn, room));
+    Ok(Accept::new())
+}
+
 impl Plugin for Chat {
-    fn on_connect(conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
-        let room = room_of(&req)?;
-        let since = req.query_param("since").map(Position::parse);
-        let mut ids: Vec<u64> = state::members(&topic(&room), 1000)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|m| m.info.parse().ok())
-            .collect();
-        ids.sort_unstable();
-        let members = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
-        let mut welcome = format!(r#"{{"type":"welcome","id":{conn},"room":"#);
-        push_json_string(&mut welcome, &room);
-        welcome.push_str(&format!(r#","members":[{members}]}}"#));
-        let _ = host::send(conn, Message::text(&welcome));
-        let join = format!(r#"{{"type":"join","id":{conn}}}"#);
-        let _ = host::publish(&events(&room), Message::text(&join), None);
-        // Subscribed before the history is read: a message published on
-        // another node in between comes twice rather than never, and its
-        // position tells the copies apart.
-        let _ = host::subscribe(conn, &events(&room));
-        let _ = host::subscribe_as(conn, &topic(&room), &conn.to_string());
-        KEEPS_HISTORY.set(Some(replay(conn, &room, since)));
-        ROOMS.with_borrow_mut(|rooms| rooms.insert(conn, room));
-        Ok(Accept::new())
+    fn on_connect(conn: ConnectionId, req: Request) -> Connect {
+        admit(conn, req).into()
     }
 
     fn on_message(conn: ConnectionId, msg: Message<'_>) {

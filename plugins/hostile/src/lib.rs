@@ -58,7 +58,7 @@ use std::hint::black_box;
 use std::io::Write;
 
 use berth_plugin::{
-    Accept, CloseInfo, ConnError, ConnectionId, Message, Plugin, Reject, Request, host,
+    Accept, CloseInfo, ConnError, Connect, ConnectionId, Message, Plugin, Reject, Request, host,
 };
 
 /// The plugin's export implementation.
@@ -231,16 +231,21 @@ fn press_host(conn: ConnectionId, command: &str, rest: &str) -> String {
     }
 }
 
+/// What `on_connect` decides, at once.
+fn admit(_conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
+    if req.query_params().any(|pair| pair == ("spin", "connect")) {
+        spin();
+    }
+    if let Some((_, mib)) = req.query_params().find(|(name, _)| *name == "reject") {
+        let mib: usize = mib.parse().unwrap_or(0);
+        return Err(Reject::new(403, "r".repeat(mib * MIB)));
+    }
+    Ok(Accept::new())
+}
+
 impl Plugin for Hostile {
-    fn on_connect(_conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
-        if req.query_params().any(|pair| pair == ("spin", "connect")) {
-            spin();
-        }
-        if let Some((_, mib)) = req.query_params().find(|(name, _)| *name == "reject") {
-            let mib: usize = mib.parse().unwrap_or(0);
-            return Err(Reject::new(403, "r".repeat(mib * MIB)));
-        }
-        Ok(Accept::new())
+    fn on_connect(_conn: ConnectionId, req: Request) -> Connect {
+        admit(_conn, req).into()
     }
 
     fn on_message(conn: ConnectionId, msg: Message<'_>) {

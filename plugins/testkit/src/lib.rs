@@ -26,18 +26,20 @@
 //! Every `on-close` prints `on-close conn=N code=C reason=R` (the host logs it).
 //!
 //! The state commands (`history`, `members`, `get`, `set`, ...) are listed in
-//! `store.rs`.
+//! `store.rs`, the outbound HTTP ones (`fetch`, ...) in `fetch.rs`.
 //!
 //! `on-connect` accepts the first offered subprotocol, and refuses with the status in
 //! `?reject=STATUS` when the query has one.
 
+mod fetch;
 mod store;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use berth_plugin::{
-    Accept, CloseInfo, ConnError, ConnectionId, Message, Plugin, Published, Reject, Request, host,
+    Accept, CloseInfo, ConnError, Connect, ConnectionId, Message, Plugin, Published, Reject,
+    Request, host,
 };
 
 struct Testkit;
@@ -71,18 +73,23 @@ fn outcome(result: Result<(), ConnError>, ok: &str) -> String {
     }
 }
 
+/// What `on_connect` decides, at once.
+fn admit(conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
+    ADDRESSES.with_borrow_mut(|a| a.insert(conn, req.remote_addr.clone()));
+    let rejected = req
+        .query_param("reject")
+        .and_then(|status| status.parse().ok());
+    match rejected {
+        Some(status) => Err(Reject::new(status, "rejected on request")),
+        None => Ok(Accept {
+            subprotocol: req.subprotocols.first().cloned(),
+        }),
+    }
+}
+
 impl Plugin for Testkit {
-    fn on_connect(conn: ConnectionId, req: Request) -> Result<Accept, Reject> {
-        ADDRESSES.with_borrow_mut(|a| a.insert(conn, req.remote_addr.clone()));
-        let rejected = req
-            .query_param("reject")
-            .and_then(|status| status.parse().ok());
-        match rejected {
-            Some(status) => Err(Reject::new(status, "rejected on request")),
-            None => Ok(Accept {
-                subprotocol: req.subprotocols.first().cloned(),
-            }),
-        }
+    fn on_connect(conn: ConnectionId, req: Request) -> Connect {
+        admit(conn, req).into()
     }
 
     fn on_message(conn: ConnectionId, msg: Message<'_>) {
@@ -205,6 +212,7 @@ impl Plugin for Testkit {
             _ => reply(
                 conn,
                 store::answer(conn, command, rest)
+                    .or_else(|| fetch::answer(conn, command, rest))
                     .unwrap_or_else(|| format!("unknown command {command}")),
             ),
         }
