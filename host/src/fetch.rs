@@ -173,7 +173,13 @@ impl Client {
                 hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
             }
         };
-        let connector = builder.https_or_http().enable_http1().build();
+        let mut http = HttpConnector::new();
+        // The TLS layer above makes https connections over it.
+        http.enforce_http(false);
+        // A request's head and body may go in separate writes; Nagle would
+        // hold the second for the first's acknowledgement.
+        http.set_nodelay(true);
+        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
         let inner = HyperClient::builder(TokioExecutor::new())
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
             .pool_idle_timeout(POOL_IDLE)

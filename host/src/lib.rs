@@ -23,8 +23,10 @@
 //!    events to (`queue.rs`), `worker.rs` the thread that batches them
 //!    (`batch.rs`) and calls the plugin, `instances.rs` and `store.rs` its
 //!    instances, `imports.rs` and `state_calls.rs` what its imports do,
-//!    with `timers.rs`, `stdio.rs`, `limits.rs`, `quarantine.rs`, `cache.rs`
-//!    and the generated `bindings.rs`.
+//!    `connect.rs` what its answer to a new connection becomes, with
+//!    `timers.rs`, `requests.rs` (outbound requests in flight), `stdio.rs`,
+//!    `limits.rs`, `quarantine.rs`, `cache.rs` and the generated
+//!    `bindings.rs`.
 //! 7. Back to the socket: `outbox/`, each connection's outbound queue, which
 //!    the plugin's sends and `pubsub.rs`'s topic fan-out fill and the session
 //!    drains.
@@ -34,7 +36,8 @@
 //! `folders.rs` for per-user folders); `reload.rs` builds route versions
 //! from it and the plugin files (`watch.rs` sees them change) and publishes
 //! them to `router.rs`; `cluster/` carries topics between nodes through
-//! Redis; `state/` keeps topic history, members and each namespace's
+//! Redis; `fetch.rs` sends plugins' outbound HTTP requests to the origins
+//! their route grants; `state/` keeps topic history, members and each namespace's
 //! key-value store, embedded or in Redis; `metrics/` owns the Prometheus
 //! registry; `close_code.rs` says which close codes may travel. The
 //! command line (`main.rs`) adds `check/` (`berth check`) and `scaffold.rs`

@@ -16,6 +16,7 @@ mod lifecycle;
 mod listeners;
 mod metrics;
 mod outbound;
+mod outbound_js;
 mod outbound_python;
 mod raw;
 mod reload;

@@ -5,11 +5,13 @@
 //! reaches an instance other than the one that asked.
 
 use futures_util::future::join_all;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::backend::{Backend, encoded};
 use crate::metrics::scrape_until;
 use crate::support::{
-    TestServer, ask, connect, echoes, recv_text, request, send_text, try_connect, whoami,
+    Site, TestServer, WAIT, ask, connect, echoes, eventually, expect_close, plugin_bytes,
+    recv_text, request, send_text, try_connect, whoami,
 };
 
 /// Routes `/kit` (testkit, granted `backend` and whatever `extra` sets) and
@@ -273,4 +275,56 @@ async fn an_answer_never_reaches_an_instance_that_did_not_ask() {
         "response 200 x-test=yes hello"
     );
     server.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_reload_each_answer_reaches_the_version_that_asked() {
+    let backend = Backend::start().await;
+    let site = Site::new();
+    site.install("kit.wasm", &plugin_bytes("testkit.wasm"));
+    let config = |version: u32| {
+        format!(
+            "[[route]]\npath = \"/d\"\nplugin = \"kit.wasm\"\n\
+             allowed-outbound = [\"{grant}\"]\n[route.config]\nversion = \"{version}\"\n\
+             [[route]]\npath = \"/r\"\nplugin = \"kit.wasm\"\non-reload = \"restart\"\n\
+             allowed-outbound = [\"{grant}\"]\n[route.config]\nversion = \"{version}\"\n",
+            grant = backend.grant()
+        )
+    };
+    site.write_config(&config(1));
+    let berth = site.start(&[]);
+    let held = format!("fetch {}", backend.url("/held"));
+    let mut draining = connect(&berth.url("/d")).await;
+    let mut restarting = connect(&berth.url("/r")).await;
+    for client in [&mut draining, &mut restarting] {
+        assert_eq!(ask(client, &held).await, "fetching");
+    }
+
+    site.write_config(&config(2));
+    for path in ["/d", "/r"] {
+        let url = berth.url(path);
+        eventually(WAIT, &format!("{path} runs the new version"), async || {
+            let answer = ask(&mut connect(&url).await, "config version").await;
+            (answer == "config 2").then_some(()).ok_or(answer)
+        })
+        .await;
+    }
+    // restart: the old connection is closed, and its request with it.
+    assert_eq!(expect_close(&mut restarting).await.code, CloseCode::Restart);
+    backend.release();
+    // drain: the old version still serves its connection, and the answer
+    // it asked for reaches it.
+    assert_eq!(
+        recv_text(&mut draining).await,
+        "response 200 x-test=- released"
+    );
+    // The new versions' instances hear only their own answers.
+    for path in ["/d", "/r"] {
+        let mut client = connect(&berth.url(path)).await;
+        let ok = format!("fetch {}", backend.url("/ok"));
+        assert_eq!(
+            fetched(&mut client, &ok).await,
+            "response 200 x-test=yes hello"
+        );
+    }
 }

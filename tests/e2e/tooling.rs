@@ -39,16 +39,16 @@ fn check_accepts_plugins_that_fit_in_every_language_and_lists_what_they_ask_for(
     for plugin in plugins {
         let (code, out) = berth(&["check", &plugin]);
         assert_eq!(code, 0, "{out}");
-        assert!(out.contains("fits berth:plugin/plugin@0.4.0"), "{out}");
-        assert!(out.contains("berth:plugin/host@0.4.0"), "{out}");
-        assert!(out.contains("berth:plugin/handler@0.4.0"), "{out}");
+        assert!(out.contains("fits berth:plugin/plugin@0.5.0"), "{out}");
+        assert!(out.contains("berth:plugin/host@0.5.0"), "{out}");
+        assert!(out.contains("berth:plugin/handler@0.5.0"), "{out}");
         assert!(out.contains("on-connect, on-events"), "{out}");
     }
     // A plugin that asks for files says so in words an operator can act on,
     // and one that keeps state names the state calls it makes.
     let (code, out) = berth(&["check", &built("testkit.wasm")]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("berth:plugin/state@0.4.0"), "{out}");
+    assert!(out.contains("berth:plugin/state@0.5.0"), "{out}");
     assert!(
         out.contains("history") && out.contains("compare-and-set"),
         "{out}"
@@ -64,7 +64,7 @@ fn check_lists_every_missing_export_and_wrong_type() {
     let (code, out) = berth(&["check", &built("misfit.wasm")]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("does not fit berth:plugin/plugin@0.4.0"),
+        out.contains("does not fit berth:plugin/plugin@0.5.0"),
         "{out}"
     );
     assert!(out.contains("does not export `on-events`"), "{out}");
@@ -156,7 +156,7 @@ async fn new_project_builds_fits_and_serves(lang: &str) {
 
     let (code, out) = berth(&["check", &check]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("fits berth:plugin/plugin@0.4.0"), "{out}");
+    assert!(out.contains("fits berth:plugin/plugin@0.5.0"), "{out}");
 
     let wasm = Path::new(&check);
     let folder = wasm.parent().unwrap().display().to_string();

@@ -36,11 +36,14 @@
 //!     a `get` of a 64-byte value beside two `config-get`s, a history read of
 //!     50 messages, and a ~200-byte publish on a route that keeps history
 //!     beside one that keeps none, with no subscriber, one and a hundred.
+//! 12. outbound: a plugin's HTTP request to a loopback backend, timed inside
+//!     the plugin from `fetch` to its callback, beside the same request from
+//!     a direct hyper client on berth's CPU: what berth adds, p50 and p99.
 //!
 //! `cargo bench --bench suite -- --smoke` (or `BERTH_BENCH_SMOKE=1`) runs every
 //! scenario once with tiny counts: it proves each completes, not how fast.
 //! Scenario names as arguments (`crossing echo pipelined fanout idle connect reload
-//! languages cluster attack compression state`) run only those (with `--smoke` too: tiny counts for just
+//! languages cluster attack compression state outbound`) run only those (with `--smoke` too: tiny counts for just
 //! those);
 //! `BERTH_BENCH_IDLE=N` sets the number of scenario 4's idle connections, and
 //! `BERTH_BENCH_ROUNDS=N` the rounds each scenario alternates (3 by default;
@@ -58,6 +61,7 @@ mod echo;
 mod fanout;
 mod idle;
 mod languages;
+mod outbound;
 mod reload;
 mod report;
 mod servers;
@@ -75,7 +79,7 @@ use servers::{Server, has_taskset};
 pub const LIMIT: Duration = Duration::from_secs(60);
 
 /// The scenarios, by the names that select them on the command line.
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "crossing",
     "echo",
     "pipelined",
@@ -88,6 +92,7 @@ const SCENARIOS: [&str; 12] = [
     "attack",
     "compression",
     "state",
+    "outbound",
 ];
 
 /// How many messages may wait for one subscriber, in both servers (berth's
@@ -513,6 +518,9 @@ instance = "connection"
     }
     if wants("state") {
         state::scenario(&bench, &mut summary).await;
+    }
+    if wants("outbound") {
+        outbound::scenario(&bench, &mut summary).await;
     }
     summary.print();
 

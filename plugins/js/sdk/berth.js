@@ -1,4 +1,4 @@
-// berth's plugin SDK for JavaScript (componentize-js), for berth:plugin@0.4.0.
+// berth's plugin SDK for JavaScript (componentize-js), for berth:plugin@0.5.0.
 //
 // A plugin hands its hooks to `plugin` and exports the result as `handler`:
 //
@@ -25,6 +25,12 @@
 //       (400-599) and `reason` as the body. Anything else thrown (an Error, a
 //       failed host call's exception, a string) is a fault: the instance
 //       traps. Without the hook every connection is accepted.
+//       The hook may also return a Promise (be an `async` function), to
+//       decide once a backend has answered: the client waits meanwhile (up
+//       to the route's `handshake-timeout`, then it gets 503), and no
+//       messages arrive from it. The promise's value accepts as above; its
+//       rejection with a plain { status, reason } refuses; any other
+//       rejection refuses with 500 'plugin failed' and logs the error.
 //   onMessage(conn, msg)  A complete message arrived: `msg` is a string for a
 //       text message and a Uint8Array for a binary one.
 //   onClose(conn, { code, reason })  The connection has ended (once for each
@@ -32,6 +38,29 @@
 //       sent to.
 //   onTimer(token)  A timer set with `setTimer` fired; `token` is the BigInt
 //       given then.
+//
+// onMessage, onClose and onTimer may be `async` too. An exception that
+// escapes a hook synchronously traps the instance; one that rejects its
+// promise later is logged, and the instance lives on.
+//
+// Outbound HTTP: `fetch(url, init)`, exported here and installed as
+// `globalThis.fetch`, works as in browsers and Node.js, for the backends the
+// route was granted (`allowed-outbound`). It resolves to a Response with
+// `status`, `ok`, `headers` (`get(name)` in any case; iterable) and the body
+// through `text()`, `json()`, `arrayBuffer()` and `bytes()`; it rejects with
+// a FetchError whose `kind` is the WIT `outbound-error` case ('not-allowed',
+// 'invalid-request', 'too-many-requests', 'connect-failed', 'timeout',
+// 'too-large', 'failed'). See `fetch` below for `init`.
+//
+// A request never blocks the instance: its answer arrives in a later batch
+// of events, which settles its promise. The code after an `await fetch(...)`
+// runs during that batch's call, after the batch's events have been handed
+// to the hooks (the engine runs every pending promise continuation before a
+// call returns to the host), so it may call the host as any hook does
+// (`send`, `publish`, `store`...). Other events may have been handled in
+// between, as anywhere else in JavaScript. JavaScript's own timers
+// (setTimeout, setInterval) are no way to wait: the engine fires them only
+// while a call is still under way, never between calls. Use `setTimer`.
 //
 // Connection ids, timer ids and timer tokens are u64 and arrive as BigInt,
 // as do the other 64-bit numbers (history epochs and sequence numbers, the
@@ -41,8 +70,9 @@
 // events the host delivered, and that buffer is detached (emptied) once the
 // batch has been handled, so that large messages are freed at once instead of
 // piling up until the garbage collector runs. The view is valid during the
-// call only: keep a copy with `msg.slice()` to use the bytes later. Strings
-// (text messages, close reasons) are copies and stay valid.
+// call only, and in an async hook only until its first `await`: keep a copy
+// with `msg.slice()` to use the bytes later. Strings (text messages, close
+// reasons) and response bodies are copies and stay valid.
 //
 // The host functions below take JavaScript values. A message to send is a
 // string (sent as a text message) or a Uint8Array, another ArrayBuffer view or
@@ -90,8 +120,9 @@ import {
   cancelTimer,
   configGet,
   log,
+  answerConnect,
   handling,
-} from 'berth:plugin/host@0.4.0';
+} from 'berth:plugin/host@0.5.0';
 import {
   history as stateHistory,
   members as stateMembers,
@@ -101,7 +132,8 @@ import {
   delete as stateDelete,
   increment as stateIncrement,
   compareAndSet as stateCompareAndSet,
-} from 'berth:plugin/state@0.4.0';
+} from 'berth:plugin/state@0.5.0';
+import { fetch as outboundFetch, cancel as outboundCancel } from 'berth:plugin/outbound@0.5.0';
 
 // Native codecs, made once. The host has checked that text is UTF-8; a
 // leading byte order mark is kept, as it arrived.
@@ -364,6 +396,319 @@ export const store = Object.freeze({
   },
 });
 
+// Outbound HTTP. The host answers a request in a later `on-events` call, so
+// each request waits here, under its id, for its `response` event.
+const requests = new Map();
+
+// For response bodies, as `fetch`'s Response decodes them: a leading byte
+// order mark is dropped, and bytes that are not UTF-8 become U+FFFD.
+const bodyDecoder = new TextDecoder('utf-8');
+
+/**
+ * Why an outbound request has no response: `kind` (also the message) is
+ * the WIT `outbound-error` case, 'not-allowed', 'invalid-request',
+ * 'too-many-requests', 'connect-failed', 'timeout', 'too-large' or 'failed'.
+ */
+export class FetchError extends Error {
+  constructor(kind) {
+    super(kind);
+    this.name = 'FetchError';
+    this.kind = kind;
+  }
+}
+
+/**
+ * A response's headers, as the host gave them: names in lower case, in
+ * arrival order. `get` looks a name up in any case and joins repeated
+ * headers with ', ', as the Fetch standard's Headers does; iterating yields
+ * each [name, value] pair as it arrived (repeats apart).
+ */
+export class ResponseHeaders {
+  #pairs;
+
+  constructor(pairs) {
+    this.#pairs = pairs;
+  }
+
+  /** The value of `name`, or null if the response has no such header. */
+  get(name) {
+    const wanted = String(name).toLowerCase();
+    let value = null;
+    for (const [n, v] of this.#pairs) {
+      if (n === wanted) {
+        value = value === null ? v : `${value}, ${v}`;
+      }
+    }
+    return value;
+  }
+
+  /** Whether the response has a header `name` (in any case). */
+  has(name) {
+    const wanted = String(name).toLowerCase();
+    return this.#pairs.some(([n]) => n === wanted);
+  }
+
+  forEach(callback, thisArg) {
+    for (const [n, v] of this.#pairs) {
+      callback.call(thisArg, v, n, this);
+    }
+  }
+
+  *entries() {
+    for (const [n, v] of this.#pairs) {
+      yield [n, v];
+    }
+  }
+
+  *keys() {
+    for (const [n] of this.#pairs) {
+      yield n;
+    }
+  }
+
+  *values() {
+    for (const [, v] of this.#pairs) {
+      yield v;
+    }
+  }
+
+  [Symbol.iterator]() {
+    return this.entries();
+  }
+}
+
+/**
+ * What `fetch` resolves to: `status`, `ok` (a 2xx status), `headers` (a
+ * ResponseHeaders) and the body, read with `text()`, `json()`,
+ * `arrayBuffer()` or `bytes()`. The body is held in full (the route's
+ * `outbound-body-bytes` bounds it) and may be read more than once; each
+ * read gives a copy of its own.
+ */
+export class Response {
+  #body;
+
+  constructor(status, headers, body) {
+    this.status = status;
+    this.headers = new ResponseHeaders(headers);
+    this.#body = body;
+  }
+
+  get ok() {
+    return this.status >= 200 && this.status <= 299;
+  }
+
+  /** The body decoded from UTF-8. */
+  async text() {
+    return bodyDecoder.decode(this.#body);
+  }
+
+  /** The body parsed as JSON; rejects with a SyntaxError if it is not JSON. */
+  async json() {
+    return JSON.parse(bodyDecoder.decode(this.#body));
+  }
+
+  /** The body's bytes, as an ArrayBuffer. */
+  async arrayBuffer() {
+    return this.#body.slice().buffer;
+  }
+
+  /** The body's bytes, as a Uint8Array. */
+  async bytes() {
+    return this.#body.slice();
+  }
+}
+
+// The Fetch standard upper-cases these methods however they are written,
+// and passes every other method on as it is.
+const NORMALIZED_METHODS = new Set(['DELETE', 'GET', 'HEAD', 'OPTIONS', 'POST', 'PUT']);
+
+function requestMethod(method) {
+  if (method === undefined || method === null) {
+    return 'GET';
+  }
+  const text = String(method);
+  const upper = text.toUpperCase();
+  return NORMALIZED_METHODS.has(upper) ? upper : text;
+}
+
+// Request headers as the host takes them, [name, value] pairs, from an
+// array of pairs, anything iterable over pairs (a Headers, a Map), or a
+// plain object.
+function requestHeaders(headers) {
+  if (headers === undefined || headers === null) {
+    return [];
+  }
+  if (typeof headers !== 'object') {
+    throw new TypeError('fetch: headers are an object, an array of [name, value] pairs or a Headers');
+  }
+  const entries = typeof headers[Symbol.iterator] === 'function' ? headers : Object.entries(headers);
+  const pairs = [];
+  for (const pair of entries) {
+    if (pair === null || typeof pair !== 'object' || pair.length !== 2) {
+      throw new TypeError('fetch: each header is a [name, value] pair');
+    }
+    pairs.push([String(pair[0]), String(pair[1])]);
+  }
+  return pairs;
+}
+
+const hasHeader = (pairs, name) => pairs.some(([n]) => n.toLowerCase() === name);
+
+function requestBody(body) {
+  if (body === undefined || body === null) {
+    return new Uint8Array(0);
+  }
+  if (typeof body === 'string') {
+    return encoder.encode(body);
+  }
+  if (ArrayBuffer.isView(body)) {
+    return new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+  }
+  if (toStringTag(body) === '[object ArrayBuffer]') {
+    return new Uint8Array(body);
+  }
+  throw new TypeError('fetch: a body is a string, an ArrayBuffer or an ArrayBuffer view');
+}
+
+function requestTimeout(timeout) {
+  if (timeout === undefined || timeout === null) {
+    return undefined;
+  }
+  const ms = Number(timeout);
+  if (!(ms >= 0)) {
+    throw new TypeError(`fetch: timeout is a number of milliseconds, 0 or more, not ${timeout}`);
+  }
+  // The host caps it at the route's `outbound-timeout` anyway.
+  return Math.min(Math.ceil(ms), 0xffff_ffff);
+}
+
+function startFetch(input, init) {
+  const url = String(input);
+  const { method, headers, body, timeout, signal } = init ?? {};
+  signal?.throwIfAborted?.();
+  const pairs = requestHeaders(headers);
+  // As the Fetch standard does, so that a server reading a string body
+  // knows its charset.
+  if (typeof body === 'string' && !hasHeader(pairs, 'content-type')) {
+    pairs.push(['content-type', 'text/plain;charset=UTF-8']);
+  }
+  const request = {
+    method: requestMethod(method),
+    url,
+    headers: pairs,
+    body: requestBody(body),
+    timeoutMs: requestTimeout(timeout),
+  };
+  return new Promise((resolve, reject) => {
+    let id;
+    try {
+      id = outboundFetch(request);
+    } catch (e) {
+      // Refused before anything was sent ('not-allowed', 'invalid-request',
+      // 'too-many-requests'): rejected as a refusal that arrives as an
+      // event would be, so that callers handle both alike.
+      reject(typeof e?.payload === 'string' ? new FetchError(e.payload) : e);
+      return;
+    }
+    const waiter = { resolve, reject, done: undefined };
+    requests.set(id, waiter);
+    if (typeof signal?.addEventListener === 'function') {
+      const abort = () => {
+        // No response event follows a cancelled request, so the promise is
+        // settled here; if the answer is already queued, it finds no waiter.
+        requests.delete(id);
+        outboundCancel(id);
+        reject(signal.reason);
+      };
+      signal.addEventListener('abort', abort, { once: true });
+      // A signal may outlive many requests: each lets go of it once answered.
+      waiter.done = () => signal.removeEventListener('abort', abort);
+    }
+  });
+}
+
+/**
+ * Sends an HTTP request to one of the backends the route was granted
+ * (`allowed-outbound`), the way the global `fetch` of browsers and Node.js
+ * does, and returns a Promise of its Response. The SDK also installs it as
+ * `globalThis.fetch`.
+ *
+ * `input` is an absolute http or https URL (a string, or anything whose
+ * string is one, such as a URL). `init` may hold `method` ('GET' when
+ * absent), `headers` (a plain object, an array of [name, value] pairs or a
+ * Headers), `body` (a string, sent as UTF-8 with `content-type:
+ * text/plain;charset=UTF-8` unless a content type is given, an ArrayBuffer
+ * or an ArrayBuffer view), `timeout` (milliseconds for the whole response;
+ * the route's `outbound-timeout` when absent or longer) and `signal` (an
+ * AbortSignal that cancels the request and rejects with its reason).
+ *
+ * The Promise rejects with a FetchError whose `kind` is why there is no
+ * response, and with a TypeError for arguments it cannot send. A request
+ * that berth refuses before sending anything (no grant covers the URL, a
+ * malformed request, too many in flight) rejects before the call that made
+ * it returns; the others settle in a later call. A response of any status
+ * resolves it: look at `ok` or `status`.
+ */
+export function fetch(input, init) {
+  try {
+    return startFetch(input, init);
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+globalThis.fetch = fetch;
+
+// Settles the request a response event answers. The body is copied out of
+// the batch's payload, whose buffer is detached once the batch is handled.
+function deliverResponse(bytes, { id, outcome, start, len }) {
+  const waiter = requests.get(id);
+  if (waiter === undefined) {
+    return;
+  }
+  requests.delete(id);
+  waiter.done?.();
+  if (outcome.tag === 'ok') {
+    const { status, headers } = outcome.val;
+    waiter.resolve(new Response(status, headers, bytes.slice(start, start + len)));
+  } else {
+    waiter.reject(new FetchError(outcome.val));
+  }
+}
+
+const isThenable = (value) =>
+  value !== null &&
+  (typeof value === 'object' || typeof value === 'function') &&
+  typeof value.then === 'function';
+
+// A thrown plain object is a refusal; an Error (of either realm) or a
+// primitive is a fault.
+const isRefusal = (e) => e !== null && typeof e === 'object' && toStringTag(e) !== '[object Error]';
+
+const refusal = (e) => ({ status: e.status, reason: e.reason === undefined ? '' : String(e.reason) });
+
+function describe(e) {
+  try {
+    return e !== null && typeof e === 'object' && typeof e.stack === 'string' && e.stack !== ''
+      ? `${e}\n${e.stack}`
+      : String(e);
+  } catch {
+    return 'an exception that cannot be printed';
+  }
+}
+
+// An async hook's failure surfaces after the hook has returned, when
+// nothing is left to trap: it is logged, and the instance lives on.
+function reportFailure(hook, result) {
+  if (isThenable(result)) {
+    Promise.resolve(result).catch((e) => log('error', `${hook} failed: ${describe(e)}`));
+  }
+}
+
+const PENDING = Object.freeze({ tag: 'pending' });
+
+const accepted = (accept) => ({ tag: 'accept', val: accept ?? ACCEPT });
+
 /**
  * Makes the object to export as `handler` from the hooks described above.
  */
@@ -371,15 +716,20 @@ export function plugin({ onConnect, onMessage, onClose, onTimer } = {}) {
   return {
     onConnect(conn, req) {
       if (onConnect === undefined) {
-        return ACCEPT;
+        return accepted(ACCEPT);
       }
-      let accept;
+      let answer;
       try {
-        accept = onConnect(conn, req);
+        answer = onConnect(conn, req);
       } catch (e) {
-        throw refusal(e);
+        if (isRefusal(e)) {
+          return { tag: 'reject', val: refusal(e) };
+        }
+        // A fault: escaping the export traps the instance, with the
+        // exception's message and stack in the log.
+        throw e;
       }
-      return accept ?? ACCEPT;
+      return isThenable(answer) ? decideLater(conn, answer) : accepted(answer);
     },
 
     onEvents(payload, events) {
@@ -400,7 +750,7 @@ export function plugin({ onConnect, onMessage, onClose, onTimer } = {}) {
             if (onMessage !== undefined) {
               const { conn, kind, start, len } = event.val;
               const msg = bytes.subarray(start, start + len);
-              onMessage(conn, kind === 'text' ? decoder.decode(msg) : msg);
+              reportFailure('onMessage', onMessage(conn, kind === 'text' ? decoder.decode(msg) : msg));
             }
             break;
           }
@@ -408,14 +758,18 @@ export function plugin({ onConnect, onMessage, onClose, onTimer } = {}) {
             if (onClose !== undefined) {
               const { conn, code, start, len } = event.val;
               const reason = len === 0 ? '' : decoder.decode(bytes.subarray(start, start + len));
-              onClose(conn, { code, reason });
+              reportFailure('onClose', onClose(conn, { code, reason }));
             }
             break;
           }
           case 'timer': {
             if (onTimer !== undefined) {
-              onTimer(event.val);
+              reportFailure('onTimer', onTimer(event.val));
             }
+            break;
+          }
+          case 'response': {
+            deliverResponse(bytes, event.val);
             break;
           }
         }
@@ -426,24 +780,56 @@ export function plugin({ onConnect, onMessage, onClose, onTimer } = {}) {
       if (CAN_DETACH) {
         payload.buffer.transfer(0);
       }
+      // Continuations of promises settled above (an `await fetch(...)` that
+      // got its response) have not run yet. They need no help: the engine
+      // empties the microtask queue before this call returns to the host.
     },
   };
 }
 
-// What an exception escaping onConnect becomes. The bindings send whatever is
-// thrown as the refusal (for a failed host call's exception, its error case;
-// for an Error of the plugin's realm, the Error itself), so faults are told
-// apart here: a plain object is a refusal; anything else (an Error of either
-// realm, a primitive) is a fault, made to throw itself again while the
-// bindings read the refusal, which traps with its message and stack.
-function refusal(e) {
-  if (e !== null && typeof e === 'object' && toStringTag(e) !== '[object Error]') {
-    return { status: e.status, reason: e.reason === undefined ? '' : String(e.reason) };
-  }
-  return {
-    status: 0,
-    get reason() {
-      throw e;
-    },
-  };
+// The answer to an onConnect that returned a promise. A promise settled by
+// plain code (an async hook that awaited nothing the host answers later) is
+// answered in this very call. One waiting for the host (a fetch) cannot
+// settle before the call returns, so the answer is `pending`, and the
+// settled promise calls `answerConnect`.
+//
+// Which of the two it is shows only once every microtask has run. A 0 ms
+// timer marks that moment: the engine runs the event loop until this call's
+// promise settles, and it takes a timer only when no microtask is left. So
+// `answerConnect` is never called before the host has seen `pending`.
+function decideLater(conn, promise) {
+  return new Promise((answer) => {
+    let decided = false;
+    const timer = setTimeout(() => {
+      decided = true;
+      answer(PENDING);
+    }, 0);
+    const settle = (result) => {
+      if (!decided) {
+        decided = true;
+        clearTimeout(timer);
+        answer(result);
+        return;
+      }
+      const decision =
+        result.tag === 'accept' ? { tag: 'ok', val: result.val } : { tag: 'err', val: result.val };
+      try {
+        answerConnect(conn, decision);
+      } catch {
+        // 'unknown-connection': the client gave up, or the route's
+        // `handshake-timeout` answered it with 503 first.
+      }
+    };
+    Promise.resolve(promise).then(
+      (accept) => settle(accepted(accept)),
+      (e) => {
+        if (isRefusal(e)) {
+          settle({ tag: 'reject', val: refusal(e) });
+        } else {
+          log('error', `onConnect failed: ${describe(e)}`);
+          settle({ tag: 'reject', val: { status: 500, reason: 'plugin failed' } });
+        }
+      },
+    );
+  });
 }

@@ -231,7 +231,13 @@ fn timed(count: usize, mut step: impl FnMut(usize) -> Result<(), String>) -> Str
         }
         samples.push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
     }
+    summary(samples)
+}
+
+/// `timed N P50_NS P99_NS` of `samples` (at least one).
+pub(crate) fn summary(mut samples: Vec<u64>) -> String {
     samples.sort_unstable();
+    let count = samples.len();
     let at = |p: f64| samples[((count - 1) as f64 * p).round() as usize];
     format!("timed {count} {} {}", at(0.5), at(0.99))
 }
