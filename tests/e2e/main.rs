@@ -17,6 +17,7 @@ mod listeners;
 mod metrics;
 mod outbound;
 mod outbound_js;
+mod outbound_python;
 mod raw;
 mod reload;
 mod state;

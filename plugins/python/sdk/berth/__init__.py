@@ -24,21 +24,59 @@ The events:
 - ``on_connect(self, conn, req)``: a client asks to open a connection. Return
   ``None`` (or fall off the end) to accept it, an :class:`Accept` to accept it
   with a subprotocol, or raise :class:`Reject` to refuse the upgrade with an
-  HTTP status.
+  HTTP status. Or return :data:`PENDING` to decide later, say once a backend
+  has answered: call :func:`accept` or :func:`reject` before the route's
+  ``handshake-timeout`` (the client waits for its answer until then, and gets
+  503 after).
 - ``on_message(self, conn, msg)``: a message arrived; ``msg`` is a ``str`` for
   a text message and ``bytes`` for a binary one.
 - ``on_close(self, conn, code, reason)``: the connection has ended, with this
   close code (an ``int``) and reason (a ``str``, often empty). Called exactly
   once for every accepted connection, after its last message.
 - ``on_timer(self, token)``: a timer set with :func:`set_timer` fired.
+- ``on_response(self, request_id, result)``: the answer to a :func:`fetch`
+  made without a callback.
 
 The host calls: :func:`send`, :func:`publish`, :func:`close`,
 :func:`subscribe`, :func:`unsubscribe`, :func:`set_timer`,
-:func:`cancel_timer`, :func:`config_get` and :func:`log`. A ``str`` message
-goes out as text, ``bytes``, ``bytearray`` or ``memoryview`` as binary. A call
-that does not take effect raises :class:`HostError`, whose ``error`` says why
-(a :class:`ConnError`, :class:`PublishError`, :class:`TimerError`,
-:class:`HistoryError` or :class:`StateError` member).
+:func:`cancel_timer`, :func:`config_get`, :func:`log`, and :func:`accept` and
+:func:`reject` for a pending connection. A ``str`` message goes out as text,
+``bytes``, ``bytearray`` or ``memoryview`` as binary. A call that does not
+take effect raises :class:`HostError`, whose ``error`` says why (a
+:class:`ConnError`, :class:`PublishError`, :class:`TimerError`,
+:class:`HistoryError`, :class:`StateError` or :class:`OutboundError`
+member).
+
+HTTP requests to the backends the route was granted (``allowed-outbound`` in
+the config; nothing by default) never block the instance: :func:`fetch`
+returns the request's id at once, and when the answer arrives, in a later
+batch, calls the callback it was given with a :class:`Response` (``status``,
+``headers``, ``body``, :meth:`Response.text`, :meth:`Response.json`) or a
+:class:`FetchError` (``kind`` is ``"timeout"``, ``"connect-failed"`` and so
+on). A request refused before anything is sent (``"not-allowed"``,
+``"invalid-request"``, ``"too-many-requests"``) raises that
+:class:`FetchError` from :func:`fetch` instead. The callback is where the
+work goes on, and it is called as a handler method is (an exception that
+escapes it fails the call the same way)::
+
+    def on_message(self, conn, msg):
+        def reply(result):
+            if isinstance(result, berth.FetchError):
+                text = f"error {result.kind}"
+            else:
+                text = f"{result.status} {result.text()}"
+            try:
+                berth.send(conn, text)
+            except berth.HostError:
+                pass  # the client left while the backend answered
+
+        try:
+            berth.fetch("http://127.0.0.1:9000/quote", reply, timeout_ms=2000)
+        except berth.FetchError as refused:
+            reply(refused)
+
+:func:`cancel_fetch` abandons a request. Requests end with their instance: in
+the ``connection`` model, a connection's requests end when it closes.
 
 State that outlives the instance, which berth keeps per namespace (on disk,
 or in Redis with a broker, so every instance and every node sees the same):
@@ -73,33 +111,44 @@ Binary messages are sent as ``binary-latin1`` strings (each byte as the
 character of the same number), never as ``list<u8>``: componentize-py 0.25.1
 never frees its copy of a ``bytes`` argument to a host call, but it does free
 strings, so this way sending binary data keeps no memory. The store's values
-are ``list<u8>`` in the contract, with no string form, so every
-:meth:`Store.set` and :meth:`Store.compare_and_set` does leave its value's
-bytes behind in the instance (values are at most 64 KiB): an instance that
-writes much should run in the ``connection`` model or under a ``max-memory``
-with room for it.
+and request bodies are ``list<u8>`` in the contract, with no string form, so
+every :meth:`Store.set` and :meth:`Store.compare_and_set` does leave its
+value's bytes behind in the instance (values are at most 64 KiB), and every
+:func:`fetch` with a body its body: an instance that writes or posts much
+should run in the ``connection`` model or under a ``max-memory`` with room
+for it.
 """
 
 from __future__ import annotations
 
 import functools
+import json as _json
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Union
+from collections.abc import Callable, Iterable, Mapping
+from typing import List, Optional, Tuple, Union
 
-from componentize_py_types import Err
+from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports import host as _host
+from wit_world.imports import outbound as _outbound
 from wit_world.imports import state as _state
+from wit_world.imports.outbound import OutboundRequest as _OutboundRequest
 from wit_world.imports.state import HistoryError, Member, StateError
 from wit_world.imports.types import (
+    ConnectAnswer_Accept,
+    ConnectAnswer_Pending,
+    ConnectAnswer_Reject,
     ConnError,
     Event_Close,
     Event_Message,
+    Event_Response,
+    Event_Timer,
     LogLevel,
     Message_BinaryLatin1,
     Message_Text,
     MessageKind,
+    OutboundError,
     Position,
     PublishError,
     Request,
@@ -112,25 +161,33 @@ __all__ = [
     "Accept",
     "ConnError",
     "Data",
+    "FetchError",
+    "FetchResult",
     "HistoryError",
     "HistoryPage",
     "HostError",
     "Kept",
     "LogLevel",
     "Member",
+    "OutboundError",
+    "PENDING",
     "Plugin",
     "Position",
     "PublishError",
     "Published",
     "Reject",
     "Request",
+    "Response",
     "StateError",
     "Store",
     "TimerError",
+    "accept",
+    "cancel_fetch",
     "cancel_timer",
     "close",
     "config_get",
     "count_members",
+    "fetch",
     "format_position",
     "header",
     "history",
@@ -139,6 +196,7 @@ __all__ = [
     "parse_position",
     "publish",
     "query_param",
+    "reject",
     "send",
     "set_timer",
     "store",
@@ -171,25 +229,49 @@ class Reject(Exception):
         self.reason = reason
 
 
+def _kind(error) -> str:
+    """The WIT name of an error case: ``ConnError.UNKNOWN_CONNECTION`` is
+    ``"unknown-connection"``."""
+    return error.name.lower().replace("_", "-")
+
+
 class HostError(Exception):
     """A host call did not take effect. ``error`` says why: a
     :class:`ConnError` member (``send``, ``close``, ``subscribe``,
-    ``unsubscribe``), a :class:`PublishError` one (``publish``), a
-    :class:`TimerError` one (``set_timer``), a :class:`HistoryError` one
-    (``history``) or a :class:`StateError` one (``members``,
-    ``count_members`` and the ``store`` calls). ``str(e)`` names the call and
-    the WIT error case, as in ``"history: lost"``."""
+    ``unsubscribe``, ``accept``, ``reject``), a :class:`PublishError` one
+    (``publish``), a :class:`TimerError` one (``set_timer``), a
+    :class:`HistoryError` one (``history``), a :class:`StateError` one
+    (``members``, ``count_members`` and the ``store`` calls) or an
+    :class:`OutboundError` one (``fetch``, as its subclass
+    :class:`FetchError`). ``str(e)`` names the call and the WIT error case,
+    as in ``"history: lost"``."""
 
     def __init__(
         self,
         call: str,
-        error: Union[ConnError, PublishError, TimerError, HistoryError, StateError],
+        error: Union[ConnError, PublishError, TimerError, HistoryError, StateError, OutboundError],
     ) -> None:
-        super().__init__(f"{call}: {error.name.lower().replace('_', '-')}")
+        super().__init__(f"{call}: {_kind(error)}")
         self.error = error
 
 
+class _Pending:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "berth.PENDING"
+
+
+#: Returned from ``on_connect`` to decide the connection later with
+#: :func:`accept` or :func:`reject`, say once a backend asked with
+#: :func:`fetch` has answered.
+PENDING = _Pending()
+
 _DEFAULT_ACCEPT = Accept()
+# componentize-py only reads an answer, so the commonest ones are made once.
+_ACCEPTED = ConnectAnswer_Accept(_DEFAULT_ACCEPT)
+_PENDING_ANSWER = ConnectAnswer_Pending()
+_ANSWERS = (ConnectAnswer_Accept, ConnectAnswer_Reject, ConnectAnswer_Pending)
 _TEXT = MessageKind.TEXT
 # Below this many bytes a text message is decoded from a copy of its span
 # (`payload[a:b].decode()`, the quickest for short messages); from it on,
@@ -198,23 +280,29 @@ _VIEW_FROM = 4096
 
 
 def _wrap_on_connect(user_on_connect):
-    """``on_connect`` as the host calls it: ``None`` becomes the default
-    accept, and :class:`Reject` the ``Err(Reject)`` componentize-py answers
-    the upgrade with (it takes ``Err`` itself, not a subclass)."""
+    """``on_connect`` as the host calls it: what the plugin's own answers
+    (``None``, an :class:`Accept` or :data:`PENDING`, or a raised
+    :class:`Reject`) as the contract's ``connect-answer``."""
 
-    def on_connect(self, conn: int, req: Request) -> _WitAccept:
+    def on_connect(self, conn: int, req: Request):
         try:
-            accept = user_on_connect(self, conn, req)
+            answer = user_on_connect(self, conn, req)
         except Reject as reject:
-            raise Err(_WitReject(status=reject.status, reason=reject.reason)) from None
-        if accept is None:
-            return _DEFAULT_ACCEPT
-        if not isinstance(accept, _WitAccept):
-            raise TypeError(
-                f"on_connect returned {type(accept).__name__}: return None or a berth.Accept, "
-                "or raise berth.Reject"
-            )
-        return accept
+            return ConnectAnswer_Reject(_WitReject(status=reject.status, reason=reject.reason))
+        if answer is None:
+            return _ACCEPTED
+        if answer is PENDING:
+            return _PENDING_ANSWER
+        if isinstance(answer, _WitAccept):
+            return ConnectAnswer_Accept(answer)
+        # An override that returns `super().on_connect(...)` hands on what a
+        # wrapped method further up has already translated.
+        if isinstance(answer, _ANSWERS):
+            return answer
+        raise TypeError(
+            f"on_connect returned {type(answer).__name__}: return None, a berth.Accept "
+            "or berth.PENDING, or raise berth.Reject"
+        )
 
     return functools.wraps(user_on_connect)(on_connect)
 
@@ -226,17 +314,19 @@ class Plugin(exports.Handler):
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         # The host calls `on_connect` by name, so a subclass's own is wrapped
-        # in place; an override need not know about componentize-py's `Err`.
+        # in place; an override need not know the contract's variant.
         user_on_connect = cls.__dict__.get("on_connect")
         if user_on_connect is not None:
             cls.on_connect = _wrap_on_connect(user_on_connect)
 
-    def on_connect(self, conn: int, req: Request) -> Optional[Accept]:
+    @_wrap_on_connect
+    def on_connect(self, conn: int, req: Request) -> Union[Accept, _Pending, None]:
         """A client asks to open connection ``conn`` with the HTTP Upgrade
         request ``req``: return ``None`` or an :class:`Accept` to accept it,
-        raise :class:`Reject` to refuse it. Messages sent to ``conn`` now are
-        delivered right after it opens."""
-        return _DEFAULT_ACCEPT
+        raise :class:`Reject` to refuse it, or return :data:`PENDING` and
+        call :func:`accept` or :func:`reject` later. Messages sent to
+        ``conn`` now are delivered right after it opens."""
+        return None
 
     def on_message(self, conn: int, msg: Union[str, bytes]) -> None:
         """A message arrived on ``conn``: ``str`` if text, ``bytes`` if binary."""
@@ -246,6 +336,11 @@ class Plugin(exports.Handler):
 
     def on_timer(self, token: int) -> None:
         """The timer set with this ``token`` fired."""
+
+    def on_response(self, request_id: int, result: Union[Response, FetchError]) -> None:
+        """The answer to request ``request_id``, a :class:`Response` or a
+        :class:`FetchError`, when it was made with no callback (see
+        :func:`fetch`)."""
 
     def on_events(self, payload: bytes, events: list) -> None:
         """Turns the host's batch of events into one method call per event, in order."""
@@ -272,8 +367,32 @@ class Plugin(exports.Handler):
             elif case is Event_Close:
                 start = event.start
                 self.on_close(event.conn, event.code, payload[start:start + event.len].decode())
-            else:
+            elif case is Event_Timer:
                 self.on_timer(event)
+            elif case is Event_Response:
+                self._on_response_event(payload, event)
+
+    def _on_response_event(self, payload: bytes, event) -> None:
+        request_id = event.id
+        callback = _callbacks.pop(request_id, None)
+        if request_id in _cancelled:
+            # Cancelled after its answer was already on its way.
+            _cancelled.discard(request_id)
+            return
+        outcome = event.outcome
+        if outcome.__class__ is Ok:
+            head = outcome.value
+            start = event.start
+            # A slice of the batch's bytes, never a view into them, so that
+            # a callback may keep the body after this call.
+            body = payload[start:start + event.len]
+            result = Response(request_id, head.status, head.headers, body)
+        else:
+            result = FetchError(request_id, outcome.value)
+        if callback is None:
+            self.on_response(request_id, result)
+        else:
+            callback(result)
 
 
 # One message object per kind, refilled for each call rather than made anew:
@@ -406,6 +525,172 @@ def log(level: Union[LogLevel, str], message: str) -> None:
     if isinstance(level, str):
         level = LogLevel[level.upper()]
     _host.log(level, message)
+
+
+def accept(conn: int, subprotocol: Optional[str] = None) -> None:
+    """Opens ``conn``, whose ``on_connect`` returned :data:`PENDING`: the
+    client gets 101 Switching Protocols, with ``subprotocol`` if given (one
+    of ``req.subprotocols``), and ``on_close`` follows in time as for any
+    accepted connection. Raises :class:`HostError` with
+    ``ConnError.UNKNOWN_CONNECTION`` when ``conn`` no longer waits for an
+    answer: it was answered already, or the client gave up or reached the
+    route's ``handshake-timeout`` (then it got 503)."""
+    try:
+        _host.answer_connect(conn, Ok(_WitAccept(subprotocol)))
+    except Err as err:
+        raise HostError("accept", err.value) from None
+
+
+def reject(conn: int, status: int, reason: str = "") -> None:
+    """Refuses ``conn``, whose ``on_connect`` returned :data:`PENDING`: the
+    client gets this HTTP ``status`` (400-599) with ``reason`` as the
+    text/plain body. Raises :class:`HostError` as :func:`accept` does."""
+    try:
+        _host.answer_connect(conn, Err(_WitReject(status, reason)))
+    except Err as err:
+        raise HostError("reject", err.value) from None
+
+
+class Response:
+    """The answer to a :func:`fetch`: its ``status`` (an ``int``; redirects
+    to granted URLs have been followed), ``headers`` (a list of ``(name,
+    value)`` ``str`` pairs in arrival order, names lower-case) and ``body``
+    (``bytes``). ``request_id`` is the id :func:`fetch` returned. Any status
+    is a response, 404 and 500 included: check ``ok`` or ``status``."""
+
+    __slots__ = ("request_id", "status", "headers", "body")
+
+    def __init__(
+        self, request_id: int, status: int, headers: List[Tuple[str, str]], body: bytes
+    ) -> None:
+        self.request_id = request_id
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def ok(self) -> bool:
+        """Whether the status is a success, 200-299."""
+        return 200 <= self.status < 300
+
+    def header(self, name: str) -> Optional[str]:
+        """The value of the first header named ``name``, in any case, or ``None``."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def text(self, errors: str = "strict") -> str:
+        """The body decoded from UTF-8; ``errors`` as for ``bytes.decode``
+        (``"replace"`` never raises)."""
+        return self.body.decode("utf-8", errors)
+
+    def json(self):
+        """The body parsed as JSON; raises ``ValueError`` if it is not."""
+        return _json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<berth.Response {self.status}, {len(self.body)} bytes>"
+
+
+class FetchError(HostError):
+    """Why a :func:`fetch` got no response. ``error`` is an
+    :class:`OutboundError` member and ``kind`` its WIT name, ``str(e)``
+    ``"fetch: KIND"``. :func:`fetch` raises it at once for a request refused
+    before anything was sent: ``not-allowed`` (no grant in the route's
+    ``allowed-outbound`` covers the URL), ``invalid-request`` or
+    ``too-many-requests``; ``request_id`` is ``None`` then. A request that
+    was sent and failed hands it to its callback instead (not raised, so
+    that the callback can test ``isinstance(result, berth.FetchError)``):
+    ``connect-failed``, ``timeout``, ``too-large``, ``failed``, or
+    ``not-allowed`` for a redirect to a URL not granted; ``request_id`` is
+    the id :func:`fetch` returned."""
+
+    def __init__(self, request_id: Optional[int], error: OutboundError) -> None:
+        super().__init__("fetch", error)
+        self.kind = _kind(error)
+        self.request_id = request_id
+
+
+#: What a :func:`fetch` callback is given.
+FetchResult = Union[Response, FetchError]
+
+# Request id -> the callback its answer goes to (None: `Plugin.on_response`).
+# Module state like a plugin's own: a request never outlives its instance.
+_callbacks: dict = {}
+# Requests cancelled after their answers were queued: those answers still
+# arrive, and are dropped rather than handed to anyone.
+_cancelled: set = set()
+
+
+def _header_list(headers) -> List[Tuple[str, str]]:
+    if headers is None:
+        return []
+    if isinstance(headers, Mapping):
+        return list(headers.items())
+    return [(name, value) for name, value in headers]
+
+
+def fetch(
+    url: str,
+    callback: Optional[Callable[[FetchResult], None]],
+    *,
+    method: str = "GET",
+    headers: Union[Mapping[str, str], Iterable[Tuple[str, str]], None] = None,
+    body: Optional[Data] = None,
+    timeout_ms: Optional[int] = None,
+) -> int:
+    """Sends an HTTP request to ``url`` (absolute ``http`` or ``https``, on a
+    host the route's ``allowed-outbound`` grants) and returns its id at
+    once; the instance goes on handling events meanwhile. When the answer
+    arrives, in a later batch, ``callback(result)`` is called with a
+    :class:`Response` or a :class:`FetchError`; with ``callback=None`` the
+    answer goes to ``Plugin.on_response`` instead. A request that berth
+    refuses before sending anything raises :class:`FetchError` here
+    (``not-allowed``, ``invalid-request``, ``too-many-requests``), and its
+    callback is never called; ``except berth.FetchError as e: callback(e)``
+    hands both kinds of failure to one place.
+
+    ``headers`` is a dict or a list of ``(name, value)`` pairs (``host`` and
+    ``content-length`` are set by berth); ``body`` a ``str`` (sent as UTF-8)
+    or bytes; ``timeout_ms`` shortens the route's ``outbound-timeout`` for
+    this request. Requests end with the instance: in the ``connection``
+    model, when its connection closes. componentize-py 0.25.1 never frees
+    its copy of a bytes argument to a host call, so each body sent stays in
+    the instance's memory (see the module documentation)."""
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fetch callback is {type(callback).__name__}, not callable")
+    request = _OutboundRequest(
+        method,
+        url,
+        _header_list(headers),
+        b"" if body is None else _value(body),
+        timeout_ms,
+    )
+    try:
+        request_id = _outbound.fetch(request)
+    except Err as err:
+        raise FetchError(None, err.value) from None
+    # Registered after the call: the answer comes in a later on_events
+    # call, never during this one.
+    _callbacks[request_id] = callback
+    return request_id
+
+
+def cancel_fetch(request_id: int) -> bool:
+    """Abandons a :func:`fetch`: berth stops waiting for its answer, and its
+    callback is not called. Returns ``True`` if it was still waiting for
+    one, ``False`` if its answer has been handled already (or it never
+    existed)."""
+    waiting = request_id in _callbacks
+    _callbacks.pop(request_id, None)
+    cancelled = _outbound.cancel(request_id)
+    if waiting and not cancelled:
+        # Its answer is already queued for this instance (perhaps later in
+        # the batch being handled) and will still arrive: it is dropped then.
+        _cancelled.add(request_id)
+    return cancelled or waiting
 
 
 _POSITION = re.compile(r"([0-9A-Fa-f]{16})-([0-9]+)")
