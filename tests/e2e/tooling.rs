@@ -49,7 +49,10 @@ fn check_accepts_plugins_that_fit_in_every_language_and_lists_what_they_ask_for(
     let (code, out) = berth(&["check", &built("auth_remote.wasm")]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("berth:plugin/outbound@0.5.0"), "{out}");
-    assert!(out.contains("allowed-outbound") && out.contains("fetch"), "{out}");
+    assert!(
+        out.contains("allowed-outbound") && out.contains("fetch"),
+        "{out}"
+    );
     let (_, out) = berth(&["check", &built("echo.wasm")]);
     assert!(!out.contains("outbound"), "{out}");
     // A plugin that asks for files says so in words an operator can act on,
