@@ -328,3 +328,42 @@ async fn forwarded_headers_count_only_from_trusted_proxies() {
     assert_eq!(status, 429);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_plugins_https_request_is_refused_a_certificate_the_system_does_not_trust() {
+    // berth's own wss listener is the backend: its certificate was made
+    // here, so no system root vouches for it.
+    let cert = Cert::new();
+    let text = with_listeners(
+        "",
+        &format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\n\
+         [[listener]]\naddress = \"127.0.0.1:0\"\ntls-cert = {:?}\ntls-key = {:?}\n",
+            cert.file("cert.pem"),
+            cert.file("key.pem"),
+        ),
+    )
+    .replace(
+        "plugin = \"testkit.wasm\"\n",
+        "plugin = \"testkit.wasm\"\n\
+         allowed-outbound = [\"https://127.0.0.1:*\", \"http://127.0.0.1:*\"]\n",
+    );
+    let server = TestServer::with_config(&text).await;
+    let (plain, secure) = (addr(&server, false), addr(&server, true));
+    let mut client = connect(&format!("ws://{plain}/kit")).await;
+    for (url, answer) in [
+        (
+            format!("http://{plain}/healthz"),
+            "response 200 x-test=- ok\n",
+        ),
+        (
+            format!("https://{secure}/healthz"),
+            "response error connect-failed",
+        ),
+    ] {
+        send_text(&mut client, &format!("fetch {url}")).await;
+        assert_eq!(recv_text(&mut client).await, "fetching");
+        assert_eq!(recv_text(&mut client).await, answer, "{url}");
+    }
+    server.stop().await;
+}
