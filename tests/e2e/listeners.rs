@@ -117,18 +117,24 @@ fn with_listeners(top: &str, listeners: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn ws_and_wss_listeners_serve_the_same_routes() {
-    let cert = Cert::new();
-    let text = with_listeners(
+/// A config with a plain listener and a TLS one with `cert`, serving the
+/// same routes.
+fn plain_and_tls(cert: &Cert) -> String {
+    with_listeners(
         "",
         &format!(
             "[[listener]]\naddress = \"127.0.0.1:0\"\n\
-         [[listener]]\naddress = \"127.0.0.1:0\"\ntls-cert = {:?}\ntls-key = {:?}\n",
+             [[listener]]\naddress = \"127.0.0.1:0\"\ntls-cert = {:?}\ntls-key = {:?}\n",
             cert.file("cert.pem"),
             cert.file("key.pem"),
         ),
-    );
+    )
+}
+
+#[tokio::test]
+async fn ws_and_wss_listeners_serve_the_same_routes() {
+    let cert = Cert::new();
+    let text = plain_and_tls(&cert);
     let server = TestServer::with_config(&text).await;
     let (plain, secure) = (addr(&server, false), addr(&server, true));
 
@@ -334,16 +340,7 @@ async fn a_plugins_https_request_is_refused_a_certificate_the_system_does_not_tr
     // berth's own wss listener is the backend: its certificate was made
     // here, so no system root vouches for it.
     let cert = Cert::new();
-    let text = with_listeners(
-        "",
-        &format!(
-            "[[listener]]\naddress = \"127.0.0.1:0\"\n\
-         [[listener]]\naddress = \"127.0.0.1:0\"\ntls-cert = {:?}\ntls-key = {:?}\n",
-            cert.file("cert.pem"),
-            cert.file("key.pem"),
-        ),
-    )
-    .replace(
+    let text = plain_and_tls(&cert).replace(
         "plugin = \"testkit.wasm\"\n",
         "plugin = \"testkit.wasm\"\n\
          allowed-outbound = [\"https://127.0.0.1:*\", \"http://127.0.0.1:*\"]\n",

@@ -21,16 +21,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio_tungstenite::tungstenite::Message;
 
+use crate::Bench;
 use crate::report::{Goal, Summary, Table, median_duration, micros, percentile};
-use crate::wire::ws;
-use crate::{Bench, LIMIT};
+use crate::wire::{command, next_text, ws};
 
 /// The most added p50 the issue allows, in microseconds.
 const TARGET_ADDED_US: f64 = 200.0;
@@ -125,23 +123,9 @@ async fn through_berth(
     count: usize,
 ) -> (Duration, Duration) {
     let mut client = ws(addr, path, None).await.expect("connect to berth");
-    let exchange = async {
-        client
-            .send(Message::text(format!("time-fetch {count} {url}")))
-            .await
-            .unwrap();
-        loop {
-            match client.next().await {
-                Some(Ok(Message::Text(text))) if text.as_str() == "timing" => {}
-                Some(Ok(Message::Text(text))) => return text.as_str().to_string(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                other => panic!("time-fetch: unexpected answer {other:?}"),
-            }
-        }
-    };
-    let answer = tokio::time::timeout(LIMIT, exchange)
-        .await
-        .expect("time-fetch answers in time");
+    let asked = format!("time-fetch {count} {url}");
+    assert_eq!(command(&mut client, &asked).await, "timing");
+    let answer = next_text(&mut client, &asked).await;
     let fields: Vec<u64> = answer
         .strip_prefix("timed ")
         .map(|rest| rest.split(' ').filter_map(|f| f.parse().ok()).collect())
@@ -152,28 +136,6 @@ async fn through_berth(
     (Duration::from_nanos(p50), Duration::from_nanos(p99))
 }
 
-/// Sends `text` and returns the next text message.
-async fn exchange(client: &mut crate::wire::Client, text: &str) -> String {
-    client.send(Message::text(text)).await.unwrap();
-    next_text(client, text).await
-}
-
-/// The next text message, after what `asked` asked.
-async fn next_text(client: &mut crate::wire::Client, asked: &str) -> String {
-    let next = async {
-        loop {
-            match client.next().await {
-                Some(Ok(Message::Text(answer))) => return answer.as_str().to_string(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                other => panic!("{asked:?}: unexpected answer {other:?}"),
-            }
-        }
-    };
-    tokio::time::timeout(LIMIT, next)
-        .await
-        .unwrap_or_else(|_| panic!("{asked:?}: no answer within {LIMIT:?}"))
-}
-
 /// p50 and p99 of the neighbours' round trips, with a request to the slow
 /// backend waiting meanwhile when `slow` is given.
 async fn neighbours(addr: SocketAddr, slow: Option<&str>, trips: usize) -> (Duration, Duration) {
@@ -181,7 +143,7 @@ async fn neighbours(addr: SocketAddr, slow: Option<&str>, trips: usize) -> (Dura
     if let Some(url) = slow {
         let mut client = ws(addr, "/kit", None).await.expect("connect to berth");
         assert_eq!(
-            exchange(&mut client, &format!("fetch {url}")).await,
+            command(&mut client, &format!("fetch {url}")).await,
             "fetching"
         );
         waiting = Some((client, Instant::now()));
@@ -195,7 +157,7 @@ async fn neighbours(addr: SocketAddr, slow: Option<&str>, trips: usize) -> (Dura
             let mut samples = Vec::with_capacity(trips);
             for _ in 0..trips {
                 let started = Instant::now();
-                let answer = exchange(&mut client, "whoami").await;
+                let answer = command(&mut client, "whoami").await;
                 samples.push(started.elapsed());
                 assert!(answer.starts_with("id "), "{answer}");
             }

@@ -17,13 +17,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{Goal, Summary, Table, median_duration, micros, ratio_of};
 use crate::servers::Server;
-use crate::wire::{Client, ws};
+use crate::wire::{Client, command, ws};
 use crate::{Bench, LIMIT, QUEUE_DEPTH};
 
 /// The route that keeps history, and the one that keeps none.
@@ -115,26 +115,6 @@ impl Timed {
             p99: of(|r| r.p99),
         }
     }
-}
-
-/// Sends a testkit command and returns its answer.
-async fn command(client: &mut Client, text: &str) -> String {
-    let exchange = async {
-        client
-            .send(Message::text(text))
-            .await
-            .unwrap_or_else(|e| panic!("{text:?}: send: {e}"));
-        loop {
-            match client.next().await {
-                Some(Ok(Message::Text(answer))) => return answer.as_str().to_string(),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                other => panic!("{text:?}: unexpected answer {other:?}"),
-            }
-        }
-    };
-    tokio::time::timeout(LIMIT, exchange)
-        .await
-        .unwrap_or_else(|_| panic!("{text:?}: no answer within {LIMIT:?}"))
 }
 
 /// Runs a timing command and reads its `timed N P50_NS P99_NS`.

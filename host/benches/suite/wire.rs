@@ -18,6 +18,32 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::LIMIT;
 
+/// Sends a testkit command and returns its answer.
+pub async fn command(client: &mut Client, text: &str) -> String {
+    client
+        .send(Message::text(text))
+        .await
+        .unwrap_or_else(|e| panic!("{text:?}: send: {e}"));
+    next_text(client, text).await
+}
+
+/// The next text message (pings and pongs skipped), the answer to what
+/// `asked` asked; within [`LIMIT`].
+pub async fn next_text(client: &mut Client, asked: &str) -> String {
+    let next = async {
+        loop {
+            match client.next().await {
+                Some(Ok(Message::Text(answer))) => return answer.as_str().to_string(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("{asked:?}: unexpected answer {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(LIMIT, next)
+        .await
+        .unwrap_or_else(|_| panic!("{asked:?}: no answer within {LIMIT:?}"))
+}
+
 /// A tungstenite client connection.
 pub type Client = WebSocketStream<TcpStream>;
 

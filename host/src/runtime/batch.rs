@@ -8,7 +8,7 @@
 use bytes::Bytes;
 
 use super::bindings::berth::plugin::types::{
-    CloseEvent, Event, MessageEvent, MessageKind, ResponseEvent, ResponseHead,
+    CloseEvent, Event, MessageEvent, MessageKind, OutboundError, ResponseEvent, ResponseHead,
 };
 use super::requests::Outcome;
 use crate::metrics::{EventKind, Export};
@@ -95,15 +95,21 @@ impl Batch {
         (start as u32, bytes.len() as u32)
     }
 
-    /// Adds a data message that arrived on `conn`.
-    pub(super) fn message(&mut self, key: u64, conn: u64, kind: MessageKind, bytes: &Bytes) {
-        self.join(key);
-        let (start, len) = if self.events.is_empty() && bytes.len() >= OWN_PAYLOAD {
+    /// The span that `bytes` will occupy: the whole payload, uncopied, for
+    /// a large first event; else a copy appended to the payload.
+    fn place(&mut self, bytes: &Bytes) -> (u32, u32) {
+        if self.events.is_empty() && bytes.len() >= OWN_PAYLOAD {
             self.own = Some(bytes.clone());
             (0, bytes.len() as u32)
         } else {
             self.append(bytes)
-        };
+        }
+    }
+
+    /// Adds a data message that arrived on `conn`.
+    pub(super) fn message(&mut self, key: u64, conn: u64, kind: MessageKind, bytes: &Bytes) {
+        self.join(key);
+        let (start, len) = self.place(bytes);
         self.events.push(Event::Message(MessageEvent {
             conn,
             kind,
@@ -135,7 +141,6 @@ impl Batch {
 
     /// Adds the answer to outbound request `id` of instance `key`.
     pub(super) fn response(&mut self, key: u64, id: u64, outcome: &Outcome) {
-        self.join(key);
         let (head, body) = match outcome {
             Ok(answer) => (
                 Ok(ResponseHead {
@@ -146,21 +151,18 @@ impl Batch {
             ),
             Err(failure) => (Err((*failure).into()), &bytes::Bytes::new()),
         };
-        self.push_response(id, head, body);
+        self.push_response(key, id, head, body);
     }
 
     fn push_response(
         &mut self,
+        key: u64,
         id: u64,
-        outcome: Result<ResponseHead, super::bindings::berth::plugin::types::OutboundError>,
+        outcome: Result<ResponseHead, OutboundError>,
         body: &Bytes,
     ) {
-        let (start, len) = if self.events.is_empty() && body.len() >= OWN_PAYLOAD {
-            self.own = Some(body.clone());
-            (0, body.len() as u32)
-        } else {
-            self.append(body)
-        };
+        self.join(key);
+        let (start, len) = self.place(body);
         self.events.push(Event::Response(ResponseEvent {
             id,
             outcome,
@@ -223,8 +225,8 @@ impl Batch {
                 Event::Timer(token) => rest.timer(key, *token),
                 Event::Response(r) => {
                     let body = &payload[r.start as usize..(r.start + r.len) as usize];
-                    rest.join(key);
-                    rest.push_response(r.id, r.outcome.clone(), &Bytes::copy_from_slice(body));
+                    let body = Bytes::copy_from_slice(body);
+                    rest.push_response(key, r.id, r.outcome.clone(), &body);
                 }
             }
         }
