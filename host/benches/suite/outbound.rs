@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::Bench;
 use crate::report::{Goal, Summary, Table, median_duration, micros, percentile};
-use crate::wire::{command, next_text, ws};
+use crate::wire::{command, next_text, timed_answer, ws};
 
 /// The most added p50 the issue allows, in microseconds.
 const TARGET_ADDED_US: f64 = 200.0;
@@ -126,14 +126,8 @@ async fn through_berth(
     let asked = format!("time-fetch {count} {url}");
     assert_eq!(command(&mut client, &asked).await, "timing");
     let answer = next_text(&mut client, &asked).await;
-    let fields: Vec<u64> = answer
-        .strip_prefix("timed ")
-        .map(|rest| rest.split(' ').filter_map(|f| f.parse().ok()).collect())
-        .unwrap_or_default();
-    let [_, p50, p99] = fields[..] else {
-        panic!("time-fetch answered {answer:?}");
-    };
-    (Duration::from_nanos(p50), Duration::from_nanos(p99))
+    let (_, p50, p99) = timed_answer(&asked, &answer);
+    (p50, p99)
 }
 
 /// p50 and p99 of the neighbours' round trips, with a request to the slow

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::report::{Goal, Summary, Table, median_duration, micros, ratio_of};
 use crate::servers::Server;
-use crate::wire::{Client, command, ws};
+use crate::wire::{Client, command, timed_answer, ws};
 use crate::{Bench, LIMIT, QUEUE_DEPTH};
 
 /// The route that keeps history, and the one that keeps none.
@@ -120,18 +120,8 @@ impl Timed {
 /// Runs a timing command and reads its `timed N P50_NS P99_NS`.
 async fn timed(client: &mut Client, text: &str) -> Timed {
     let answer = command(client, text).await;
-    let fields: Vec<u64> = answer
-        .strip_prefix("timed ")
-        .map(|rest| rest.split(' ').filter_map(|f| f.parse().ok()).collect())
-        .unwrap_or_default();
-    let [count, p50, p99] = fields[..] else {
-        panic!("{text:?} answered {answer:?}");
-    };
-    Timed {
-        count: count as usize,
-        p50: Duration::from_nanos(p50),
-        p99: Duration::from_nanos(p99),
-    }
+    let (count, p50, p99) = timed_answer(text, &answer);
+    Timed { count, p50, p99 }
 }
 
 async fn open(server: &Server, path: &str) -> Client {

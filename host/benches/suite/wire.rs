@@ -44,6 +44,23 @@ pub async fn next_text(client: &mut Client, asked: &str) -> String {
         .unwrap_or_else(|_| panic!("{asked:?}: no answer within {LIMIT:?}"))
 }
 
+/// The count, p50 and p99 of a testkit timing answer, `timed N P50_NS
+/// P99_NS`, to what `asked` asked.
+pub fn timed_answer(asked: &str, answer: &str) -> (usize, Duration, Duration) {
+    let fields: Vec<u64> = answer
+        .strip_prefix("timed ")
+        .map(|rest| rest.split(' ').filter_map(|f| f.parse().ok()).collect())
+        .unwrap_or_default();
+    let [count, p50, p99] = fields[..] else {
+        panic!("{asked:?} answered {answer:?}");
+    };
+    (
+        count as usize,
+        Duration::from_nanos(p50),
+        Duration::from_nanos(p99),
+    )
+}
+
 /// A tungstenite client connection.
 pub type Client = WebSocketStream<TcpStream>;
 
